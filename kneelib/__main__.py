@@ -1,0 +1,3 @@
+from kneelib.cli import main
+
+raise SystemExit(main())
