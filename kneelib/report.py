@@ -110,6 +110,8 @@ def comparison_table(comparisons: list[Comparison]) -> pd.DataFrame:
     for c in comparisons:
         if c.reproduced is None:
             reproduced = "not run"
+        elif isinstance(c.reproduced, float) and not math.isfinite(c.reproduced):
+            reproduced = "undefined"
         elif c.ci_low is not None and c.ci_high is not None:
             reproduced = f"{c.reproduced:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}]"
         else:
