@@ -1,0 +1,632 @@
+"""Low-level writers of the OAI file formats, the exact counterpart of :mod:`kneelib.data`.
+
+The synthetic cohort generator (:mod:`kneelib.synth.cohort`) calls these to lay a
+cohort out as the OAI distributes it (issue #3, part 2), so that a chapter reads
+the synthetic default and a real OAI download through the same code:
+
+==========================  ============================================  ==========================================
+writer                      writes                                        read back by
+==========================  ============================================  ==========================================
+:func:`write_oai_table`     pipe-delimited ASCII clinical table           :func:`kneelib.data.clinical.read_oai_table`
+:func:`write_image_index`   the image index ``contents.csv``              :func:`kneelib.data.image_index.read_image_index`
+:func:`write_dicom_series`  one MR series folder, files ``001``, ``002``  :func:`kneelib.data.dicom.read_dicom_series`
+:func:`write_radiograph`    one bilateral PA knee radiograph (CR/DX)      :func:`kneelib.data.dicom.read_radiograph`
+==========================  ============================================  ==========================================
+
+Determinism
+-----------
+Same inputs -> byte-identical files: UIDs are derived from ``uid_seed`` and the
+header (never random), dates and times come from the header (fixed defaults),
+nothing records the wall clock, and table numbers are formatted by a fixed rule.
+
+Speed
+-----
+A cohort of hundreds of subjects x ~10 series x ~40-160 slices is written with
+these functions, so :func:`write_dicom_series` builds one template dataset per
+series and only swaps the per-slice elements (UIDs, position, pixels) before each
+write.
+
+Geometry conventions
+--------------------
+DICOM patient coordinates are LPS (x to the patient's left, y posterior, z head).
+``ImageOrientationPatient`` holds the row direction (the way the column index
+grows) then the column direction (the way the row index grows);
+``PixelSpacing`` is ``[row spacing, column spacing]`` (between rows, between
+columns). :class:`SliceGeometry` holds these for a stack of slices and can be
+built from an RAS voxel-to-world affine (nibabel convention, voxel axes
+``(column, row, slice)``), which is what the reader returns.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pydicom
+from pydicom.datadict import dictionary_VR, keyword_dict
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import format_number_as_ds
+
+from kneelib.data.oai_layout import IMAGE_INDEX_COLUMNS, MISSING_FORM
+
+__all__ = [
+    "SliceGeometry",
+    "LPS_TO_RAS",
+    "write_oai_table",
+    "format_oai_value",
+    "write_image_index",
+    "write_dicom_series",
+    "write_radiograph",
+    "deterministic_uid",
+    "MR_IMAGE_STORAGE",
+    "CR_IMAGE_STORAGE",
+    "DX_IMAGE_STORAGE",
+]
+
+#: SOP classes written here.
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+
+#: Diagonal that turns LPS into RAS coordinates (and back: it is its own inverse).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Root under which every kneelib UID lives (pydicom's registered root); UIDs are
+#: ``<root><hash of the entropy sources>``, so the same sources give the same UID.
+_UID_PREFIX = pydicom.uid.PYDICOM_ROOT_UID
+_IMPLEMENTATION_CLASS_UID = generate_uid(prefix=_UID_PREFIX, entropy_srcs=["kneelib", "implementation"])
+_IMPLEMENTATION_VERSION_NAME = "KNEELIB_0_1"
+
+
+def deterministic_uid(*parts: Any) -> str:
+    """A DICOM UID that depends only on ``parts`` (hash of their ``str``), never on chance.
+
+    Parameters
+    ----------
+    *parts
+        Anything with a stable ``str`` (seed, participant ID, series number, ...).
+
+    Returns
+    -------
+    str
+        A valid UID (at most 64 characters) under pydicom's root.
+    """
+    return generate_uid(prefix=_UID_PREFIX, entropy_srcs=[str(p) for p in parts])
+
+
+# --------------------------------------------------------------------------------------
+# Clinical tables
+# --------------------------------------------------------------------------------------
+
+def format_oai_value(value: Any, labels: Mapping[int, str] | None = None) -> str:
+    """Format one cell as OAI ASCII tables do.
+
+    Parameters
+    ----------
+    value
+        ``None``/NaN/``pd.NA`` -> ``".: Missing Form/Incomplete Workbook"``; bool -> 0/1;
+        integral numbers -> ``"61"``; other floats -> shortest round-trip repr
+        (``"28.3"``); strings unchanged (must not hold ``|`` or a line break).
+    labels : mapping of int to str, optional
+        Value labels of a categorical variable: value ``1`` with ``{1: "Yes"}`` is
+        written ``"1: Yes"``, as in the OAI files.
+
+    Returns
+    -------
+    str
+    """
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return MISSING_FORM
+    if isinstance(value, (bool, np.bool_)):
+        value = int(value)
+    if isinstance(value, (int, np.integer)):
+        text = str(int(value))
+        code = int(value)
+    elif isinstance(value, (float, np.floating)):
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"cannot write non-finite number {value!r} to an OAI table")
+        code = int(number) if number.is_integer() else None
+        text = str(code) if code is not None else repr(number)
+    else:
+        text = str(value)
+        if "|" in text or "\n" in text or "\r" in text:
+            raise ValueError(f"OAI table value {text!r} holds a '|' or a line break")
+        return text
+    if labels is not None and code is not None and code in labels:
+        return f"{code}: {labels[code]}"
+    return text
+
+
+def write_oai_table(
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    value_labels: Mapping[str, Mapping[int, str]] | None = None,
+) -> Path:
+    """Write a clinical table as OAI pipe-delimited ASCII (``AllClinical00.txt`` style).
+
+    The file is a header row of variable names then one row per record, cells
+    separated by ``|``, lines ended by ``\\n``, in the frame's row and column order
+    (sort it first for a canonical file). Cells are formatted by
+    :func:`format_oai_value`. Read back with :func:`kneelib.data.clinical.read_oai_table`.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Columns are OAI variable names (``ID``, ``SIDE``, ``V00AGE``, ...); write them
+        in upper case as OAI does. ``ID`` should be a string column (seven digits).
+    path : str or Path
+        Output file; its folder is created.
+    value_labels : mapping, optional
+        Per variable, value labels written as ``"code: label"`` (``{"P02SEX": {1: "Male",
+        2: "Female"}}``).
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value_labels = {k.upper(): v for k, v in (value_labels or {}).items()}
+    columns = [str(c) for c in table.columns]
+    for name in columns:
+        if "|" in name or not name:
+            raise ValueError(f"bad OAI variable name {name!r} for {path}")
+    lines = ["|".join(columns)]
+    label_per_column = [value_labels.get(c.upper()) for c in columns]
+    for row in table.itertuples(index=False, name=None):
+        lines.append("|".join(format_oai_value(v, lab) for v, lab in zip(row, label_per_column)))
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Image index
+# --------------------------------------------------------------------------------------
+
+def write_image_index(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, path: str | Path) -> Path:
+    """Write the OAI image index ``contents.csv``.
+
+    Parameters
+    ----------
+    rows : iterable of mappings or DataFrame
+        One entry per series with the keys ``Folder`` (path of the series folder
+        relative to the index, ``/``-separated, e.g. ``"0.C.2/9000001/20050101/10000001"``),
+        ``ParticipantID``, ``StudyDate`` (``YYYYMMDD``), ``Barcode``,
+        ``StudyDescription`` (``"OAI^MR^ENROLLMENT^RIGHT"``), ``SeriesDescription``
+        (``"SAG_IW_TSE_RIGHT"``). Written in the given order, every field quoted.
+    path : str or Path
+        Output file (usually ``<cohort root>/contents.csv``).
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    writer.writerow(IMAGE_INDEX_COLUMNS)
+    for number, record in enumerate(records):
+        missing = [c for c in IMAGE_INDEX_COLUMNS if c not in record]
+        if missing:
+            raise ValueError(f"image index row {number} for {path} lacks {missing}")
+        writer.writerow([str(record[c]) for c in IMAGE_INDEX_COLUMNS])
+    path.write_bytes(buffer.getvalue().encode("utf-8"))
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Geometry
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Where each slice of an MR series lies in DICOM patient space (LPS, mm).
+
+    Attributes
+    ----------
+    image_orientation_patient : tuple of 6 float
+        Row direction cosines then column direction cosines (LPS).
+    image_positions_patient : tuple of (x, y, z)
+        Position of the first pixel (row 0, column 0) of every slice, in the order
+        of ``pixel_array``'s slice axis. Leave a slice out to plant a gap.
+    pixel_spacing_mm : (float, float)
+        DICOM ``PixelSpacing``: spacing between rows, then between columns.
+    slice_thickness_mm : float
+        Nominal thickness (may differ from the spacing: overlapping slices).
+    spacing_between_slices_mm : float or None
+        Written as ``SpacingBetweenSlices`` when given.
+    """
+
+    image_orientation_patient: tuple[float, float, float, float, float, float]
+    image_positions_patient: tuple[tuple[float, float, float], ...]
+    pixel_spacing_mm: tuple[float, float]
+    slice_thickness_mm: float
+    spacing_between_slices_mm: float | None = None
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.image_positions_patient)
+
+    @classmethod
+    def from_affine(
+        cls,
+        affine_ras: np.ndarray,
+        n_slices: int,
+        *,
+        slice_thickness_mm: float | None = None,
+        skip_slices: Sequence[int] = (),
+    ) -> "SliceGeometry":
+        """Geometry of a stack whose RAS voxel-to-world affine is known.
+
+        Parameters
+        ----------
+        affine_ras : (4, 4) array
+            Maps voxel indices ``(column i, row j, slice k)`` to RAS mm (nibabel
+            convention, what :class:`kneelib.data.dicom.Volume` holds). Columns 0
+            and 1 must be orthogonal.
+        n_slices : int
+            Number of slices ``k = 0 .. n_slices-1``.
+        slice_thickness_mm : float, optional
+            Defaults to the slice spacing (the norm of the third column).
+        skip_slices : sequence of int
+            Slice indices to leave out (plants a gap for QC tests); the pixel array
+            then has ``n_slices - len(skip_slices)`` slices.
+        """
+        affine_lps = LPS_TO_RAS @ np.asarray(affine_ras, dtype=float)
+        col_step, row_step, slice_step = affine_lps[:3, 0], affine_lps[:3, 1], affine_lps[:3, 2]
+        column_spacing, row_spacing = float(np.linalg.norm(col_step)), float(np.linalg.norm(row_step))
+        slice_spacing = float(np.linalg.norm(slice_step))
+        if min(column_spacing, row_spacing, slice_spacing) <= 0:
+            raise ValueError(f"degenerate affine {affine_ras!r}")
+        row_cosine, column_cosine = col_step / column_spacing, row_step / row_spacing
+        if abs(float(row_cosine @ column_cosine)) > 1e-6:
+            raise ValueError("affine columns 0 and 1 are not orthogonal; DICOM pixels are rectangular")
+        skipped = set(int(s) for s in skip_slices)
+        positions = tuple(
+            tuple(float(v) for v in affine_lps[:3, 3] + k * slice_step)
+            for k in range(n_slices) if k not in skipped
+        )
+        return cls(
+            image_orientation_patient=tuple(float(v) for v in (*row_cosine, *column_cosine)),
+            image_positions_patient=positions,
+            pixel_spacing_mm=(row_spacing, column_spacing),
+            slice_thickness_mm=float(slice_thickness_mm if slice_thickness_mm is not None else slice_spacing),
+            spacing_between_slices_mm=slice_spacing,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# DICOM helpers
+# --------------------------------------------------------------------------------------
+
+def _ds(value: float) -> str:
+    """Decimal string of at most 16 characters (DICOM DS)."""
+    number = float(value)
+    if number == 0.0:
+        return "0"
+    return format_number_as_ds(number)
+
+
+def _check_pixels(pixel_array: np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(pixel_array)
+    if array.dtype != np.uint16:
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"{what}: pixel array must be uint16 (got {array.dtype})")
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ValueError(f"{what}: pixel values outside 0..65535 cannot be written as uint16")
+        array = array.astype(np.uint16)
+    return array
+
+
+_FIXED_DEFAULTS: dict[str, Any] = {
+    "SpecificCharacterSet": "ISO_IR 100",
+    "StudyDate": "20050101",
+    "StudyTime": "120000",
+    "PatientName": "",
+    "PatientID": "",
+    "PatientBirthDate": "",
+    "PatientSex": "",
+    "AccessionNumber": "",
+    "ReferringPhysicianName": "",
+    "StudyID": "1",
+    "SeriesNumber": 1,
+    "BodyPartExamined": "KNEE",
+    "InstitutionName": "",
+}
+
+_MR_DEFAULTS: dict[str, Any] = {
+    "Modality": "MR",
+    "Manufacturer": "SIEMENS",
+    "ManufacturerModelName": "Trio",
+    "MagneticFieldStrength": 3.0,
+    "ImageType": ["ORIGINAL", "PRIMARY", "M", "ND"],
+    "PatientPosition": "FFS",
+    "ImagedNucleus": "1H",
+    "MRAcquisitionType": "2D",
+}
+
+# Elements the writer owns; a header may not set them (they come from geometry/pixels/UIDs).
+_WRITER_OWNED = {
+    "SOPInstanceUID", "SOPClassUID", "InstanceNumber", "ImagePositionPatient",
+    "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SliceLocation", "Rows",
+    "Columns", "PixelData", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "SamplesPerPixel", "PhotometricInterpretation", "EchoNumbers",
+}
+
+
+def _set_element(ds: Dataset, keyword: str, value: Any, where: str) -> None:
+    if keyword not in keyword_dict:
+        raise ValueError(f"{where}: {keyword!r} is not a DICOM keyword")
+    vr = dictionary_VR(keyword_dict[keyword])
+    if vr == "DS":
+        if isinstance(value, (list, tuple, np.ndarray)):
+            value = [_ds(v) for v in value]
+        else:
+            value = _ds(value)
+    elif vr == "IS":
+        value = [int(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else int(value)
+    setattr(ds, keyword, value)
+
+
+def _file_meta(sop_class_uid: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = "1.2"  # replaced per file
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = _IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = _IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def _study_level_uids(header: Mapping[str, Any]) -> tuple[str, str]:
+    """Study and frame-of-reference UIDs shared by every series of one knee session."""
+    key = (header.get("PatientID", ""), header.get("StudyDate", ""), header.get("StudyDescription", ""))
+    study_uid = header.get("StudyInstanceUID") or deterministic_uid("study", *key)
+    frame_uid = header.get("FrameOfReferenceUID") or deterministic_uid("frame", *key)
+    return str(study_uid), str(frame_uid)
+
+
+def _write_file(ds: Dataset, path: Path) -> None:
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
+# --------------------------------------------------------------------------------------
+# MR series
+# --------------------------------------------------------------------------------------
+
+def write_dicom_series(
+    folder: str | Path,
+    pixel_array: np.ndarray,
+    geometry: SliceGeometry,
+    header: Mapping[str, Any],
+    uid_seed: int | str,
+) -> list[Path]:
+    """Write one MR series as OAI does: a folder of DICOM files named ``001``, ``002``, ...
+
+    Parameters
+    ----------
+    folder : str or Path
+        Series folder (created). Existing files ``001``... are overwritten.
+    pixel_array : ndarray of uint16
+        ``(n_slices, rows, cols)`` for a single-echo series or
+        ``(n_echoes, n_slices, rows, cols)`` for a multi-echo series (OAI
+        ``SAG_T2_MAP_RIGHT``: 7 echoes). ``pixel_array[..., s, r, c]`` is the pixel
+        in row ``r``, column ``c`` of the slice at ``geometry.image_positions_patient[s]``.
+    geometry : SliceGeometry
+        Orientation, per-slice positions and spacing (see :meth:`SliceGeometry.from_affine`).
+    header : mapping
+        DICOM keywords and values for every file of the series, e.g.
+        ``SeriesDescription`` (``"SAG_IW_TSE_RIGHT"``), ``Laterality`` (``"R"``/``"L"``),
+        ``EchoTime`` (ms; a list with one value per echo for a multi-echo array),
+        ``RepetitionTime``, ``FlipAngle``, ``PatientID``, ``StudyDate``,
+        ``StudyDescription``, ``SeriesNumber``, ``ScanningSequence``, ``SequenceName``,
+        ``MRAcquisitionType``, ``StudyInstanceUID`` / ``FrameOfReferenceUID`` (else
+        derived from PatientID, StudyDate and StudyDescription, so all series of
+        one knee session share them). Defaults: Manufacturer ``SIEMENS``,
+        ManufacturerModelName ``Trio``, MagneticFieldStrength 3.0,
+        BodyPartExamined ``KNEE``, PatientPosition ``FFS``, StudyDate ``20050101``,
+        StudyTime ``120000``. Geometry, pixel and instance elements are owned by
+        the writer and may not appear here.
+    uid_seed : int or str
+        Seed of the series and instance UIDs: the same seed and inputs give
+        byte-identical files.
+
+    Returns
+    -------
+    list of Path
+        The files written, in instance order. With echoes, files are ordered slice
+        by slice and, within a slice, echo by echo (``InstanceNumber`` likewise).
+
+    Raises
+    ------
+    ValueError, TypeError
+        On a pixel array whose shape disagrees with the geometry or the echo times,
+        non-uint16 pixels, or an unknown / writer-owned header keyword.
+    """
+    folder = Path(folder)
+    array = _check_pixels(pixel_array, str(folder))
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4:
+        raise ValueError(f"{folder}: pixel array must be 3-D or 4-D, got shape {array.shape}")
+    n_echoes, n_slices, n_rows, n_cols = array.shape
+    if n_slices != geometry.n_slices:
+        raise ValueError(f"{folder}: {n_slices} slices of pixels but {geometry.n_slices} positions")
+    owned = _WRITER_OWNED.intersection(header)
+    if owned:
+        raise ValueError(f"{folder}: header may not set {sorted(owned)} (the writer derives them)")
+
+    echo_times = header.get("EchoTime")
+    if echo_times is None:
+        echo_times_list: list[float | None] = [None] * n_echoes
+    elif isinstance(echo_times, (list, tuple, np.ndarray)):
+        echo_times_list = [float(t) for t in echo_times]
+    else:
+        echo_times_list = [float(echo_times)] * n_echoes if n_echoes == 1 else []
+    if len(echo_times_list) != n_echoes:
+        raise ValueError(f"{folder}: {n_echoes} echoes in the pixel array but EchoTime={echo_times!r}")
+
+    values = {**_FIXED_DEFAULTS, **_MR_DEFAULTS, **{k: v for k, v in header.items() if k != "EchoTime"}}
+    if not values.get("PatientName"):
+        values["PatientName"] = values.get("PatientID", "")
+    values.setdefault("SeriesDate", values["StudyDate"])
+    values.setdefault("SeriesTime", values["StudyTime"])
+    values.setdefault("AcquisitionDate", values["StudyDate"])
+    values.setdefault("ContentDate", values["StudyDate"])
+    values.setdefault("ContentTime", values["StudyTime"])
+    study_uid, frame_uid = _study_level_uids(values)
+    values["StudyInstanceUID"], values["FrameOfReferenceUID"] = study_uid, frame_uid
+    series_uid = str(values.pop("SeriesInstanceUID", None) or deterministic_uid(
+        "series", uid_seed, values.get("PatientID", ""), values["StudyDate"],
+        values["SeriesNumber"], values.get("SeriesDescription", "")))
+
+    template = Dataset()
+    template.file_meta = _file_meta(MR_IMAGE_STORAGE)
+    template.SOPClassUID = MR_IMAGE_STORAGE
+    for keyword, value in values.items():
+        _set_element(template, keyword, value, str(folder))
+    template.SeriesInstanceUID = series_uid
+    template.PositionReferenceIndicator = ""
+    template.ImageOrientationPatient = [_ds(v) for v in geometry.image_orientation_patient]
+    template.PixelSpacing = [_ds(v) for v in geometry.pixel_spacing_mm]
+    template.SliceThickness = _ds(geometry.slice_thickness_mm)
+    if geometry.spacing_between_slices_mm is not None:
+        template.SpacingBetweenSlices = _ds(geometry.spacing_between_slices_mm)
+    template.SamplesPerPixel = 1
+    template.PhotometricInterpretation = "MONOCHROME2"
+    template.Rows, template.Columns = n_rows, n_cols
+    template.BitsAllocated, template.BitsStored, template.HighBit = 16, 16, 15
+    template.PixelRepresentation = 0
+    if n_echoes > 1:
+        template.EchoTrainLength = n_echoes
+
+    orientation = np.asarray(geometry.image_orientation_patient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    instance = 0
+    for slice_index in range(n_slices):
+        position = np.asarray(geometry.image_positions_patient[slice_index], dtype=float)
+        template.ImagePositionPatient = [_ds(v) for v in position]
+        template.SliceLocation = _ds(float(position @ normal))
+        for echo_index in range(n_echoes):
+            instance += 1
+            template.InstanceNumber = instance
+            template.SOPInstanceUID = deterministic_uid(series_uid, instance)
+            if echo_times_list[echo_index] is not None:
+                template.EchoTime = _ds(echo_times_list[echo_index])
+            template.EchoNumbers = echo_index + 1
+            template.PixelData = np.ascontiguousarray(array[echo_index, slice_index], dtype="<u2").tobytes()
+            path = folder / f"{instance:03d}"
+            _write_file(template, path)
+            written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------------------
+# Radiograph
+# --------------------------------------------------------------------------------------
+
+def write_radiograph(
+    path: str | Path,
+    pixel_array: np.ndarray,
+    pixel_spacing_mm: float | tuple[float, float],
+    header: Mapping[str, Any],
+    uid_seed: int | str = 0,
+) -> Path:
+    """Write a bilateral PA fixed-flexion knee radiograph as one DICOM file.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (OAI names it ``001`` inside the series folder).
+    pixel_array : (rows, cols) ndarray of uint16
+        Image as displayed: ``MONOCHROME2`` (bone bright), the participant's right
+        knee on the image's left (PA view seen from the front, ``PatientOrientation``
+        ``["L", "F"]``: columns grow toward the patient's left, rows toward the feet).
+    pixel_spacing_mm : float or (float, float)
+        Detector pixel spacing (written as ``ImagerPixelSpacing`` and ``PixelSpacing``;
+        OAI radiographs are about 0.1-0.2 mm).
+    header : mapping
+        DICOM keywords, e.g. ``PatientID``, ``StudyDate``, ``StudyDescription``
+        (``"OAI^XR^ENROLLMENT^..."``), ``SeriesDescription``
+        (``"Bilateral PA Fixed Flexion Knee"``), ``Modality`` (``"CR"`` default or
+        ``"DX"``), ``KVP``, ``ExposureInuAs``. Defaults: BodyPartExamined ``KNEE``,
+        ViewPosition ``PA``, ImageLaterality ``B``.
+    uid_seed : int or str
+        Seed of the series and instance UIDs.
+
+    Returns
+    -------
+    Path
+    """
+    path = Path(path)
+    array = _check_pixels(pixel_array, str(path))
+    if array.ndim != 2:
+        raise ValueError(f"{path}: radiograph pixel array must be 2-D, got shape {array.shape}")
+    if np.isscalar(pixel_spacing_mm):
+        spacing = (float(pixel_spacing_mm), float(pixel_spacing_mm))
+    else:
+        spacing = tuple(float(v) for v in pixel_spacing_mm)  # type: ignore[assignment]
+    owned = _WRITER_OWNED.intersection(header)
+    if owned:
+        raise ValueError(f"{path}: header may not set {sorted(owned)} (the writer derives them)")
+    modality = str(header.get("Modality", "CR")).upper()
+    if modality not in ("CR", "DX"):
+        raise ValueError(f"{path}: radiograph Modality must be CR or DX, got {modality!r}")
+    sop_class = CR_IMAGE_STORAGE if modality == "CR" else DX_IMAGE_STORAGE
+    values = {
+        **_FIXED_DEFAULTS,
+        "Modality": modality,
+        "SeriesDescription": "Bilateral PA Fixed Flexion Knee",
+        "ViewPosition": "PA",
+        "ImageLaterality": "B",
+        "PatientOrientation": ["L", "F"],
+        "ImageType": ["ORIGINAL", "PRIMARY"],
+        **dict(header),
+    }
+    if not values.get("PatientName"):
+        values["PatientName"] = values.get("PatientID", "")
+    values.setdefault("SeriesDate", values["StudyDate"])
+    values.setdefault("SeriesTime", values["StudyTime"])
+    values.setdefault("ContentDate", values["StudyDate"])
+    values.setdefault("ContentTime", values["StudyTime"])
+    if modality == "DX":
+        values.setdefault("PresentationIntentType", "FOR PRESENTATION")
+    study_uid, _ = _study_level_uids(values)
+    values["StudyInstanceUID"] = study_uid
+    values.pop("FrameOfReferenceUID", None)
+    series_uid = str(values.pop("SeriesInstanceUID", None) or deterministic_uid(
+        "xr-series", uid_seed, values.get("PatientID", ""), values["StudyDate"], values["SeriesNumber"]))
+
+    ds = Dataset()
+    ds.file_meta = _file_meta(sop_class)
+    ds.SOPClassUID = sop_class
+    for keyword, value in values.items():
+        _set_element(ds, keyword, value, str(path))
+    ds.SeriesInstanceUID = series_uid
+    ds.InstanceNumber = 1
+    ds.SOPInstanceUID = deterministic_uid(series_uid, 1)
+    ds.ImagerPixelSpacing = [_ds(v) for v in spacing]
+    ds.PixelSpacing = [_ds(v) for v in spacing]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = array.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(array, dtype="<u2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(ds, path)
+    return path
