@@ -155,7 +155,21 @@ class KneeSpec:
     womac_pain : float
         WOMAC pain 0-20 (``V00WOMKP?``).
     chronic_pain : bool
-        Pain at baseline and 12 months (paper 001 definition before exclusions).
+        Chronic pain at this visit: pain on most days for more than 6 of the past
+        12 months (paper 001 definition, before the widespread-pain exclusion).
+    doubtful_osteophyte : bool
+        Possible osteophytic lipping without a definite osteophyte (makes KL 1).
+    jsw_medial_measured_mm : float
+        Minimum medial JSW as the semi-automated reading gives it (true value plus
+        measurement noise); what the ``kXR_QJSW_Duryea`` tables hold.
+    any_pain_past_12m : bool
+        Any knee pain, aching or stiffness in the past 12 months (paper 001's "no
+        chronic pain" label is the absence of it).
+    pain_months_past_12m : int
+        Months of the past 12 with pain on more than half of the days; chronic pain
+        is ``> 6`` (paper 001, Methods "Clinical outcome definition").
+    pain_liability : float
+        The causal model's latent knee pain (not an OAI variable; for analysis).
     artefact : str
         ``""`` or one of ``"motion"``, ``"missing_slices"``, ``"foreign_object"``
         (planted scan defects for QC).
@@ -196,6 +210,12 @@ class KneeSpec:
     womac_pain: float = 0.0
     chronic_pain: bool = False
     artefact: str = ""
+    # --- added by the causal model (kneelib.synth.causal); defaults keep older callers valid ---
+    doubtful_osteophyte: bool = False        # possible osteophytic lipping (KL 1 without JSN)
+    jsw_medial_measured_mm: float = float("nan")  # V00MCMJSW as read: true JSW + reading noise
+    any_pain_past_12m: bool = False          # any knee pain, aching or stiffness in past 12 months
+    pain_months_past_12m: int = 0            # months with pain on most days (chronic: > 6)
+    pain_liability: float = 0.0              # latent knee pain (causal model, for analysis only)
 
     def as_record(self) -> dict:
         """Flat dict for the ground-truth table (nested dicts become ``key_sub``)."""
