@@ -44,6 +44,7 @@ TISSUE_LABELS: dict[str, int] = {
     "skin": 17,
     "patellar_tendon": 18,
     "marrow_fat": 19,           # trabecular bone is femur/tibia/patella; kept for T1 contrast
+    "collateral_ligament": 20,  # medial and lateral collateral ligaments (added by the anatomy)
 }
 
 #: Lesion mask names written beside the tissue labels (one binary mask each).
@@ -173,6 +174,8 @@ class KneeSpec:
     artefact : str
         ``""`` or one of ``"motion"``, ``"missing_slices"``, ``"foreign_object"``
         (planted scan defects for QC).
+    subcutaneous_fat_mm : float
+        Thickness of the subcutaneous fat layer around the knee (follows BMI).
     """
 
     participant_id: str

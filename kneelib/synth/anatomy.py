@@ -1,0 +1,678 @@
+"""Knee anatomy from signed distance functions, with the planted findings as label edits.
+
+Implements step 1 of "A synthetic knee from physics" (``DESIGN.md``) for the synthetic
+OAI cohort of issue 3, section 2: bones, articular cartilage of spatially varying
+thickness, menisci, cruciate and collateral ligaments, joint fluid, Hoffa's fat pad,
+tendons, muscle, subcutaneous fat and skin are smooth implicit shapes evaluated on a
+regular millimetre grid, bent by a smooth random deformation drawn from
+``KneeSpec.shape_seed``. Findings of the causal model (bone marrow lesions,
+effusion-synovitis, Hoffa-synovitis, focal cartilage loss, meniscal damage,
+osteophytes per OARSI site, joint space width per compartment, subchondral
+sclerosis) are edits of these labels, so their ground-truth masks are exact.
+
+Frames
+------
+*Shape space* is the canonical right knee of unit size: ``x`` lateral (+), ``y``
+anterior (+), ``z`` superior (+), origin at the centre of the tibio-femoral joint
+space on the plane of the posterior cruciate ligament (PCL), femoral condyles
+resting with their lowest point on ``z = 0`` and tibial plateau centres at
+``z = 0`` before the joint space is opened. *Knee-local* millimetres
+(:mod:`kneelib.synth.spec`) are shape space scaled by ``size_scale``, deformed, and
+with the joint opened to ``jsw_medial_mm`` / ``jsw_lateral_mm``. A left knee is the
+mirror image in ``x`` (lateral at ``-x``). The label volume of a :class:`KneeModel`
+lives in knee-local millimetres *without* the scanner pose; the pose
+(``flexion_deg``, ``rotation_deg``, ``varus_deg``, ``offset_mm``) is the rigid
+transform :attr:`KneeModel.pose_matrix` that the renderers apply when they sample the
+volume (:mod:`kneelib.synth.mri`), so one anatomy serves the MRI pose and the
+fixed-flexion radiograph pose (:mod:`kneelib.synth.radiograph`).
+
+References
+----------
+Peterfy CG, Schneider E, Nevitt M. The osteoarthritis initiative: report on the design
+rationale for the magnetic resonance imaging protocol for the knee. Osteoarthritis
+Cartilage 2008;16:1433-41. Hunter DJ et al. Evolution of semi-quantitative whole joint
+assessment of knee OA: MOAKS. Osteoarthritis Cartilage 2011;19:990-1002.
+Altman RD, Gold GE. Atlas of individual radiographic features in osteoarthritis,
+revised. Osteoarthritis Cartilage 2007;15 Suppl A:A1-56.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from kneelib.synth.spec import CARTILAGE_REGIONS, LESION_MASKS, TISSUE_LABELS, KneeSpec
+
+__all__ = ["KneeModel", "build_knee", "pose_matrix", "DEFAULT_VOXEL_MM", "GRID_HALF_EXTENT_MM"]
+
+#: Voxel size of the label volume for the ``default`` preset (mm).
+DEFAULT_VOXEL_MM = 1.0
+#: Half extent of the label volume in knee-local mm (x, y, z); the limb fills x and y.
+GRID_HALF_EXTENT_MM = (78.0, 82.0, 96.0)
+
+L = TISSUE_LABELS
+#: Medial and lateral compartment centres (shape space, right knee: medial at -x).
+X_MEDIAL, X_LATERAL = -22.0, 22.0
+#: Size grades -> osteophyte length (mm) beyond the articular margin (OARSI atlas grades 1-3).
+OSTEOPHYTE_LENGTH_MM = {0: 0.0, 1: 2.5, 2: 5.0, 3: 8.0}
+#: BML size grade -> radius (mm) of the edema-like region (MOAKS grades: <10%, 10-33%, >33%).
+BML_RADIUS_MM = {1: 4.0, 2: 7.0, 3: 10.5}
+
+
+@dataclass
+class KneeModel:
+    """A built knee: tissue labels, lesion masks and landmarks in knee-local mm.
+
+    Attributes
+    ----------
+    spec : KneeSpec
+        The spec it was built from.
+    labels : ndarray of uint8, shape (nx, ny, nz)
+        ``TISSUE_LABELS`` codes; axis order ``(x, y, z)``; voxel ``(i, j, k)`` is
+        centred at ``origin_mm + voxel_mm * (i, j, k)`` in knee-local mm.
+    voxel_mm : float
+    origin_mm : ndarray, shape (3,)
+    lesion_masks : dict of str -> ndarray of bool
+        One mask per name in ``LESION_MASKS`` (same grid as ``labels``).
+    landmarks_mm : dict of str -> ndarray, shape (3,)
+        Knee-local mm: ``condyle_lowest_medial/lateral``, ``plateau_medial/lateral``
+        (tibial plateau centres), ``plateau_margin_medial/lateral`` (outer edges),
+        ``joint_centre``, ``pcl_centre`` (a point on the PCL plane), ``pcl_normal``
+        (unit normal of the PCL plane), ``patella_centre``.
+    cartilage_depth : ndarray of float16
+        Relative depth in articular cartilage, 0 at the bone, 1 at the surface (0
+        outside cartilage); drives the deep-to-superficial T2 gradient.
+    cartilage_region : ndarray of uint8
+        ``1 + CARTILAGE_REGIONS.index(region)`` in cartilage, 0 elsewhere.
+    cortex : ndarray of bool
+        Cortical / subchondral bone plate (thin shell of every bone).
+    sclerosis : ndarray of bool
+        Subchondral sclerosis (denser bone) below the tibio-femoral surfaces.
+    foreign_object : tuple or None
+        ``(centre_mm (3,), radius_mm)`` of a planted metal object, or None.
+    pose_matrix : ndarray, shape (4, 4)
+        Maps knee-local mm to the scanner's knee frame (after flexion, rotation,
+        varus and offset); see :func:`pose_matrix`.
+    side : str
+        ``"R"`` or ``"L"`` (a left knee is mirrored in ``x``).
+    """
+
+    spec: KneeSpec
+    labels: np.ndarray
+    voxel_mm: float
+    origin_mm: np.ndarray
+    lesion_masks: dict[str, np.ndarray]
+    landmarks_mm: dict[str, np.ndarray]
+    cartilage_depth: np.ndarray
+    cartilage_region: np.ndarray
+    cortex: np.ndarray
+    sclerosis: np.ndarray
+    foreign_object: tuple | None
+    pose_matrix: np.ndarray
+    side: str
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.labels.shape)
+
+    def index_to_mm(self) -> np.ndarray:
+        """(4, 4) affine from voxel index ``(i, j, k)`` to knee-local mm."""
+        affine = np.eye(4)
+        affine[:3, :3] *= self.voxel_mm
+        affine[:3, 3] = self.origin_mm
+        return affine
+
+    def volume_ml(self, label: str) -> float:
+        """Volume of one tissue label in millilitres."""
+        return float((self.labels == L[label]).sum() * self.voxel_mm ** 3 / 1000.0)
+
+
+# ----------------------------------------------------------------------------------------
+# Pose
+# ----------------------------------------------------------------------------------------
+
+def _rotation(axis: str, degrees: float) -> np.ndarray:
+    t = np.deg2rad(degrees)
+    c, s = np.cos(t), np.sin(t)
+    if axis == "x":
+        return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
+    if axis == "y":
+        return np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+def pose_matrix(flexion_deg: float, rotation_deg: float, varus_deg: float,
+                offset_mm=(0.0, 0.0, 0.0), side: str = "R") -> np.ndarray:
+    """Rigid transform from knee-local mm to the scanner's knee frame.
+
+    Flexion turns about ``x`` (the shank swinging posteriorly), rotation about ``z``
+    and varus about ``y``; for a left knee the rotation and varus senses are mirrored
+    so that the same spec values mean the same clinical pose on either side.
+
+    Returns
+    -------
+    ndarray, shape (4, 4)
+    """
+    sign = 1.0 if side == "R" else -1.0
+    rot = _rotation("y", sign * varus_deg) @ _rotation("z", sign * rotation_deg) @ _rotation("x", -flexion_deg)
+    matrix = np.eye(4)
+    matrix[:3, :3] = rot
+    matrix[:3, 3] = np.asarray(offset_mm, dtype=float)
+    return matrix
+
+
+# ----------------------------------------------------------------------------------------
+# Signed distance primitives (approximate where noted; only the zero set and the
+# near-surface distance matter, the latter is re-normalised by the gradient)
+# ----------------------------------------------------------------------------------------
+
+def _sd_ellipsoid(x, y, z, centre, radii):
+    """Approximate signed distance to an ellipsoid (Quilez' bound, exact zero set)."""
+    px, py, pz = (x - centre[0]) / radii[0], (y - centre[1]) / radii[1], (z - centre[2]) / radii[2]
+    k0 = np.sqrt(px * px + py * py + pz * pz)
+    k1 = np.sqrt((px / radii[0]) ** 2 + (py / radii[1]) ** 2 + (pz / radii[2]) ** 2)
+    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
+
+
+def _sd_capsule(x, y, z, a, b, radius, squash=(1.0, 1.0, 1.0)):
+    """Signed distance to a capsule from ``a`` to ``b`` (optionally squashed per axis)."""
+    sx, sy, sz = squash
+    a = np.asarray(a, float) / squash
+    b = np.asarray(b, float) / squash
+    px, py, pz = x / sx - a[0], y / sy - a[1], z / sz - a[2]
+    ba = b - a
+    h = np.clip((px * ba[0] + py * ba[1] + pz * ba[2]) / float(ba @ ba), 0.0, 1.0)
+    dx, dy, dz = px - h * ba[0], py - h * ba[1], pz - h * ba[2]
+    return np.sqrt(dx * dx + dy * dy + dz * dz) * min(squash) - radius
+
+
+def _smin(a, b, k):
+    """Polynomial smooth minimum (smooth union) with blend radius ``k`` mm."""
+    h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
+    return b * (1 - h) + a * h - k * h * (1 - h)
+
+
+def _smax(a, b, k):
+    """Smooth maximum (smooth intersection / subtraction with ``-b``)."""
+    return -_smin(-a, -b, k)
+
+
+def _normalised_distance(sdf, voxel_mm):
+    """``f / |grad f|``: a near-surface Euclidean distance from an implicit function."""
+    gx, gy, gz = np.gradient(sdf, voxel_mm)
+    norm = np.sqrt(gx * gx + gy * gy + gz * gz)
+    norm = np.maximum(norm, 1e-3)
+    return sdf / norm, gx / norm, gy / norm, gz / norm
+
+
+# ----------------------------------------------------------------------------------------
+# Smooth random deformation (keeps vertical gaps exact: d_z depends on x, y only)
+# ----------------------------------------------------------------------------------------
+
+def _random_1d(rng, coords, amplitude_mm, wavelengths=(90.0, 160.0)):
+    out = np.zeros_like(coords)
+    for wavelength in wavelengths:
+        w = 2 * np.pi / (wavelength * rng.uniform(0.8, 1.25))
+        out += amplitude_mm * rng.normal() * np.sin(w * coords + rng.uniform(0, 2 * np.pi))
+    return out
+
+
+def _deformation(rng, x1, y1, z1, amplitude_mm=1.6):
+    """Displacements (dx, dy, dz) on the grid axes as sums of separable smooth terms."""
+    dx = (_random_1d(rng, y1, amplitude_mm)[None, :, None]
+          + _random_1d(rng, z1, amplitude_mm)[None, None, :]
+          + (_random_1d(rng, x1, 0.5)[:, None, None] * _random_1d(rng, z1, 0.6)[None, None, :]))
+    dy = (_random_1d(rng, x1, amplitude_mm)[:, None, None] + _random_1d(rng, z1, amplitude_mm)[None, None, :]
+          + (_random_1d(rng, y1, 0.5)[None, :, None] * _random_1d(rng, z1, 0.6)[None, None, :]))
+    dz = (_random_1d(rng, x1, amplitude_mm)[:, None] + _random_1d(rng, y1, amplitude_mm)[None, :])[:, :, None]
+    return dx.astype(np.float32), dy.astype(np.float32), dz.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Shapes in shape space
+# ----------------------------------------------------------------------------------------
+
+def _femur_sdf(x, y, z, shape_rng_values):
+    """Femur: shaft, metaphysis, medial/lateral condyles, trochlea, intercondylar notch."""
+    v = shape_rng_values
+    medial = _sd_ellipsoid(x, y, z, (X_MEDIAL - 1.0 * v[0], -4.0, 24.0), (17.5 + v[1], 31.0 + v[2], 24.0))
+    lateral = _sd_ellipsoid(x, y, z, (X_LATERAL + 1.0 * v[0], -2.0, 24.0), (16.0 + v[1], 29.0 + v[2], 24.0))
+    anterior = _sd_ellipsoid(x, y, z, (0.0, 6.0, 40.0), (37.0, 23.0, 30.0))
+    metaphysis = _sd_ellipsoid(x, y, z, (0.0, 1.0, 58.0), (30.0, 22.0, 32.0))
+    shaft = _sd_capsule(x, y, z, (0.0, 3.0, 60.0), (0.0, 5.0, 400.0), 14.0 + 0.5 * v[3])
+    femur = _smin(_smin(medial, lateral, 4.0), anterior, 6.0)
+    femur = _smin(femur, metaphysis, 8.0)
+    femur = _smin(femur, shaft, 18.0)
+    # trochlear groove: a shallow furrow along the anterior surface
+    groove = _sd_capsule(x, y, z, (0.0, 36.0, 66.0), (0.0, 30.0, 14.0), 7.5)
+    femur = _smax(femur, -groove, 3.0)
+    # intercondylar notch (posterior-inferior, between the condyles)
+    notch = np.maximum.reduce([np.abs(x) - 10.0, y - 10.0, z - 30.0 + 0.25 * (y + 40)])
+    femur = _smax(femur, -notch, 2.5)
+    return femur
+
+
+def _tibia_sdf(x, y, z, shape_rng_values):
+    """Tibia: plateau (medial slightly concave, lateral convex), eminence, flare, shaft."""
+    v = shape_rng_values
+    medial = 1.2 * ((x - X_MEDIAL) / 18.0) ** 2
+    lateral = -0.9 * ((x - X_LATERAL) / 18.0) ** 2 - 1.6 * ((y + 1.0) / 24.0) ** 2
+    height = np.where(x < 0, medial, lateral) - 2.5 * np.clip(np.abs(y + 1.0) - 20.0, 0, None) ** 2 / 40.0
+    # plateau outline: a super-ellipse, slightly wider medially
+    ax = np.where(x < 0, 41.0 + v[4], 39.0 + v[4])
+    outline = (np.abs(x / ax) ** 3 + np.abs((y + 1.0) / (26.0 + v[5])) ** 3) ** (1 / 3) - 1.0
+    plate = np.maximum.reduce([z - height, outline * 24.0, -(z + 28.0)])
+    shaft = _sd_capsule(x, y, z, (0.0, -2.0, -30.0), (0.0, 0.0, -400.0), 15.5 + 0.5 * v[3])
+    tibia = _smin(plate, shaft, 22.0)
+    tuberosity = _sd_ellipsoid(x, y, z, (2.0, 20.0, -34.0), (10.0, 7.0, 12.0))
+    tibia = _smin(tibia, tuberosity, 6.0)
+    # intercondylar eminence (tibial spines)
+    spines = np.minimum(_sd_ellipsoid(x, y, z, (-5.0, 0.0, 0.0), (3.5, 8.0, 7.0)),
+                        _sd_ellipsoid(x, y, z, (5.0, -1.0, 0.0), (3.5, 8.0, 6.0)))
+    return _smin(tibia, spines, 2.0)
+
+
+def _patella_sdf(x, y, z, v):
+    body = _sd_ellipsoid(x, y, z, (4.0, 47.0, 34.0), (21.0 + 0.5 * v[6], 11.0, 20.0 + 0.5 * v[6]))
+    # posterior facets: flatten with a ridge at x = 4
+    facet = -(y - 38.5 - 0.12 * np.abs(x - 4.0))
+    return np.maximum(body, facet)
+
+
+def _fibula_sdf(x, y, z):
+    head = _sd_ellipsoid(x, y, z, (31.0, -22.0, -33.0), (10.0, 10.0, 9.0))
+    shaft = _sd_capsule(x, y, z, (31.0, -22.0, -35.0), (34.0, -20.0, -400.0), 6.5)
+    return _smin(head, shaft, 6.0)
+
+
+# ----------------------------------------------------------------------------------------
+# The builder
+# ----------------------------------------------------------------------------------------
+
+def _grid_axes(voxel_mm: float):
+    axes = []
+    for half in GRID_HALF_EXTENT_MM:
+        n = int(np.floor(half / voxel_mm)) * 2 + 1          # odd: a voxel centred on 0
+        axes.append(((np.arange(n) - n // 2) * voxel_mm).astype(np.float32))
+    return axes
+
+
+def _gap_profile(x_mm, jsw_medial_mm, jsw_lateral_mm):
+    """Joint space width along x: medial value medially, lateral laterally, linear between."""
+    t = np.clip((x_mm - X_MEDIAL) / (X_LATERAL - X_MEDIAL), 0.0, 1.0)
+    return jsw_medial_mm + (jsw_lateral_mm - jsw_medial_mm) * t
+
+
+def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
+    """Build the tissue label volume, lesion masks and landmarks of one knee.
+
+    Parameters
+    ----------
+    spec : KneeSpec
+        Geometry, pose and planted findings (``kneelib.synth.spec``).
+    voxel_mm : float
+        Isotropic voxel size of the label grid (``1.0`` for the default preset,
+        ``0.5`` for paper-size renders, ``1.5`` for smoke tests).
+
+    Returns
+    -------
+    KneeModel
+
+    Raises
+    ------
+    ValueError
+        If ``spec.side`` is not ``"R"``/``"L"`` or a planted finding is out of range.
+
+    Notes
+    -----
+    Deterministic: every random draw comes from ``numpy.random.default_rng`` seeded
+    with ``spec.shape_seed`` (shape) or ``spec.seed`` (lesion texture), never from a
+    global generator.
+    """
+    _validate(spec, voxel_mm)
+    shape_rng = np.random.default_rng(spec.shape_seed)
+    lesion_rng = np.random.default_rng([spec.seed, 7])
+    v = shape_rng.normal(size=8).clip(-2, 2)
+    ax, ay, az = _grid_axes(voxel_mm)
+    # a left knee is the mirror image: evaluate the right-knee shapes at -x
+    mirror = -1.0 if spec.side == "L" else 1.0
+    dx, dy, dz = _deformation(shape_rng, ax * mirror, ay, az)
+    s = float(spec.size_scale)
+    X = (mirror * ax[:, None, None] + dx)
+    Y = ay[None, :, None] + dy
+    Zd = az[None, None, :] + dz
+    gap = _gap_profile(X, spec.jsw_medial_mm, spec.jsw_lateral_mm)
+    Xs, Ys = X / s, Y / s
+    Zf = (Zd - gap / 2) / s          # femoral shape space: condyles touch z = 0
+    Zt = (Zd + gap / 2) / s          # tibial shape space: plateau centres at z = 0
+    Zm = Zd / s                      # mid-joint shape space (soft tissue)
+    del X, Y, Zd, dx, dy
+    shape = (ax.size, ay.size, az.size)
+
+    femur = (_femur_sdf(Xs, Ys, Zf, v) * s).astype(np.float32)
+    tibia = (_tibia_sdf(Xs, Ys, Zt, v) * s).astype(np.float32)
+    patella = (_patella_sdf(Xs, Ys, Zf, v) * s).astype(np.float32)
+    fibula = (_fibula_sdf(Xs, Ys, Zt) * s).astype(np.float32)
+
+    # --- osteophytes: bony outgrowths at the articular margins (OARSI sites) ---------
+    osteo_sdf = np.full(shape, np.inf, dtype=np.float32)
+    osteo_bone = {}
+    for site in ("FM", "FL", "TM", "TL"):
+        grade = int(spec.osteophyte_grade.get(site, 0))
+        length = OSTEOPHYTE_LENGTH_MM[grade]
+        if length <= 0:
+            continue
+        side_sign = -1.0 if site[1] == "M" else 1.0
+        margin_x = side_sign * (39.5 if site[0] == "F" else 40.5)
+        if site[0] == "F":
+            a, b = (margin_x - side_sign * 4.0, -6.0, 7.0), (margin_x + side_sign * length, -6.0, 3.5)
+            zz = Zf
+        else:
+            a, b = (margin_x - side_sign * 4.0, -1.0, -3.5), (margin_x + side_sign * length, -1.0, -0.5)
+            zz = Zt
+        spur = (_sd_capsule(Xs, Ys, zz, a, b, 1.6 + 0.5 * grade, squash=(1.0, 3.0 + grade, 1.0)) * s).astype(np.float32)
+        osteo_sdf = np.minimum(osteo_sdf, spur)
+        osteo_bone[site] = spur
+    if osteo_bone:
+        femur_spurs = [osteo_bone[k] for k in osteo_bone if k[0] == "F"]
+        tibia_spurs = [osteo_bone[k] for k in osteo_bone if k[0] == "T"]
+        femur_with = _smin(femur, np.minimum.reduce(femur_spurs), 2.0) if femur_spurs else femur
+        tibia_with = _smin(tibia, np.minimum.reduce(tibia_spurs), 2.0) if tibia_spurs else tibia
+        osteophyte_mask = ((femur_with < 0) & (femur >= 0)) | ((tibia_with < 0) & (tibia >= 0))
+        femur, tibia = femur_with.astype(np.float32), tibia_with.astype(np.float32)
+    else:
+        osteophyte_mask = np.zeros(shape, bool)
+
+    fd, fnx, fny, fnz = _normalised_distance(femur, voxel_mm)
+    td, tnx, tny, tnz = _normalised_distance(tibia, voxel_mm)
+    pd_, pnx, pny, pnz = _normalised_distance(patella, voxel_mm)
+    fnx, tnx = fnx * mirror, tnx * mirror   # normals in shape-space sense
+
+    # --- articular cartilage: shells of region-varying thickness ---------------------
+    thick = {r: float(spec.cartilage_thickness_mm.get(r, 2.0)) for r in CARTILAGE_REGIONS}
+    xs_abs = np.abs(Xs)
+    # femoral regions
+    in_trochlea = (Ys > 12.0) & (Zf > 6.0) & (Zf < 58.0) & (xs_abs < 30.0) & (fny > 0.25)
+    condylar = (xs_abs > 9.0) & (np.abs(fnx) < 0.65) & ((Zf < 24.0) | ((Ys < -4.0) & (Zf < 44.0))) & ~in_trochlea
+    femoral_region = np.zeros(shape, np.uint8)
+    femoral_region[condylar & (Xs < 0)] = CARTILAGE_REGIONS.index("FM") + 1
+    femoral_region[condylar & (Xs >= 0)] = CARTILAGE_REGIONS.index("FL") + 1
+    femoral_region[in_trochlea] = CARTILAGE_REGIONS.index("TR") + 1
+    fem_t = np.zeros(shape, np.float32)
+    for r in ("FM", "FL", "TR"):
+        fem_t[femoral_region == CARTILAGE_REGIONS.index(r) + 1] = thick[r]
+    # thickest in the weight-bearing zone, thinning toward the margins
+    fem_profile = np.clip(1.0 - ((xs_abs - 22.0) / 20.0) ** 2, 0.0, 1.0) ** 0.5
+    fem_profile = np.where(in_trochlea, np.clip(1 - (Xs / 30.0) ** 2, 0, 1) ** 0.5 * np.clip((58 - Zf) / 12, 0, 1), fem_profile)
+    fem_t *= 0.45 + 0.75 * fem_profile
+    # tibial regions
+    plateau_r = np.where(Xs < 0, ((Xs - X_MEDIAL) / 19.0) ** 2 + ((Ys + 1) / 25.0) ** 2,
+                         ((Xs - X_LATERAL) / 17.5) ** 2 + ((Ys + 1) / 22.0) ** 2)
+    tib_art = (tnz > 0.55) & (plateau_r < 1.0) & (xs_abs > 7.5) & (Zt > -7.0)
+    tibial_region = np.zeros(shape, np.uint8)
+    tibial_region[tib_art & (Xs < 0)] = CARTILAGE_REGIONS.index("TM") + 1
+    tibial_region[tib_art & (Xs >= 0)] = CARTILAGE_REGIONS.index("TL") + 1
+    tib_t = np.where(Xs < 0, thick["TM"], thick["TL"]).astype(np.float32)
+    tib_t *= 0.45 + 0.75 * np.clip(1.0 - plateau_r, 0, 1) ** 0.5
+    # patellar cartilage (posterior facets)
+    pat_art = (pny < -0.35) & (Zf > 18.0) & (Zf < 52.0)
+    pat_t = thick["P"] * (0.45 + 0.75 * np.clip(1 - ((Xs - 4) / 19.0) ** 2 - ((Zf - 34) / 17.0) ** 2, 0, 1) ** 0.5)
+
+    gap_total = np.maximum(fd, 0) + np.maximum(td, 0) + 1e-3
+    fem_share = fem_t / np.maximum(fem_t + tib_t, 1e-3)
+    femoral_cart = ((fd > 0) & (fd < fem_t) & (femoral_region > 0)
+                    & ((fd / gap_total < fem_share) | (fd + td > fem_t + tib_t) | (tibial_region == 0)))
+    tibial_cart = ((td > 0) & (td < tib_t) & (tibial_region > 0)
+                   & ((td / gap_total < 1 - fem_share) | (fd + td > fem_t + tib_t) | (femoral_region == 0)))
+    patellar_cart = (pd_ > 0) & (pd_ < pat_t) & pat_art & (fd > 0.3)
+    femoral_cart &= pd_ > 0.3
+
+    cartilage_depth = np.zeros(shape, np.float16)
+    cartilage_depth[femoral_cart] = np.clip(fd[femoral_cart] / fem_t[femoral_cart], 0, 1)
+    cartilage_depth[tibial_cart] = np.clip(td[tibial_cart] / tib_t[tibial_cart], 0, 1)
+    cartilage_depth[patellar_cart] = np.clip(pd_[patellar_cart] / pat_t[patellar_cart], 0, 1)
+    cartilage_region = np.zeros(shape, np.uint8)
+    cartilage_region[femoral_cart] = femoral_region[femoral_cart]
+    cartilage_region[tibial_cart] = tibial_region[tibial_cart]
+    cartilage_region[patellar_cart] = CARTILAGE_REGIONS.index("P") + 1
+
+    # --- menisci: wedges on the plateau periphery --------------------------------------
+    mer = np.where(Xs < 0, np.sqrt(((Xs - X_MEDIAL) / 19.5) ** 2 + ((Ys + 1) / 25.5) ** 2),
+                   np.sqrt(((Xs - X_LATERAL) / 17.5) ** 2 + ((Ys + 1) / 22.0) ** 2))
+    angle = np.arctan2(Ys + 1, Xs - np.where(Xs < 0, X_MEDIAL, X_LATERAL))
+    # C-shaped medial meniscus open toward the notch (+x), nearly ring-shaped lateral one
+    opening = np.where(Xs < 0, np.abs(angle) < 0.55, np.abs(np.abs(angle) - np.pi) < 0.35)
+    wedge_height = np.where(Xs < 0, 5.5, 6.0) * np.clip((mer - 0.58) / 0.36, 0, 1)
+    meniscus = ((mer > 0.58) & (mer < 1.02) & ~opening & (td > -0.2) & (td < wedge_height + 0.3)
+                & (fd > 0.0) & ~femoral_cart & (xs_abs > 6.0))
+
+    # --- soft tissue --------------------------------------------------------------------
+    fat_mm = float(getattr(spec, "subcutaneous_fat_mm", 9.0))
+    zz = Zm
+    limb_ax = 46.0 + 4.0 * np.tanh(zz / 60.0) ** 2 + 6.0 * np.clip(zz / 90.0, 0, 1)
+    limb_ay = 50.0 + 6.0 * np.clip(zz / 80.0, 0, 1) + 5.0 * np.clip(-zz / 80.0, 0, 1)
+    limb_core = np.sqrt(((Xs - 1.0) / limb_ax) ** 2 + ((Ys - 2.0) / limb_ay) ** 2)
+    core_radius_mm = (limb_core - 1.0) * np.minimum(limb_ax, limb_ay) * s     # < 0 inside the muscle/bone core
+    depth_from_skin = fat_mm - core_radius_mm                                  # > 0 inside the limb
+    inside = depth_from_skin > 0
+
+    labels = np.zeros(shape, np.uint8)
+    labels[inside] = L["muscle"]
+    labels[inside & (depth_from_skin < fat_mm)] = L["subcutaneous_fat"]
+    labels[inside & (depth_from_skin < 1.6)] = L["skin"]
+    # peri-articular and popliteal fat (knee is mostly tendon, fat and capsule, not muscle)
+    prepatellar = inside & (Ys > 22.0) & (Zm > -45.0) & (Zm < 52.0) & (depth_from_skin >= 1.6)
+    popliteal = inside & (Ys < -30.0) & (np.abs(Xs) < 18.0 + 0.1 * np.abs(Zm)) & (Zm > -25.0) & (Zm < 55.0) & (depth_from_skin >= 1.6)
+    notch_fat = (np.abs(Xs) < 16.0) & (Ys > -34.0) & (Ys < 24.0) & (Zm > -8.0) & (Zm < 30.0)
+    sidefat = inside & (np.abs(Zm) < 20.0) & (depth_from_skin >= 1.6) & (np.abs(Xs) > 30.0)
+    labels[prepatellar | popliteal | sidefat] = L["subcutaneous_fat"]
+    labels[notch_fat & inside] = L["hoffa_fat_pad"]
+    hoffa = (_sd_ellipsoid(Xs, Ys, Zm, (0.0, 25.0, -4.0), (24.0, 12.0, 15.0)) < 0) & (Ys > 12.0)
+    labels[hoffa] = L["hoffa_fat_pad"]
+    # popliteal vessels (bright fluid-like) in the fat
+    vessel = _sd_capsule(Xs, Ys, Zm, (-3.0, -45.0, 90.0), (2.0, -40.0, -60.0), 3.0) < 0
+    labels[vessel & inside] = L["joint_fluid"]
+
+    # joint fluid: physiological film, suprapatellar recess (grows with effusion), posterior recesses
+    eff = int(spec.effusion_grade)
+    recess = _sd_ellipsoid(Xs, Ys, Zm, (2.0, 33.0, 58.0 + 4.0 * eff),
+                           (20.0 + 2.5 * eff, 1.4 + 2.2 * eff, 11.0 + 6.0 * eff)) < 0
+    fluid = recess.copy()
+    if eff >= 1:
+        posterior = (np.minimum(_sd_ellipsoid(Xs, Ys, Zm, (-21.0, -36.0, 22.0), (9.0, 1.0 + 2.0 * eff, 9.0 + 3 * eff)),
+                                _sd_ellipsoid(Xs, Ys, Zm, (21.0, -34.0, 22.0), (8.0, 1.0 + 1.5 * eff, 8.0 + 3 * eff))) < 0)
+        para = _sd_ellipsoid(Xs, Ys, Zm, (0.0, 36.0, 20.0), (30.0 + 2 * eff, 2.0 + 1.5 * eff, 10.0 + 3 * eff)) < 0
+        fluid |= posterior | (para & (np.abs(Xs - 4) > 14.0))
+    film = (fd > 0) & (td > 0) & (fd + td < np.maximum(fem_t + tib_t, 1.0) + 1.0) & (plateau_r < 1.1)
+    fluid_film = film & ~femoral_cart & ~tibial_cart
+    labels[fluid] = L["joint_fluid"]
+    labels[fluid_film] = L["joint_fluid"]
+    effusion_mask = fluid & (eff >= 1)
+
+    # tendons and ligaments
+    patellar_tendon = _sd_capsule(Xs, Ys, Zm, (4.0, 45.0, 16.0), (2.0, 27.0, -34.0), 2.6, squash=(4.5, 1.0, 1.0)) < 0
+    quad_tendon = _sd_capsule(Xs, Ys, Zm, (4.0, 50.0, 52.0), (1.0, 38.0, 120.0), 3.0, squash=(5.0, 1.0, 1.0)) < 0
+    labels[(patellar_tendon | quad_tendon) & inside] = L["patellar_tendon"]
+    pcl = np.minimum(_sd_capsule(Xs, Ys, Zm, (-1.0, 4.0, 20.0), (0.0, -12.0, 10.0), 3.8),
+                     _sd_capsule(Xs, Ys, Zm, (0.0, -12.0, 10.0), (0.0, -27.0, -10.0), 3.8)) < 0
+    acl = _sd_capsule(Xs, Ys, Zm, (10.0, -16.0, 21.0), (-2.0, 11.0, -1.0), 3.0) < 0
+    labels[acl] = L["acl"]
+    labels[pcl] = L["pcl"]
+    mcl = _sd_capsule(Xs, Ys, Zm, (-44.5, -4.0, 30.0), (-41.0, 0.0, -45.0), 1.4, squash=(1.0, 5.0, 1.0)) < 0
+    lcl = _sd_capsule(Xs, Ys, Zm, (42.5, -6.0, 28.0), (34.0, -20.0, -30.0), 1.8) < 0
+    labels[(mcl | lcl) & (fd > 0) & (td > 0)] = L["collateral_ligament"]
+
+    labels[meniscus & (Xs < 0)] = L["meniscus_medial"]
+    labels[meniscus & (Xs >= 0)] = L["meniscus_lateral"]
+    labels[femoral_cart] = L["femoral_cartilage"]
+    labels[tibial_cart & (Xs < 0)] = L["tibial_cartilage_medial"]
+    labels[tibial_cart & (Xs >= 0)] = L["tibial_cartilage_lateral"]
+    labels[patellar_cart] = L["patellar_cartilage"]
+    labels[fibula < 0] = L["fibula"]
+    labels[tibia < 0] = L["tibia"]
+    labels[femur < 0] = L["femur"]
+    labels[patella < 0] = L["patella"]
+
+    bone = (femur < 0) | (tibia < 0) | (patella < 0) | (fibula < 0)
+    cortex = bone & ((fd > -1.3) & (femur < 0) | (td > -1.3) & (tibia < 0) | (pd_ > -1.3) & (patella < 0)
+                     | (fibula > -1.3 * s) & (fibula < 0))
+
+    masks = {name: np.zeros(shape, bool) for name in LESION_MASKS}
+    masks["osteophyte"] = osteophyte_mask & bone
+    masks["effusion_synovitis"] = effusion_mask & (labels == L["joint_fluid"])
+
+    # --- subchondral sclerosis (denser bone under the weight-bearing surfaces) -----------
+    sclerosis = np.zeros(shape, bool)
+    for grade, medial in ((spec.sclerosis_medial, True), (spec.sclerosis_lateral, False)):
+        if grade <= 0:
+            continue
+        depth = 2.0 + 2.5 * grade
+        comp = (Xs < -8.0) if medial else (Xs > 8.0)
+        compx = X_MEDIAL if medial else X_LATERAL
+        near = np.abs(Xs - compx) < 15.0
+        sclerosis |= comp & near & (((femur < 0) & (fd > -depth) & (Zf < 8.0)) | ((tibia < 0) & (td > -depth) & (Zt > -depth - 2)))
+
+    # --- bone marrow lesions ------------------------------------------------------------
+    bml_centres = {"FM": ((X_MEDIAL, -2.0, 5.0), "femur"), "FL": ((X_LATERAL, 0.0, 5.0), "femur"),
+                   "TM": ((X_MEDIAL, -2.0, -6.0), "tibia"), "TL": ((X_LATERAL, -2.0, -6.0), "tibia"),
+                   "P": ((4.0, 44.0, 34.0), "patella")}
+    for region, grade in spec.bml_sites:
+        centre, bone_name = bml_centres[region]
+        radius = BML_RADIUS_MM[int(grade)]
+        jitter = lesion_rng.normal(scale=3.0, size=3) * np.array([1.0, 1.5, 0.3])
+        c = np.asarray(centre) + jitter
+        zspace = {"femur": Zf, "tibia": Zt, "patella": Zf}[bone_name]
+        if bone_name == "femur":
+            c[2] = radius * 0.7
+        elif bone_name == "tibia":
+            c[2] = -radius * 0.7
+        blob = _sd_ellipsoid(Xs, Ys, zspace, c, (radius * 1.1, radius * 1.3, radius * 0.8)) * s
+        blob = blob + 1.5 * _noise_field(lesion_rng, shape, sigma=2.0 / voxel_mm)
+        owner = {"femur": femur, "tibia": tibia, "patella": patella}[bone_name]
+        masks["bml"] |= (blob < 0) & (owner < 0)
+
+    # --- Hoffa-synovitis: hyperintense strands in the fat pad ---------------------------
+    if spec.hoffa_synovitis_grade > 0:
+        texture = _noise_field(lesion_rng, shape, sigma=1.8 / voxel_mm)
+        threshold = {1: 1.4, 2: 0.9, 3: 0.4}[int(spec.hoffa_synovitis_grade)]
+        core = _sd_ellipsoid(Xs, Ys, Zm, (0.0, 22.0, -6.0), (16.0, 8.0, 11.0)) < 0
+        masks["hoffa_synovitis"] = (labels == L["hoffa_fat_pad"]) & core & (texture > threshold)
+
+    # --- focal cartilage loss: defects filled with fluid ---------------------------------
+    defect_centres = {"FM": (X_MEDIAL, -4.0), "FL": (X_LATERAL, -2.0), "TM": (X_MEDIAL, -2.0),
+                      "TL": (X_LATERAL, -1.0), "P": (4.0, 0.0), "TR": (0.0, 0.0)}
+    for region, fraction in spec.cartilage_loss_fraction.items():
+        if fraction <= 0:
+            continue
+        code = CARTILAGE_REGIONS.index(region) + 1
+        radius = 4.0 + 9.0 * fraction
+        cx, cy = defect_centres[region]
+        cx += lesion_rng.normal(scale=2.0)
+        cy += lesion_rng.normal(scale=3.0)
+        if region in ("P", "TR"):
+            zc = {"P": 34.0, "TR": 30.0}[region]
+            disc = ((Xs - cx) ** 2 + (Zf - zc) ** 2) < radius ** 2
+        else:
+            disc = ((Xs - cx) ** 2 + (Ys - cy) ** 2) < radius ** 2
+        lost = (cartilage_region == code) & disc & (cartilage_depth.astype(np.float32) > 1.0 - fraction - 0.02)
+        masks["cartilage_loss"] |= lost
+        labels[lost] = L["joint_fluid"]
+        cartilage_depth[lost] = 0
+        cartilage_region[lost] = 0
+
+    # --- meniscal damage: tears (fluid clefts) and maceration ---------------------------
+    for grade, medial in ((spec.meniscal_damage_medial, True), (spec.meniscal_damage_lateral, False)):
+        if grade <= 0:
+            continue
+        code = L["meniscus_medial"] if medial else L["meniscus_lateral"]
+        this = labels == code
+        posterior_horn = this & (Ys < -4.0)
+        if grade == 1:     # intrasubstance horizontal signal
+            cleft = posterior_horn & (np.abs(td - 2.2) < 0.6)
+            damaged = posterior_horn & (np.abs(td - 2.2) < 1.6)
+        elif grade == 2:   # horizontal/oblique tear reaching the surface
+            cleft = posterior_horn & (np.abs(td - 1.2 - 0.12 * (mer * 25)) < 0.7)
+            damaged = posterior_horn
+        else:              # maceration: posterior horn and body largely gone
+            cleft = this & (Ys < 6.0) & (lesion_rng.random(shape) < 0.6)
+            damaged = this & (Ys < 6.0)
+        labels[cleft] = L["joint_fluid"]
+        masks["meniscal_damage"] |= damaged
+
+    # --- foreign object (QC artefact): a small metal sphere in the anterior soft tissue --
+    foreign = None
+    if spec.artefact == "foreign_object":
+        centre_shape = np.array([lesion_rng.uniform(-25, 25), 52.0 + lesion_rng.uniform(0, 6), lesion_rng.uniform(-40, -10)])
+        centre_mm = centre_shape * s
+        centre_mm[0] *= mirror
+        radius = float(lesion_rng.uniform(1.5, 3.0))
+        foreign = (centre_mm, radius)
+        rr = ((ax[:, None, None] - centre_mm[0]) ** 2 + (ay[None, :, None] - centre_mm[1]) ** 2
+              + (az[None, None, :] - centre_mm[2]) ** 2)
+        masks["foreign_object"] = rr < (2.5 * radius) ** 2      # the signal void on MRI
+
+    # --- landmarks (knee-local mm; inverse deformation by fixed-point iteration) ---------
+    landmarks = _landmarks(spec, v, s, mirror, ax, ay, az, dz)
+    origin = np.array([ax[0], ay[0], az[0]], dtype=float)
+    return KneeModel(
+        spec=spec, labels=labels, voxel_mm=float(voxel_mm), origin_mm=origin,
+        lesion_masks=masks, landmarks_mm=landmarks, cartilage_depth=cartilage_depth,
+        cartilage_region=cartilage_region, cortex=cortex, sclerosis=sclerosis & bone,
+        foreign_object=foreign,
+        pose_matrix=pose_matrix(spec.flexion_deg, spec.rotation_deg, spec.varus_deg, spec.offset_mm, spec.side),
+        side=spec.side,
+    )
+
+
+def _noise_field(rng, shape, sigma):
+    """Smooth unit-variance Gaussian random field (for lesion outlines and texture)."""
+    field_ = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field_ / max(float(field_.std()), 1e-6)
+
+
+def _landmarks(spec, v, s, mirror, ax, ay, az, dz):
+    """Landmarks in knee-local mm (deformation of z is a function of x, y: look it up)."""
+    def dz_at(x, y):
+        i = int(np.clip(np.searchsorted(ax, x), 0, ax.size - 1))
+        j = int(np.clip(np.searchsorted(ay, y), 0, ay.size - 1))
+        return float(dz[i, j, 0])
+
+    out = {}
+    def put(name, x_shape, y_shape, z_local_fn):
+        x, y = x_shape * s, y_shape * s
+        z = z_local_fn(x) - dz_at(x * mirror, y)
+        out[name] = np.array([x * mirror, y, z])
+
+    gm, gl = spec.jsw_medial_mm, spec.jsw_lateral_mm
+    put("condyle_lowest_medial", X_MEDIAL - v[0], -4.0, lambda x: gm / 2)
+    put("condyle_lowest_lateral", X_LATERAL + v[0], -2.0, lambda x: gl / 2)
+    put("plateau_medial", X_MEDIAL, -1.0, lambda x: -gm / 2)
+    put("plateau_lateral", X_LATERAL, -1.0, lambda x: -gl / 2)
+    put("plateau_margin_medial", -40.0 - v[4], -1.0, lambda x: -gm / 2 + 1.0)
+    put("plateau_margin_lateral", 38.0 + v[4], -1.0, lambda x: -gl / 2 - 1.0)
+    put("joint_centre", 0.0, 0.0, lambda x: 0.0)
+    put("pcl_centre", 0.0, -12.0, lambda x: 10.0 * s)
+    put("patella_centre", 4.0, 47.0, lambda x: 34.0 * s + (gm + gl) / 4)
+    out["pcl_normal"] = np.array([1.0, 0.0, 0.0])
+    return out
+
+
+def _validate(spec: KneeSpec, voxel_mm: float) -> None:
+    if spec.side not in ("R", "L"):
+        raise ValueError(f"KneeSpec.side must be 'R' or 'L', got {spec.side!r} ({spec.participant_id})")
+    if not 0.2 <= voxel_mm <= 4.0:
+        raise ValueError(f"voxel_mm must be in [0.2, 4] mm, got {voxel_mm}")
+    for name in ("jsw_medial_mm", "jsw_lateral_mm"):
+        value = getattr(spec, name)
+        if not 0.0 <= value <= 12.0:
+            raise ValueError(f"KneeSpec.{name} must be in [0, 12] mm, got {value} ({spec.participant_id})")
+    for site, grade in spec.osteophyte_grade.items():
+        if int(grade) not in OSTEOPHYTE_LENGTH_MM:
+            raise ValueError(f"KneeSpec.osteophyte_grade[{site!r}] must be 0-3, got {grade}")
+    for region, grade in spec.bml_sites:
+        if region not in ("FM", "FL", "TM", "TL", "P") or int(grade) not in BML_RADIUS_MM:
+            raise ValueError(f"KneeSpec.bml_sites entry ({region!r}, {grade}) is not (FM|FL|TM|TL|P, 1-3)")
+    if spec.artefact not in ("", "motion", "missing_slices", "foreign_object"):
+        raise ValueError(f"KneeSpec.artefact must be '', 'motion', 'missing_slices' or 'foreign_object', got {spec.artefact!r}")
