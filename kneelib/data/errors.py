@@ -22,6 +22,8 @@ __all__ = [
     "MissingVariableError",
     "TableFormatError",
     "LateralityError",
+    "MissingTableError",
+    "AmbiguousSeriesError",
 ]
 
 
@@ -124,3 +126,23 @@ class LateralityError(KneelibDataError):
 
     def __init__(self, where: str | Path, reason: str):
         super().__init__(f"laterality of {where}: {reason}", path=where, reason=reason)
+
+
+class MissingTableError(KneelibDataError, FileNotFoundError):
+    """No clinical table file of that name (``.txt`` or ``.sas7bdat``) under the OAI root."""
+
+    def __init__(self, table: str, root: str | Path, reason: str = ""):
+        self.table = table
+        reason = reason or "no file <table>.txt or <table>.sas7bdat (case-insensitive) found"
+        super().__init__(f"OAI table {table} not found under {root}: {reason}", path=root, reason=reason)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class AmbiguousSeriesError(KneelibDataError):
+    """Several series in the image index match one request; the caller must choose."""
+
+    def __init__(self, index_path: str | Path, reason: str):
+        super().__init__(f"ambiguous series in image index {index_path}: {reason}",
+                         path=index_path, reason=reason)
