@@ -69,6 +69,8 @@ VARIANT_SEED_OFFSET: dict[str, int] = {"oai": 0, "most": 1_000_003}
 #: the MOST-like cohort uses 8 so that IDs never collide when both are loaded together).
 VARIANT_ID_BASE: dict[str, int] = {"oai": 9_000_001, "most": 8_000_001}
 
+_KNEE_FIELDS = frozenset(f.name for f in fields(KneeSpec))
+
 #: Bone-marrow-lesion regions and which tibio-femoral compartment drives each.
 _BML_REGIONS: tuple[tuple[str, str], ...] = (
     ("FM", "medial"), ("TM", "medial"), ("FL", "lateral"), ("TL", "lateral"), ("P", "pf"),
@@ -471,9 +473,13 @@ def _knee_spec(subject: SubjectSpec, side: str, visit_month: int, state: _KneeSt
     if rng.random() < e.artefact_probability:
         kinds, shares = zip(*e.artefact_kinds)
         artefact = str(kinds[int(rng.choice(len(kinds), p=np.asarray(shares) / sum(shares)))])
+    extra = {}
+    if "subcutaneous_fat_mm" in _KNEE_FIELDS:  # body habitus seen by the renderers
+        extra["subcutaneous_fat_mm"] = round(float(np.clip(
+            4.0 + 0.9 * (subject.bmi_kg_m2 - 22.0) + (3.0 if subject.sex == 2 else 0.0), 3.0, 30.0)), 2)
     return replace(knee, frequent_pain=bool(frequent), womac_pain=womac, chronic_pain=months > 6,
                    any_pain_past_12m=any_pain, pain_months_past_12m=months,
-                   pain_liability=round(float(liability), 4), artefact=artefact)
+                   pain_liability=round(float(liability), 4), artefact=artefact, **extra)
 
 
 def sample_knees(subject: SubjectSpec, effects: EffectSizes = DEFAULT_EFFECTS) -> list[KneeSpec]:
