@@ -37,7 +37,6 @@ Writer counterpart: :func:`kneelib.synth.oai_writer.write_dicom_series`.
 """
 from __future__ import annotations
 
-import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field, replace

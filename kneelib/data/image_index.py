@@ -16,7 +16,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from kneelib.data.errors import AmbiguousSeriesError, TableFormatError, UnknownSeriesError
