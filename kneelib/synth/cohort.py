@@ -98,9 +98,9 @@ class CohortPreset:
 
 
 PRESETS: dict[str, CohortPreset] = {
-    "smoke": CohortPreset("smoke", n_subjects=8, anatomy_voxel_mm=1.0),
-    "default": CohortPreset("default", n_subjects=300, anatomy_voxel_mm=0.6),
-    "paper": CohortPreset("paper", n_subjects=4796, anatomy_voxel_mm=0.3),
+    "smoke": CohortPreset("smoke", n_subjects=8, anatomy_voxel_mm=2.0),
+    "default": CohortPreset("default", n_subjects=300, anatomy_voxel_mm=1.0),
+    "paper": CohortPreset("paper", n_subjects=4796, anatomy_voxel_mm=0.4),
 }
 
 _SEX_LABELS = {1: "Male", 2: "Female"}
