@@ -170,22 +170,25 @@ def pose_matrix(flexion_deg: float, rotation_deg: float, varus_deg: float,
 
 def _sd_ellipsoid(x, y, z, centre, radii):
     """Approximate signed distance to an ellipsoid (Quilez' bound, exact zero set)."""
-    px, py, pz = (x - centre[0]) / radii[0], (y - centre[1]) / radii[1], (z - centre[2]) / radii[2]
+    cx, cy, cz = (float(c) for c in centre)
+    rx, ry, rz = (float(r) for r in radii)
+    px, py, pz = (x - cx) * (1 / rx), (y - cy) * (1 / ry), (z - cz) * (1 / rz)
     k0 = np.sqrt(px * px + py * py + pz * pz)
-    k1 = np.sqrt((px / radii[0]) ** 2 + (py / radii[1]) ** 2 + (pz / radii[2]) ** 2)
+    k1 = np.sqrt((px * (1 / rx)) ** 2 + (py * (1 / ry)) ** 2 + (pz * (1 / rz)) ** 2)
     return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
 
 
 def _sd_capsule(x, y, z, a, b, radius, squash=(1.0, 1.0, 1.0)):
     """Signed distance to a capsule from ``a`` to ``b`` (optionally squashed per axis)."""
-    sx, sy, sz = squash
-    a = np.asarray(a, float) / squash
-    b = np.asarray(b, float) / squash
-    px, py, pz = x / sx - a[0], y / sy - a[1], z / sz - a[2]
-    ba = b - a
-    h = np.clip((px * ba[0] + py * ba[1] + pz * ba[2]) / float(ba @ ba), 0.0, 1.0)
+    sx, sy, sz = (float(q) for q in squash)
+    a = [float(q) / w for q, w in zip(a, (sx, sy, sz))]
+    b = [float(q) / w for q, w in zip(b, (sx, sy, sz))]
+    px, py, pz = x * (1 / sx) - a[0], y * (1 / sy) - a[1], z * (1 / sz) - a[2]
+    ba = [b[i] - a[i] for i in range(3)]
+    inv = 1.0 / (ba[0] ** 2 + ba[1] ** 2 + ba[2] ** 2)
+    h = np.clip((px * ba[0] + py * ba[1] + pz * ba[2]) * inv, 0.0, 1.0)
     dx, dy, dz = px - h * ba[0], py - h * ba[1], pz - h * ba[2]
-    return np.sqrt(dx * dx + dy * dy + dz * dz) * min(squash) - radius
+    return np.sqrt(dx * dx + dy * dy + dz * dz) * min(sx, sy, sz) - float(radius)
 
 
 def _smin(a, b, k):
@@ -204,7 +207,9 @@ def _normalised_distance(sdf, voxel_mm):
     gx, gy, gz = np.gradient(sdf, voxel_mm)
     norm = np.sqrt(gx * gx + gy * gy + gz * gz)
     norm = np.maximum(norm, 1e-3)
-    return sdf / norm, gx / norm, gy / norm, gz / norm
+    # far from the surface (and at the edges of evaluation boxes) keep the raw value
+    distance = np.where(np.abs(sdf) < 8.0, sdf / norm, sdf)
+    return distance, gx / norm, gy / norm, gz / norm
 
 
 # ----------------------------------------------------------------------------------------
@@ -351,10 +356,53 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     del X, Y, Zd, dx, dy
     shape = (ax.size, ay.size, az.size)
 
-    femur = (_femur_sdf(Xs, Ys, Zf, v) * s).astype(np.float32)
-    tibia = (_tibia_sdf(Xs, Ys, Zt, v) * s).astype(np.float32)
-    patella = (_patella_sdf(Xs, Ys, Zf, v) * s).astype(np.float32)
-    fibula = (_fibula_sdf(Xs, Ys, Zt) * s).astype(np.float32)
+    # --- soft tissue --------------------------------------------------------------------
+    fat_mm = float(getattr(spec, "subcutaneous_fat_mm", 9.0))
+    zz = Zm
+    limb_ax = 46.0 + 4.0 * np.tanh(zz / 60.0) ** 2 + 6.0 * np.clip(zz / 90.0, 0, 1)
+    limb_ay = 50.0 + 6.0 * np.clip(zz / 80.0, 0, 1) + 5.0 * np.clip(-zz / 80.0, 0, 1)
+    limb_core = np.sqrt(((Xs - 1.0) / limb_ax) ** 2 + ((Ys - 2.0) / limb_ay) ** 2)
+    core_radius_mm = (limb_core - 1.0) * np.minimum(limb_ax, limb_ay) * s     # < 0 inside the muscle/bone core
+    depth_from_skin = fat_mm - core_radius_mm                                  # > 0 inside the limb
+    inside = depth_from_skin > 0
+
+    labels_full = np.zeros(shape, np.uint8)
+    labels_full[inside] = L["muscle"]
+    labels_full[inside & (depth_from_skin < fat_mm)] = L["subcutaneous_fat"]
+    labels_full[inside & (depth_from_skin < 1.6)] = L["skin"]
+    inside_full, depth_full = inside, depth_from_skin
+    # everything but the limb outline lives in the joint block J (bones below it: shafts)
+    J = _block(ax, ay, az, (-56.0 * s, 56.0 * s), (-1e9, 1e9), (-54.0 * s, 1e9))
+    D = (J[0], slice(None), slice(0, J[2].start))
+    full_shape = shape
+    Xs_full, Ys_full, Zt_full = Xs, Ys, Zt
+    Xs, Ys, Zf, Zt, Zm = Xs[J], Ys[J], Zf[J], Zt[J], Zm[J]
+    shape = Xs.shape
+    dz_full = dz
+
+
+    axJ, ayJ, azJ = ax[J[0]], ay[J[1]], az[J[2]]
+
+    def box(fn, zs, lo, hi, step=1, margin=10.0):
+        """Evaluate ``fn(X, Y, Z) * s`` only inside a shape-space box (1e3 outside);
+        ``step=2`` evaluates on every second voxel and interpolates (smooth fields)."""
+        xr = sorted((lo[0] * s * mirror, hi[0] * s * mirror))
+        sl = _block(axJ, ayJ, azJ, xr, (lo[1] * s, hi[1] * s), (lo[2] * s, hi[2] * s), margin)
+        out = np.full(shape, 1e3, np.float32)
+        sub = (slice(sl[0].start, sl[0].stop, step), slice(sl[1].start, sl[1].stop, step),
+               slice(sl[2].start, sl[2].stop, step))
+        values = (fn(Xs[sub], Ys[sub], zs[sub]) * s).astype(np.float32)
+        if step > 1:
+            target = tuple(q.stop - q.start for q in sl)
+            values = ndimage.affine_transform(values, np.full(3, 1.0 / step), output_shape=target,
+                                              order=1, mode="nearest")
+        out[sl] = values
+        return out
+
+    femur = box(lambda x, y, z: _femur_sdf(x, y, z, v), Zf, (-48, -42, -6), (48, 44, 200), step=2)
+    tibia = box(lambda x, y, z: _tibia_sdf(x, y, z, v), Zt, (-48, -34, -200), (48, 34, 6), step=2)
+    patella = box(lambda x, y, z: _patella_sdf(x, y, z, v), Zf, (-20, 32, 10), (28, 62, 58), step=2)
+    fibula = box(_fibula_sdf, Zt, (18, -36, -200), (44, -8, -20), step=2)
 
     # --- osteophytes: bony outgrowths at the articular margins (OARSI sites) ---------
     osteo_sdf = np.full(shape, np.inf, dtype=np.float32)
@@ -372,7 +420,10 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         else:
             a, b = (margin_x - side_sign * 4.0, -1.0, -3.5), (margin_x + side_sign * length, -1.0, -0.5)
             zz = Zt
-        spur = (_sd_capsule(Xs, Ys, zz, a, b, 1.6 + 0.5 * grade, squash=(1.0, 3.0 + grade, 1.0)) * s).astype(np.float32)
+        lo = np.minimum(a, b) - np.array([4.0, 14.0, 5.0])
+        hi = np.maximum(a, b) + np.array([4.0, 14.0, 5.0])
+        spur = box(lambda x, y, z: _sd_capsule(x, y, z, a, b, 1.6 + 0.5 * grade, squash=(1.0, 3.0 + grade, 1.0)),
+                   zz, lo, hi)
         osteo_sdf = np.minimum(osteo_sdf, spur)
         osteo_bone[site] = spur
     if osteo_bone:
@@ -448,20 +499,9 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     meniscus = ((mer > 0.58) & (mer < 1.02) & ~opening & (td > -0.2) & (td < wedge_height + 0.3)
                 & (fd > 0.0) & ~femoral_cart & (xs_abs > 6.0))
 
-    # --- soft tissue --------------------------------------------------------------------
-    fat_mm = float(getattr(spec, "subcutaneous_fat_mm", 9.0))
-    zz = Zm
-    limb_ax = 46.0 + 4.0 * np.tanh(zz / 60.0) ** 2 + 6.0 * np.clip(zz / 90.0, 0, 1)
-    limb_ay = 50.0 + 6.0 * np.clip(zz / 80.0, 0, 1) + 5.0 * np.clip(-zz / 80.0, 0, 1)
-    limb_core = np.sqrt(((Xs - 1.0) / limb_ax) ** 2 + ((Ys - 2.0) / limb_ay) ** 2)
-    core_radius_mm = (limb_core - 1.0) * np.minimum(limb_ax, limb_ay) * s     # < 0 inside the muscle/bone core
-    depth_from_skin = fat_mm - core_radius_mm                                  # > 0 inside the limb
-    inside = depth_from_skin > 0
-
-    labels = np.zeros(shape, np.uint8)
-    labels[inside] = L["muscle"]
-    labels[inside & (depth_from_skin < fat_mm)] = L["subcutaneous_fat"]
-    labels[inside & (depth_from_skin < 1.6)] = L["skin"]
+    labels = labels_full[J]
+    inside = inside_full[J]
+    depth_from_skin = depth_full[J]
     # peri-articular and popliteal fat (knee is mostly tendon, fat and capsule, not muscle)
     prepatellar = inside & (Ys > 22.0) & (Zm > -45.0) & (Zm < 52.0) & (depth_from_skin >= 1.6)
     popliteal = inside & (Ys < -30.0) & (np.abs(Xs) < 18.0 + 0.1 * np.abs(Zm)) & (Zm > -25.0) & (Zm < 55.0) & (depth_from_skin >= 1.6)
@@ -469,21 +509,27 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     sidefat = inside & (np.abs(Zm) < 20.0) & (depth_from_skin >= 1.6) & (np.abs(Xs) > 30.0)
     labels[prepatellar | popliteal | sidefat] = L["subcutaneous_fat"]
     labels[notch_fat & inside] = L["hoffa_fat_pad"]
-    hoffa = (_sd_ellipsoid(Xs, Ys, Zm, (0.0, 25.0, -4.0), (24.0, 12.0, 15.0)) < 0) & (Ys > 12.0)
+    hoffa = (box(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 25.0, -4.0), (24.0, 12.0, 15.0)), Zm,
+                 (-25, 12, -20), (25, 38, 12)) < 0) & (Ys > 12.0)
     labels[hoffa] = L["hoffa_fat_pad"]
     # popliteal vessels (bright fluid-like) in the fat
-    vessel = _sd_capsule(Xs, Ys, Zm, (-3.0, -45.0, 90.0), (2.0, -40.0, -60.0), 3.0) < 0
+    vessel = box(lambda x, y, z: _sd_capsule(x, y, z, (-3.0, -45.0, 90.0), (2.0, -40.0, -60.0), 3.0), Zm,
+                 (-8, -50, -200), (8, -35, 200)) < 0
     labels[vessel & inside] = L["joint_fluid"]
 
     # joint fluid: physiological film, suprapatellar recess (grows with effusion), posterior recesses
     eff = int(spec.effusion_grade)
-    recess = _sd_ellipsoid(Xs, Ys, Zm, (2.0, 33.0, 58.0 + 4.0 * eff),
-                           (20.0 + 2.5 * eff, 1.4 + 2.2 * eff, 11.0 + 6.0 * eff)) < 0
+    recess = box(lambda x, y, z: _sd_ellipsoid(x, y, z, (2.0, 33.0, 58.0 + 4.0 * eff),
+                                               (20.0 + 2.5 * eff, 1.4 + 2.2 * eff, 11.0 + 6.0 * eff)), Zm,
+                 (-30, 20, 30), (34, 46, 120)) < 0
     fluid = recess.copy()
     if eff >= 1:
-        posterior = (np.minimum(_sd_ellipsoid(Xs, Ys, Zm, (-21.0, -36.0, 22.0), (9.0, 1.0 + 2.0 * eff, 9.0 + 3 * eff)),
-                                _sd_ellipsoid(Xs, Ys, Zm, (21.0, -34.0, 22.0), (8.0, 1.0 + 1.5 * eff, 8.0 + 3 * eff))) < 0)
-        para = _sd_ellipsoid(Xs, Ys, Zm, (0.0, 36.0, 20.0), (30.0 + 2 * eff, 2.0 + 1.5 * eff, 10.0 + 3 * eff)) < 0
+        posterior = box(lambda x, y, z: np.minimum(
+            _sd_ellipsoid(x, y, z, (-21.0, -36.0, 22.0), (9.0, 1.0 + 2.0 * eff, 9.0 + 3 * eff)),
+            _sd_ellipsoid(x, y, z, (21.0, -34.0, 22.0), (8.0, 1.0 + 1.5 * eff, 8.0 + 3 * eff))), Zm,
+            (-32, -46, 0), (32, -24, 44)) < 0
+        para = box(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 36.0, 20.0), (30.0 + 2 * eff, 2.0 + 1.5 * eff, 10.0 + 3 * eff)),
+                   Zm, (-38, 24, 2), (38, 48, 38)) < 0
         fluid |= posterior | (para & (np.abs(Xs - 4) > 14.0))
     film = (fd > 0) & (td > 0) & (fd + td < np.maximum(fem_t + tib_t, 1.0) + 1.0) & (plateau_r < 1.1)
     fluid_film = film & ~femoral_cart & ~tibial_cart
@@ -492,16 +538,22 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     effusion_mask = fluid & (eff >= 1)
 
     # tendons and ligaments
-    patellar_tendon = _sd_capsule(Xs, Ys, Zm, (4.0, 45.0, 16.0), (2.0, 27.0, -34.0), 2.6, squash=(4.5, 1.0, 1.0)) < 0
-    quad_tendon = _sd_capsule(Xs, Ys, Zm, (4.0, 50.0, 52.0), (1.0, 38.0, 120.0), 3.0, squash=(5.0, 1.0, 1.0)) < 0
+    patellar_tendon = box(lambda x, y, z: _sd_capsule(x, y, z, (4.0, 45.0, 16.0), (2.0, 27.0, -34.0), 2.6,
+                                                      squash=(4.5, 1.0, 1.0)), Zm, (-16, 20, -42), (20, 52, 22)) < 0
+    quad_tendon = box(lambda x, y, z: _sd_capsule(x, y, z, (4.0, 50.0, 52.0), (1.0, 38.0, 120.0), 3.0,
+                                                  squash=(5.0, 1.0, 1.0)), Zm, (-18, 30, 44), (22, 58, 200)) < 0
     labels[(patellar_tendon | quad_tendon) & inside] = L["patellar_tendon"]
-    pcl = np.minimum(_sd_capsule(Xs, Ys, Zm, (-1.0, 4.0, 20.0), (0.0, -12.0, 10.0), 3.8),
-                     _sd_capsule(Xs, Ys, Zm, (0.0, -12.0, 10.0), (0.0, -27.0, -10.0), 3.8)) < 0
-    acl = _sd_capsule(Xs, Ys, Zm, (10.0, -16.0, 21.0), (-2.0, 11.0, -1.0), 3.0) < 0
+    pcl = box(lambda x, y, z: np.minimum(_sd_capsule(x, y, z, (-1.0, 4.0, 20.0), (0.0, -12.0, 10.0), 3.8),
+                                         _sd_capsule(x, y, z, (0.0, -12.0, 10.0), (0.0, -27.0, -10.0), 3.8)),
+              Zm, (-6, -32, -15), (6, 9, 25)) < 0
+    acl = box(lambda x, y, z: _sd_capsule(x, y, z, (10.0, -16.0, 21.0), (-2.0, 11.0, -1.0), 3.0), Zm,
+              (-6, -20, -5), (14, 15, 25)) < 0
     labels[acl] = L["acl"]
     labels[pcl] = L["pcl"]
-    mcl = _sd_capsule(Xs, Ys, Zm, (-44.5, -4.0, 30.0), (-41.0, 0.0, -45.0), 1.4, squash=(1.0, 5.0, 1.0)) < 0
-    lcl = _sd_capsule(Xs, Ys, Zm, (42.5, -6.0, 28.0), (34.0, -20.0, -30.0), 1.8) < 0
+    mcl = box(lambda x, y, z: _sd_capsule(x, y, z, (-44.5, -4.0, 30.0), (-41.0, 0.0, -45.0), 1.4,
+                                          squash=(1.0, 5.0, 1.0)), Zm, (-48, -14, -50), (-38, 10, 34)) < 0
+    lcl = box(lambda x, y, z: _sd_capsule(x, y, z, (42.5, -6.0, 28.0), (34.0, -20.0, -30.0), 1.8), Zm,
+              (30, -24, -34), (46, -2, 32)) < 0
     labels[(mcl | lcl) & (fd > 0) & (td > 0)] = L["collateral_ligament"]
 
     labels[meniscus & (Xs < 0)] = L["meniscus_medial"]
@@ -548,16 +600,19 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
             c[2] = radius * 0.7
         elif bone_name == "tibia":
             c[2] = -radius * 0.7
-        blob = _sd_ellipsoid(Xs, Ys, zspace, c, (radius * 1.1, radius * 1.3, radius * 0.8)) * s
-        blob = blob + 1.5 * _noise_field(lesion_rng, shape, sigma=2.0 / voxel_mm)
+        radii = (radius * 1.1, radius * 1.3, radius * 0.8)
+        blob = box(lambda x, y, z: _sd_ellipsoid(x, y, z, c, radii), zspace,
+                   c - 1.6 * np.array(radii), c + 1.6 * np.array(radii), margin=4.0)
+        blob = blob + 1.5 * _noise_field(lesion_rng, shape, sigma=2.0 / voxel_mm, where=blob < 5.0)
         owner = {"femur": femur, "tibia": tibia, "patella": patella}[bone_name]
         masks["bml"] |= (blob < 0) & (owner < 0)
 
     # --- Hoffa-synovitis: hyperintense strands in the fat pad ---------------------------
     if spec.hoffa_synovitis_grade > 0:
-        texture = _noise_field(lesion_rng, shape, sigma=1.8 / voxel_mm)
+        core = box(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 22.0, -6.0), (16.0, 8.0, 11.0)), Zm,
+                   (-18, 12, -19), (18, 32, 7)) < 0
+        texture = _noise_field(lesion_rng, shape, sigma=1.8 / voxel_mm, where=core)
         threshold = {1: 1.4, 2: 0.9, 3: 0.4}[int(spec.hoffa_synovitis_grade)]
-        core = _sd_ellipsoid(Xs, Ys, Zm, (0.0, 22.0, -6.0), (16.0, 8.0, 11.0)) < 0
         masks["hoffa_synovitis"] = (labels == L["hoffa_fat_pad"]) & core & (texture > threshold)
 
     # --- focal cartilage loss: defects filled with fluid ---------------------------------
@@ -611,25 +666,69 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         foreign = (centre_mm, radius)
         rr = ((ax[:, None, None] - centre_mm[0]) ** 2 + (ay[None, :, None] - centre_mm[1]) ** 2
               + (az[None, None, :] - centre_mm[2]) ** 2)
-        masks["foreign_object"] = rr < (2.5 * radius) ** 2      # the signal void on MRI
+        masks["foreign_object"] = (rr < (2.5 * radius) ** 2)[J]      # the signal void on MRI
 
+    # --- embed the joint block; shafts of tibia and fibula below it -------------------
+    def embed(block_array, dtype):
+        out = np.zeros(full_shape, dtype)
+        out[J] = block_array
+        return out
+
+    masks = {k: embed(m, bool) for k, m in masks.items()}
+    cartilage_depth = embed(cartilage_depth, np.float16)
+    cartilage_region = embed(cartilage_region, np.uint8)
+    cortex = embed(cortex, bool)
+    sclerosis = embed(sclerosis & bone, bool)
+    if J[2].start > 0:
+        tib_d = _tibia_sdf(Xs_full[D], Ys_full[D], Zt_full[D], v) * s
+        fib_d = _fibula_sdf(Xs_full[D], Ys_full[D], Zt_full[D]) * s
+        lab_d = labels_full[D]
+        lab_d[fib_d < 0] = L["fibula"]
+        lab_d[tib_d < 0] = L["tibia"]
+        cortex[D] = ((tib_d < 0) & (tib_d > -1.3)) | ((fib_d < 0) & (fib_d > -1.3))
+    labels = labels_full
+    shape = full_shape
+    dz = dz_full
     # --- landmarks (knee-local mm; inverse deformation by fixed-point iteration) ---------
     landmarks = _landmarks(spec, v, s, mirror, ax, ay, az, dz)
     origin = np.array([ax[0], ay[0], az[0]], dtype=float)
     return KneeModel(
         spec=spec, labels=labels, voxel_mm=float(voxel_mm), origin_mm=origin,
         lesion_masks=masks, landmarks_mm=landmarks, cartilage_depth=cartilage_depth,
-        cartilage_region=cartilage_region, cortex=cortex, sclerosis=sclerosis & bone,
+        cartilage_region=cartilage_region, cortex=cortex, sclerosis=sclerosis,
         foreign_object=foreign,
         pose_matrix=pose_matrix(spec.flexion_deg, spec.rotation_deg, spec.varus_deg, spec.offset_mm, spec.side),
         side=spec.side,
     )
 
 
-def _noise_field(rng, shape, sigma):
-    """Smooth unit-variance Gaussian random field (for lesion outlines and texture)."""
-    field_ = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return field_ / max(float(field_.std()), 1e-6)
+def _block(ax, ay, az, xr, yr, zr, margin=6.0):
+    """Index slices of the grid covering a knee-local box (ranges in mm, plus a margin)."""
+    def rng_(a, r):
+        lo = int(np.searchsorted(a, r[0] - margin))
+        hi = int(np.searchsorted(a, r[1] + margin))
+        return slice(max(lo, 0), min(hi, a.size))
+    return (rng_(ax, xr), rng_(ay, yr), rng_(az, zr))
+
+
+def _noise_field(rng, shape, sigma, where=None):
+    """Smooth unit-variance Gaussian random field (for lesion outlines and texture).
+
+    With ``where`` (a boolean array of ``shape``) the field is drawn only on the
+    bounding box of ``where`` (zero elsewhere), which keeps small lesions cheap.
+    """
+    out = np.zeros(shape, np.float32)
+    if where is not None:
+        idx = np.nonzero(where)
+        if idx[0].size == 0:
+            return out
+        sl = tuple(slice(max(int(i.min()) - 4, 0), int(i.max()) + 5) for i in idx)
+    else:
+        sl = tuple(slice(0, n) for n in shape)
+    sub_shape = tuple(q.stop - q.start if q.stop <= n else n - q.start for q, n in zip(sl, shape))
+    field_ = ndimage.gaussian_filter(rng.standard_normal(sub_shape).astype(np.float32), sigma)
+    out[sl] = field_ / max(float(field_.std()), 1e-6)
+    return out
 
 
 def _landmarks(spec, v, s, mirror, ax, ay, az, dz):

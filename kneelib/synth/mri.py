@@ -1,0 +1,384 @@
+"""Render OAI MR series of a synthetic knee from tissue properties and signal equations.
+
+Step 2 of "A synthetic knee from physics" (``DESIGN.md``; issue 3, section 2). Each
+series is rendered on its own OAI grid (:mod:`kneelib.synth.protocols`):
+
+1. Signal per voxel of the knee's label grid from its signal equation
+   (:func:`spin_echo_signal`, :func:`dess_signal`; MSME: proton-density-weighted
+   amplitude and T2 sampled once, one image per echo), with fat suppression removing
+   the fat fraction's signal, cartilage T2 rising from deep to superficial plus the
+   region's degeneration, lesion tissues overriding (BML, Hoffa-synovitis), cortex and
+   sclerosis dark.
+2. Partial volume from the slice profile (a box of the slice thickness along the
+   slice normal), then trilinear sampling at every pixel centre of the series,
+   through the knee's pose and the patient (LPS) placement of the knee.
+3. A smooth coil sensitivity (bias) field, artefacts when the spec plants one
+   (motion ghosting along phase encoding, missing slices leaving a real gap in slice
+   positions, a metal object's signal void), Rician noise, uint16 storage.
+
+Labels and lesion masks are resampled on the same grid (nearest neighbour), and for
+sagittal series the index of the slice nearest the PCL plane is the ground-truth
+centre slice of study 000 (Chang et al., Methods: 11 + 1 + 11 slices around the PCL).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from kneelib.synth.anatomy import KneeModel
+from kneelib.synth.oai_writer import SliceGeometry
+from kneelib.synth.protocols import MRProtocol
+from kneelib.synth.spec import CARTILAGE_REGIONS, LESION_MASKS, TISSUE_LABELS
+from kneelib.synth.tissue import FAT_T1_MS, FAT_T2_MS, LESION_TISSUES, cartilage_t2_ms, property_table
+
+__all__ = ["RenderedSeries", "render_series", "spin_echo_signal", "dess_signal", "knee_centre_lps",
+           "knee_to_lps_matrix"]
+
+L = TISSUE_LABELS
+_CARTILAGE_CODES = np.array([L["femoral_cartilage"], L["tibial_cartilage_medial"],
+                             L["tibial_cartilage_lateral"], L["patellar_cartilage"]])
+_BONE_CODES = np.array([L["femur"], L["tibia"], L["patella"], L["fibula"]])
+
+
+@dataclass
+class RenderedSeries:
+    """One rendered MR series and its ground truth on the same grid.
+
+    Attributes
+    ----------
+    pixels : ndarray of uint16
+        ``(slices, rows, cols)`` or ``(echoes, slices, rows, cols)`` (MSME).
+    geometry : SliceGeometry
+        Orientation, per-slice ``ImagePositionPatient`` (LPS mm), pixel spacing,
+        slice thickness (:class:`kneelib.synth.oai_writer.SliceGeometry`).
+    header : dict
+        DICOM keywords: ``SeriesDescription``, ``Laterality``, ``RepetitionTime``,
+        ``EchoTime`` (a list for MSME), ``FlipAngle``, ``ScanningSequence``,
+        ``SequenceName``, ``MRAcquisitionType``.
+    labels : ndarray of uint8, shape (slices, rows, cols)
+        ``TISSUE_LABELS`` codes at each pixel (nearest).
+    lesion_masks : dict of str -> ndarray of bool
+        Each of ``LESION_MASKS`` on the pixel grid.
+    pcl_slice_index : int or None
+        Index (into ``pixels``' slice axis) of the slice nearest the PCL plane, for
+        sagittal series.
+    protocol : MRProtocol
+    """
+
+    pixels: np.ndarray
+    geometry: SliceGeometry
+    header: dict
+    labels: np.ndarray
+    lesion_masks: dict[str, np.ndarray]
+    pcl_slice_index: int | None
+    protocol: MRProtocol
+    extras: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------
+# Signal equations
+# ----------------------------------------------------------------------------------------
+
+def spin_echo_signal(proton_density, t1_ms, t2_ms, tr_ms, te_ms):
+    """Spin-echo (TSE) magnitude: ``PD (1 - exp(-TR/T1)) exp(-TE/T2)``."""
+    return proton_density * (1.0 - np.exp(-tr_ms / t1_ms)) * np.exp(-te_ms / t2_ms)
+
+
+def dess_signal(proton_density, t1_ms, t2_ms, tr_ms, te_ms, flip_deg):
+    """Double-echo steady state: sum of the FISP (S+) and PSIF (S-) echoes.
+
+    Steady-state expressions of Hänicke & Vogel (MRM 2003;49:771) / Bruder et al.
+    (MRM 1988;7:35) with ``T2*`` approximated by ``T2``; the OAI DESS image is the sum
+    of both echoes (Peterfy et al. 2008).
+    """
+    alpha = np.deg2rad(flip_deg)
+    e1 = np.exp(-tr_ms / t1_ms)
+    e2 = np.exp(-tr_ms / t2_ms)
+    cos_a = np.cos(alpha)
+    p = 1 - e1 * cos_a - e2 ** 2 * (e1 - cos_a)
+    q = e2 * (1 - e1) * (1 + cos_a)
+    root = np.sqrt(np.maximum(p * p - q * q, 1e-12))
+    tan_half = np.tan(alpha / 2)
+    s_plus = tan_half * (1 - (e1 - cos_a) * (1 - e2 ** 2) / root)
+    s_minus = tan_half * (1 - (1 - e1 * cos_a) * (1 - e2 ** 2) / root)
+    return proton_density * (s_plus * np.exp(-te_ms / t2_ms) + s_minus * np.exp(-(2 * tr_ms - te_ms) / t2_ms))
+
+
+def _signal(protocol: MRProtocol, pd, t1, t2, te_ms):
+    if protocol.sequence == "dess":
+        return dess_signal(pd, t1, t2, protocol.repetition_time_ms, te_ms, protocol.flip_angle_deg)
+    return spin_echo_signal(pd, t1, t2, protocol.repetition_time_ms, te_ms)
+
+
+def _tissue_signal(protocol, pd, t1, t2, fat_fraction, te_ms):
+    """Water plus (suppressed) fat signal of tissues with given properties."""
+    water = _signal(protocol, pd * (1 - fat_fraction), t1, t2, te_ms)
+    fat = _signal(protocol, pd * fat_fraction, FAT_T1_MS, FAT_T2_MS, te_ms)
+    return water + (1.0 - protocol.fat_suppression) * fat
+
+
+def _signal_volume(model: KneeModel, protocol: MRProtocol, te_ms: float, t2_map: bool = False):
+    """Signal (or, with ``t2_map``, the (amplitude, T2) pair) on the knee's label grid."""
+    table = property_table()
+    codes = np.arange(table["t1_ms"].size)
+    lut = _tissue_signal(protocol, table["proton_density"], table["t1_ms"], table["t2_ms"],
+                         table["fat_fraction"], te_ms).astype(np.float32)
+    volume = lut[model.labels]
+    cart = model.cartilage_region > 0
+    if cart.any():
+        elevation = np.zeros(len(CARTILAGE_REGIONS) + 1, np.float32)
+        for i, region in enumerate(CARTILAGE_REGIONS):
+            elevation[i + 1] = float(model.spec.cartilage_t2_elevation_ms.get(region, 0.0))
+        t2 = cartilage_t2_ms(model.cartilage_depth[cart], elevation[model.cartilage_region[cart]])
+        tissue = table  # cartilage PD/T1 from the femoral cartilage entry
+        c = L["femoral_cartilage"]
+        volume[cart] = _signal(protocol, tissue["proton_density"][c], tissue["t1_ms"][c], t2, te_ms)
+    for name, mask in (("sclerosis", model.sclerosis), ("bml", model.lesion_masks["bml"]),
+                       ("hoffa_synovitis", model.lesion_masks["hoffa_synovitis"]), ("cortex", model.cortex)):
+        if mask.any():
+            t = LESION_TISSUES[name]
+            volume[mask] = _tissue_signal(protocol, t.proton_density, t.t1_ms, t.t2_ms, t.fat_fraction, te_ms)
+    if model.foreign_object is not None:
+        void = model.lesion_masks["foreign_object"]
+        rim = ndimage.binary_dilation(void, iterations=2) & ~void
+        volume[rim] *= 2.5
+        volume[void] = 0.0
+    del codes
+    return volume
+
+
+# ----------------------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------------------
+
+def knee_centre_lps(side: str) -> np.ndarray:
+    """Where the scanner frame's knee origin lies in patient LPS mm (right knee at -x)."""
+    return np.array([-95.0 if side == "R" else 95.0, 0.0, 0.0])
+
+
+def knee_to_lps_matrix(model: KneeModel) -> np.ndarray:
+    """(4, 4) affine from knee-local mm (unposed) to patient LPS mm.
+
+    Knee-local ``x`` is lateral for a right knee (patient right, LPS ``-x``) and the
+    left knee is already mirrored (lateral at local ``-x``, LPS ``+x``), so both sides
+    map with ``x_LPS = -x_local``; anterior ``+y`` becomes LPS ``-y``.
+    """
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    place = np.eye(4)
+    place[:3, 3] = knee_centre_lps(model.side)
+    return place @ flip @ model.pose_matrix
+
+
+def _series_frame(protocol: MRProtocol):
+    """Unit row direction, column direction and slice normal (LPS)."""
+    if protocol.orientation == "sagittal":
+        # columns run anterior -> posterior (+y), rows superior -> inferior; slices right -> left
+        return np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0]), np.array([1.0, 0.0, 0.0])
+    if protocol.orientation == "coronal":
+        return np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.0, -1.0]), np.array([0.0, 1.0, 0.0])
+    raise ValueError(f"protocol {protocol.key}: unknown orientation {protocol.orientation!r}")
+
+
+def _plan_geometry(model: KneeModel, protocol: MRProtocol, rng: np.random.Generator):
+    """Place the field of view on the knee as a technologist would (with jitter).
+
+    Returns the first-pixel position of slice 0, the three direction vectors, and the
+    number of slices; sagittal stacks keep the PCL at least 11 slices from either end.
+    """
+    row_dir, col_dir, normal = _series_frame(protocol)
+    to_lps = knee_to_lps_matrix(model)
+    joint = (to_lps @ np.append(model.landmarks_mm["joint_centre"], 1.0))[:3]
+    pcl = (to_lps @ np.append(model.landmarks_mm["pcl_centre"], 1.0))[:3]
+    fov_v, fov_h = protocol.rows * protocol.row_spacing_mm, protocol.cols * protocol.col_spacing_mm
+    centre = joint + rng.normal(scale=3.0, size=3)
+    n = protocol.n_slices
+    if protocol.orientation == "sagittal":
+        margin = max(0, (n - 23) // 2)
+        shift = int(np.clip(np.round(rng.normal(scale=1.5)), -min(margin, 3), min(margin, 3)))
+        centre_slice_pos = float(pcl @ normal) + shift * protocol.slice_spacing_mm
+        # put a slice centre close to (not exactly on) the PCL plane
+        centre_slice_pos += rng.uniform(-0.3, 0.3) * protocol.slice_spacing_mm
+    else:
+        centre_slice_pos = float(joint @ normal) + rng.normal(scale=2.0)
+    in_plane = centre - (centre @ normal) * normal
+    first = (in_plane - row_dir * (fov_h / 2 - protocol.col_spacing_mm / 2)
+             - col_dir * (fov_v / 2 - protocol.row_spacing_mm / 2)
+             + normal * (centre_slice_pos - (n - 1) / 2 * protocol.slice_spacing_mm))
+    return first, row_dir, col_dir, normal, pcl
+
+
+def _sample_indices(model, protocol, first, row_dir, col_dir, normal, slice_positions):
+    """Label-grid voxel coordinates of every pixel centre (3, slices, rows, cols)."""
+    to_lps = knee_to_lps_matrix(model)
+    lps_to_index = np.linalg.inv(to_lps @ model.index_to_mm())
+    rot, trans = lps_to_index[:3, :3], lps_to_index[:3, 3]
+    s = np.asarray(slice_positions, np.float64)
+    r = np.arange(protocol.rows) * protocol.row_spacing_mm
+    c = np.arange(protocol.cols) * protocol.col_spacing_mm
+    base = rot @ first + trans
+    ds, dr, dc = rot @ normal, rot @ col_dir, rot @ row_dir
+    coords = np.empty((3, s.size, r.size, c.size), np.float32)
+    for axis in range(3):
+        coords[axis] = (base[axis] + s[:, None, None] * ds[axis] + r[None, :, None] * dr[axis]
+                        + c[None, None, :] * dc[axis])
+    return coords, rot @ normal
+
+
+def _slice_profile_blur(volume, slice_normal_index, thickness_mm, voxel_mm):
+    """Box slice profile: average along the label-grid axis nearest the slice normal."""
+    axis = int(np.argmax(np.abs(slice_normal_index)))
+    width = thickness_mm / voxel_mm
+    if width <= 1.2:
+        return volume
+    size = max(1, int(round(width)))
+    return ndimage.uniform_filter1d(volume, size=size, axis=axis, mode="nearest")
+
+
+def _bias_field(shape, amplitude, rng):
+    """Smooth multiplicative coil sensitivity on the image grid."""
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    log_field = np.zeros(shape, np.float32)
+    for axis, coords in enumerate(axes):
+        shp = [1, 1, 1]
+        shp[axis] = -1
+        coeff = rng.normal(scale=amplitude / 2, size=2)
+        log_field = log_field + (coeff[0] * coords + coeff[1] * (coords ** 2 - 0.33)).reshape(shp)
+    # knee coil: brighter toward the posterior and anterior surfaces, darker in the middle
+    return np.exp(log_field)
+
+
+def _motion_ghosts(image, rng, phase_axis):
+    """Periodic motion: random phase errors on a fraction of phase-encode lines."""
+    spectrum = np.fft.fft2(image, axes=(-2, -1))
+    n = image.shape[phase_axis]
+    lines = rng.random(n) < 0.35
+    phase = np.zeros(n)
+    phase[lines] = rng.normal(scale=1.2, size=int(lines.sum()))
+    shape = [1] * image.ndim
+    shape[phase_axis] = n
+    spectrum *= np.exp(1j * phase).reshape(shape)
+    return np.abs(np.fft.ifft2(spectrum, axes=(-2, -1))).astype(np.float32)
+
+
+def _rician(signal, sigma, rng):
+    real = signal + rng.normal(scale=sigma, size=signal.shape).astype(np.float32)
+    imag = rng.normal(scale=sigma, size=signal.shape).astype(np.float32)
+    return np.sqrt(real * real + imag * imag)
+
+
+def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generator) -> RenderedSeries:
+    """Render one MR series of a knee on its OAI grid.
+
+    Parameters
+    ----------
+    knee : KneeModel
+        From :func:`kneelib.synth.anatomy.build_knee`.
+    protocol : MRProtocol
+        From :func:`kneelib.synth.protocols.mr_protocols`.
+    rng : numpy.random.Generator
+        Source of the placement jitter, bias field, artefacts and noise.
+
+    Returns
+    -------
+    RenderedSeries
+
+    Raises
+    ------
+    ValueError
+        For a right-knee-only protocol (MSME T2) asked for a left knee.
+    """
+    if protocol.right_only and knee.side != "R":
+        raise ValueError(f"protocol {protocol.key} is acquired on the right knee only; got side {knee.side!r}")
+    first, row_dir, col_dir, normal, pcl_lps = _plan_geometry(knee, protocol, rng)
+    n = protocol.n_slices
+    slice_positions = np.arange(n) * protocol.slice_spacing_mm
+    keep = np.ones(n, bool)
+    if knee.spec.artefact == "missing_slices":
+        gap = int(rng.integers(2, 4))
+        start = int(rng.integers(1, n - gap - 1))
+        keep[start:start + gap] = False
+    slice_positions = slice_positions[keep]
+    coords, normal_index = _sample_indices(knee, protocol, first, row_dir, col_dir, normal, slice_positions)
+
+    def sample(volume, order=1):
+        return ndimage.map_coordinates(volume, coords, order=order, mode="nearest")
+
+    shape = coords.shape[1:]
+    bias = _bias_field(shape, protocol.bias_amplitude, rng)
+    # noise and display scale are relative to the signal of free water in this sequence
+    fluid = TISSUE_LABELS["joint_fluid"]
+    table = property_table()
+    reference = float(_tissue_signal(protocol, table["proton_density"][fluid], table["t1_ms"][fluid],
+                                     table["t2_ms"][fluid], 0.0, protocol.echo_times_ms[0]))
+    sigma = protocol.noise_fraction * reference
+    phase_axis = -1 if protocol.orientation == "sagittal" else -1
+    if protocol.sequence == "msme":
+        # amplitude and rate sampled once, one image per echo
+        amplitude = _signal_volume(knee, protocol, te_ms=0.0)
+        table = property_table()
+        rate = (1.0 / table["t2_ms"])[knee.labels]
+        cart = knee.cartilage_region > 0
+        if cart.any():
+            elevation = np.zeros(len(CARTILAGE_REGIONS) + 1, np.float32)
+            for i, region in enumerate(CARTILAGE_REGIONS):
+                elevation[i + 1] = float(knee.spec.cartilage_t2_elevation_ms.get(region, 0.0))
+            rate[cart] = 1.0 / cartilage_t2_ms(knee.cartilage_depth[cart], elevation[knee.cartilage_region[cart]])
+        for name, mask in (("bml", knee.lesion_masks["bml"]), ("cortex", knee.cortex)):
+            if mask.any():
+                rate[mask] = 1.0 / LESION_TISSUES[name].t2_ms
+        fat = table["fat_fraction"][knee.labels] > 0.5
+        rate[fat] = 1.0 / FAT_T2_MS
+        blur = lambda v: _slice_profile_blur(v, normal_index, protocol.slice_thickness_mm, knee.voxel_mm)
+        amp_img = sample(blur(amplitude)) * bias
+        rate_img = sample(blur(rate.astype(np.float32)))
+        echoes = []
+        for te in protocol.echo_times_ms:
+            image = amp_img * np.exp(-te * rate_img)
+            if knee.spec.artefact == "motion":
+                image = _motion_ghosts(image, np.random.default_rng(rng.integers(2 ** 32)), phase_axis)
+            echoes.append(_rician(image, sigma, rng))
+        signal = np.stack(echoes)
+    else:
+        volume = _signal_volume(knee, protocol, te_ms=protocol.echo_times_ms[0])
+        volume = _slice_profile_blur(volume, normal_index, protocol.slice_thickness_mm, knee.voxel_mm)
+        image = sample(volume) * bias
+        if knee.spec.artefact == "motion":
+            image = _motion_ghosts(image, rng, phase_axis)
+        signal = _rician(image, sigma, rng)
+    pixels = np.clip(np.round(signal * (protocol.display_scale / reference)), 0, 65535).astype(np.uint16)
+
+    labels = sample(knee.labels, order=0)
+    bits = np.zeros(knee.labels.shape, np.uint8)
+    for i, name in enumerate(LESION_MASKS):
+        bits |= (knee.lesion_masks[name].astype(np.uint8) << i)
+    bits_img = sample(bits, order=0)
+    masks = {name: (bits_img >> i & 1).astype(bool) for i, name in enumerate(LESION_MASKS)}
+
+    positions = tuple(tuple(float(v) for v in first + normal * p) for p in slice_positions)
+    geometry = SliceGeometry(
+        image_orientation_patient=tuple(float(v) for v in (*row_dir, *col_dir)),
+        image_positions_patient=positions,
+        pixel_spacing_mm=(float(protocol.row_spacing_mm), float(protocol.col_spacing_mm)),
+        slice_thickness_mm=float(protocol.slice_thickness_mm),
+        spacing_between_slices_mm=float(protocol.slice_spacing_mm),
+    )
+    side_word = "RIGHT" if knee.side == "R" else "LEFT"
+    header = {
+        "SeriesDescription": protocol.description.format(side=side_word),
+        "Laterality": knee.side,
+        "RepetitionTime": float(protocol.repetition_time_ms),
+        "EchoTime": [float(t) for t in protocol.echo_times_ms] if protocol.sequence == "msme"
+        else float(protocol.echo_times_ms[0]),
+        "FlipAngle": float(protocol.flip_angle_deg),
+        "ScanningSequence": protocol.scanning_sequence,
+        "SequenceName": protocol.sequence_name,
+        "MRAcquisitionType": protocol.acquisition_type,
+    }
+    pcl_index = None
+    if protocol.orientation == "sagittal":
+        distance = np.array([abs(float((pcl_lps - np.array(p)) @ normal)) for p in positions])
+        pcl_index = int(np.argmin(distance))
+    return RenderedSeries(pixels=pixels, geometry=geometry, header=header, labels=labels,
+                          lesion_masks=masks, pcl_slice_index=pcl_index, protocol=protocol)
