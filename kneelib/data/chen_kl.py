@@ -1,0 +1,138 @@
+"""Reader of the Chen et al. (2019) knee KL radiograph crops.
+
+``$KNEELIB_DATA/chen_kl_radiographs`` holds 224 x 224 grey PNG knee crops from OAI
+baseline PA radiographs with the OAI central-reading KL grade (see its SOURCE.md):
+``images/<split>/<kl>/<OAI id><L|R>.png`` and ``labels.csv`` with ``relpath, split,
+kl_grade, oai_id, side, sha256``. This is the real-data test bed of paper 004's KL
+head (Tiulpin & Saarakkala 2020); the data set's ``test`` split is deliberately absent.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["ChenKLDataError", "CHEN_KL_FOLDER", "read_chen_kl", "carve_internal_validation",
+           "stratified_subject_subset"]
+
+#: Folder name of the data set under the data root.
+CHEN_KL_FOLDER = "chen_kl_radiographs"
+_REQUIRED_COLUMNS = ("relpath", "split", "kl_grade", "oai_id", "side")
+
+
+class ChenKLDataError(FileNotFoundError):
+    """The Chen KL folder or its label file is missing or malformed."""
+
+
+def read_chen_kl(root: str | Path | None = None, check_files: bool = True) -> pd.DataFrame:
+    """Table of the Chen KL images: one row per knee image.
+
+    Parameters
+    ----------
+    root : path, optional
+        The ``chen_kl_radiographs`` folder (default ``$KNEELIB_DATA/chen_kl_radiographs``).
+    check_files : bool
+        Exclude rows whose image file is absent (recorded in the QC table).
+
+    Returns
+    -------
+    DataFrame
+        Columns ``path`` (absolute), ``relpath``, ``split``, ``kl_grade`` (int 0-4),
+        ``oai_id`` (str, 7 digits), ``side`` (``L``/``R``), ``subject_id``.
+        ``table.attrs["qc"]`` is a DataFrame of excluded rows (``relpath, reason``).
+
+    Raises
+    ------
+    ChenKLDataError
+        If the folder or ``labels.csv`` is missing, a required column is absent,
+        or no usable row remains.
+    """
+    if root is None:
+        from kneelib.config import data_root
+
+        root = data_root() / CHEN_KL_FOLDER
+    root = Path(root)
+    if not root.is_dir():
+        raise ChenKLDataError(
+            f"Chen KL radiograph folder not found: {root}; set KNEELIB_DATA to the folder that "
+            f"holds '{CHEN_KL_FOLDER}/' (CI uses ../shared/data)")
+    labels_path = root / "labels.csv"
+    if not labels_path.is_file():
+        raise ChenKLDataError(f"label file missing: {labels_path} (expected columns {list(_REQUIRED_COLUMNS)})")
+    labels = pd.read_csv(labels_path, dtype={"oai_id": str, "side": str, "split": str, "relpath": str})
+    missing = [c for c in _REQUIRED_COLUMNS if c not in labels.columns]
+    if missing:
+        raise ChenKLDataError(f"{labels_path} lacks column(s) {missing}")
+
+    qc_rows = []
+    grade = pd.to_numeric(labels["kl_grade"], errors="coerce")
+    bad_grade = ~grade.isin([0, 1, 2, 3, 4])
+    qc_rows += [(r, "kl_grade not in 0-4") for r in labels.loc[bad_grade, "relpath"]]
+    side = labels["side"].astype(str).str.upper()
+    bad_side = ~side.isin(["L", "R"]) & ~bad_grade
+    qc_rows += [(r, f"side {s!r} not L/R") for r, s in zip(labels.loc[bad_side, "relpath"], side[bad_side])]
+    keep = ~bad_grade & ~bad_side
+    table = pd.DataFrame({
+        "path": [str(root / r) for r in labels["relpath"]],
+        "relpath": labels["relpath"],
+        "split": labels["split"].astype(str),
+        "kl_grade": grade.fillna(-1).astype(int),
+        "oai_id": labels["oai_id"].astype(str).str.zfill(7),
+        "side": side,
+    })[keep].reset_index(drop=True)
+    if check_files:
+        exists = np.array([Path(p).is_file() for p in table["path"]], dtype=bool)
+        qc_rows += [(r, "image file missing") for r in table.loc[~exists, "relpath"]]
+        table = table[exists].reset_index(drop=True)
+    if table.empty:
+        raise ChenKLDataError(f"no usable rows in {labels_path}")
+    table["subject_id"] = table["oai_id"]
+    table.attrs["qc"] = pd.DataFrame(qc_rows, columns=["relpath", "reason"])
+    return table
+
+
+def carve_internal_validation(table: pd.DataFrame, fraction: float = 0.15, seed: int = 0,
+                              grade_column: str = "kl_grade", subject_column: str = "subject_id"
+                              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a training table into (train, internal validation) by subject, grade-stratified.
+
+    Both knees of one participant land on the same side of the split (paper 004 uses
+    subject-wise stratified splits, *Training strategy*). The internal validation
+    set steers model selection, so the reported ``val`` split stays untouched.
+
+    Parameters
+    ----------
+    fraction : float
+        Approximate share of subjects held out (one fold of ``round(1/fraction)``
+        stratified group folds).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if not 0 < fraction < 0.5:
+        raise ValueError(f"fraction must lie in (0, 0.5), got {fraction}")
+    n_splits = max(2, int(round(1 / fraction)))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_idx, hold_idx = next(folds.split(table, table[grade_column], groups=table[subject_column]))
+    return table.iloc[train_idx].reset_index(drop=True), table.iloc[hold_idx].reset_index(drop=True)
+
+
+def stratified_subject_subset(table: pd.DataFrame, n_subjects: int | None, seed: int = 0,
+                              grade_column: str = "kl_grade", subject_column: str = "subject_id"
+                              ) -> pd.DataFrame:
+    """About ``n_subjects`` subjects (all their knees), keeping the grade mix; ``None`` = all.
+
+    Subjects are stratified by their highest grade.
+    """
+    subjects = table.groupby(subject_column)[grade_column].max()
+    if n_subjects is None or n_subjects >= len(subjects):
+        return table.reset_index(drop=True)
+    if n_subjects < 1:
+        raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
+    rng = np.random.default_rng(seed)
+    share = n_subjects / len(subjects)
+    chosen = []
+    for _, group in subjects.groupby(subjects):
+        k = max(1, int(round(share * len(group))))
+        chosen.extend(rng.choice(group.index.to_numpy(), size=min(k, len(group)), replace=False))
+    return table[table[subject_column].isin(set(chosen))].reset_index(drop=True)

@@ -1,0 +1,423 @@
+"""Training the multi-task KL/OARSI network with fastai.
+
+Paper 004 (Tiulpin & Saarakkala 2020), *Training strategy*:
+
+- loss: one cross-entropy per head, summed (joint training of KL and OARSI grades);
+- transfer learning: only the FC heads for the first two epochs at LR 1e-2, then the
+  whole network at 1e-3 for one epoch, then 1e-4 for the remaining seventeen epochs;
+- from scratch: LR 1e-4, divided by ten after the 10th and the 15th epoch;
+- Adam, weight decay 1e-4 (L2, as in PyTorch 1.0's Adam), dropout 0.5 before each
+  head (in the model);
+- augmentation (SOLT in the paper): random 300 x 300 crop of the 310 x 310 image,
+  Gaussian noise and random gamma correction.
+
+Missing grades are coded ``-1`` and ignored by the loss and the metrics.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MISSING_GRADE",
+    "AugmentationSettings",
+    "RadiographDataset",
+    "MultiTaskLoss",
+    "TaskAgreementMetric",
+    "SelectBestEpoch",
+    "Phase",
+    "transfer_phases",
+    "scratch_phases",
+    "make_dataloaders",
+    "build_learner",
+    "fit_phases",
+    "predict_probabilities",
+    "resize_for_crop",
+]
+
+#: Target value of a grade that was not read (ignored by loss and metrics).
+MISSING_GRADE = -1
+
+
+def resize_for_crop(crop_size: int) -> int:
+    """Side length to resize to before cropping ``crop_size`` (paper 004: 310 for 300)."""
+    return int(round(crop_size * 310 / 300))
+
+
+@dataclass(frozen=True)
+class AugmentationSettings:
+    """Training augmentation of paper 004 (SOLT: random crop, Gaussian noise, gamma).
+
+    Attributes
+    ----------
+    noise_std : float
+        Standard deviation of additive Gaussian noise on the [0, 1] image.
+    gamma_range : tuple of float
+        Gamma drawn log-uniformly from this range (``image ** gamma``).
+    """
+
+    noise_std: float = 0.03
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+
+
+class RadiographDataset(torch.utils.data.Dataset):
+    """Prepared knee images and their grades, cropped/augmented on the fly.
+
+    Parameters
+    ----------
+    images : ndarray, shape (n, S, S)
+        ``uint8`` (0-255) or float in [0, 1], e.g. from
+        :func:`kneelib.preprocess.radiograph.prepare_image_stack`.
+    targets : ndarray, shape (n, n_tasks)
+        Integer grades per head (``-1`` when missing).
+    crop_size : int
+        Side of the crop fed to the network (random in training, central otherwise).
+    augment : bool
+        Random crop, gamma and noise (training) or a plain central crop.
+    augmentation : AugmentationSettings
+
+    Notes
+    -----
+    Randomness comes from torch's global generator, so with ``num_workers=0`` and a
+    fixed seed the augmented batches are identical between runs. Every item is
+    globally contrast-normalised after augmentation and has shape ``(1, crop, crop)``.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, crop_size: int, augment: bool,
+                 augmentation: AugmentationSettings = AugmentationSettings()):
+        images = np.asarray(images)
+        targets = np.asarray(targets, dtype=np.int64)
+        if targets.ndim == 1:
+            targets = targets[:, None]
+        if images.ndim != 3 or len(images) != len(targets):
+            raise ValueError(f"images {images.shape} must be (n, S, S) with n = len(targets) = {len(targets)}")
+        if crop_size > min(images.shape[1:]):
+            raise ValueError(f"crop_size {crop_size} exceeds the image size {images.shape[1:]}")
+        self.images = images
+        self.scale = 255.0 if images.dtype == np.uint8 else 1.0
+        self.targets = torch.from_numpy(targets)
+        self.crop_size = int(crop_size)
+        self.augment = bool(augment)
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image_tensor(self, index: int) -> torch.Tensor:
+        """The network input of item ``index`` (augmented when ``augment``)."""
+        image = torch.from_numpy(np.asarray(self.images[index], dtype=np.float32) / self.scale)
+        height, width = image.shape
+        size = self.crop_size
+        if self.augment:
+            top = int(torch.randint(0, height - size + 1, (1,)))
+            left = int(torch.randint(0, width - size + 1, (1,)))
+        else:
+            top, left = (height - size) // 2, (width - size) // 2
+        image = image[top:top + size, left:left + size]
+        if self.augment:
+            low, high = self.augmentation.gamma_range
+            gamma = math.exp(float(torch.empty(1).uniform_(math.log(low), math.log(high))))
+            image = image.clamp(0.0, 1.0) ** gamma
+            image = image + self.augmentation.noise_std * torch.randn_like(image)
+        image = (image - image.mean()) / (image.std(unbiased=False) + 1e-6)
+        return image[None].contiguous()
+
+    def __getitem__(self, index: int):
+        return self.image_tensor(index), self.targets[index]
+
+
+class MultiTaskLoss(nn.Module):
+    """Sum over heads of the cross-entropy of each head's grades (paper 004).
+
+    Parameters
+    ----------
+    task_classes : mapping str -> int
+        Heads in output order and their number of grades (``model.task_classes``).
+    task_weights : mapping str -> float, optional
+        Weight per head (default 1 each).
+    """
+
+    def __init__(self, task_classes, task_weights=None):
+        super().__init__()
+        self.task_classes = dict(task_classes)
+        self.task_weights = {t: float((task_weights or {}).get(t, 1.0)) for t in self.task_classes}
+        self.slices, start = {}, 0
+        for task, n in self.task_classes.items():
+            self.slices[task] = slice(start, start + n)
+            start += n
+        self.n_outputs = start
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] != self.n_outputs:
+            raise ValueError(f"logits have {logits.shape[1]} columns, heads need {self.n_outputs}")
+        if targets.ndim == 1:
+            targets = targets[:, None]
+        total = logits.new_zeros(())
+        for index, (task, sl) in enumerate(self.slices.items()):
+            y = targets[:, index]
+            if (y != MISSING_GRADE).any():
+                total = total + self.task_weights[task] * F.cross_entropy(
+                    logits[:, sl], y, ignore_index=MISSING_GRADE)
+        return total
+
+    def activation(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax within each head (used by fastai ``get_preds``)."""
+        return torch.cat([logits[:, sl].softmax(dim=1) for sl in self.slices.values()], dim=1)
+
+    def decodes(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Most probable grade per head, ``(batch, n_tasks)``."""
+        return torch.stack([probabilities[:, sl].argmax(dim=1) for sl in self.slices.values()], dim=1)
+
+
+def _metric_base():
+    from fastai.learner import Metric
+
+    return Metric
+
+
+class TaskAgreementMetric(_metric_base()):
+    """A fastai metric of one head: ``fn(y_true, y_pred)`` on the validation set.
+
+    Parameters
+    ----------
+    task : str
+        Head name.
+    task_index : int
+        Column of the head in the target tensor.
+    columns : slice
+        Columns of the head in the concatenated logits.
+    fn : callable
+        E.g. :func:`kneelib.stats.agreement.quadratic_kappa`.
+    metric_name : str
+        Name shown by fastai (e.g. ``"kl_kappa"``).
+    """
+
+    def __init__(self, task: str, task_index: int, columns: slice, fn: Callable, metric_name: str):
+        self.task, self.task_index, self.columns, self.fn = task, task_index, columns, fn
+        self.metric_name = metric_name
+        self.reset()
+
+    def reset(self):
+        self.predicted, self.reference = [], []
+
+    def accumulate(self, learn):
+        predicted = learn.pred[:, self.columns].argmax(dim=1).detach().cpu()
+        reference = learn.y[:, self.task_index].detach().cpu()
+        keep = reference != MISSING_GRADE
+        self.predicted.append(predicted[keep])
+        self.reference.append(reference[keep])
+
+    @property
+    def value(self):
+        if not self.reference:
+            return None
+        reference = torch.cat(self.reference).numpy()
+        if len(reference) == 0:
+            return None
+        return float(self.fn(reference, torch.cat(self.predicted).numpy()))
+
+    @property
+    def name(self):
+        return self.metric_name
+
+
+def _callback_base():
+    from fastai.callback.core import Callback
+
+    return Callback
+
+
+class SelectBestEpoch(_callback_base()):
+    """Keep the weights of the epoch with the best monitored validation metric.
+
+    Model selection on an *internal* validation split (never on the reported test
+    split). Survives several ``fit`` calls (the phases of a schedule): it numbers
+    epochs globally and records one history row per epoch.
+
+    Parameters
+    ----------
+    monitor : str
+        Metric name as fastai shows it (e.g. ``"kl_kappa"`` or ``"valid_loss"``).
+    greater_is_better : bool
+    """
+
+    order = 60  # after fastai's Recorder (50) has logged the epoch
+
+    def __init__(self, monitor: str = "kl_kappa", greater_is_better: bool = True):
+        self.monitor = monitor
+        self.greater_is_better = greater_is_better
+        self.best_value = -math.inf if greater_is_better else math.inf
+        self.best_epoch = None
+        self.best_state = None
+        self.history: list[dict] = []
+        self.phase = ""
+        self._epochs_done = 0
+
+    def after_epoch(self):
+        names = list(self.recorder.metric_names[1:])
+        values = list(self.recorder.values[-1]) if self.recorder.values else []
+        row = {"epoch": self._epochs_done + 1, "phase": self.phase,
+               "lr": float(self.opt.hypers[-1]["lr"])}
+        row.update({n: (float(v) if v is not None else math.nan) for n, v in zip(names, values)
+                    if n != "time"})
+        self.history.append(row)
+        self._epochs_done += 1
+        value = row.get(self.monitor, math.nan)
+        if value is None or not math.isfinite(value):
+            return
+        better = value > self.best_value if self.greater_is_better else value < self.best_value
+        if better:
+            self.best_value, self.best_epoch = value, row["epoch"]
+            self.best_state = copy.deepcopy(self.learn.model.state_dict())
+
+    def history_frame(self) -> pd.DataFrame:
+        """One row per epoch: phase, LR, losses and metrics."""
+        return pd.DataFrame(self.history)
+
+    def restore_best(self) -> None:
+        """Load the weights of the best epoch into the learner's model."""
+        if self.best_state is not None:
+            self.learn.model.load_state_dict(self.best_state)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A run of epochs at one constant learning rate."""
+
+    name: str
+    n_epochs: int
+    lr: float
+    train_backbone: bool
+
+
+def transfer_phases(max_epochs: int = 20, head_epochs: int = 2,
+                    lrs: Sequence[float] = (1e-2, 1e-3, 1e-4)) -> list[Phase]:
+    """Paper 004's transfer schedule cut to ``max_epochs``.
+
+    Heads only at ``lrs[0]`` for ``head_epochs``; the whole network at ``lrs[1]`` for one
+    epoch; then ``lrs[2]`` for the rest (20 epochs = 2 + 1 + 17 as in the paper).
+    """
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+    heads = min(head_epochs, max_epochs)
+    phases = [Phase("heads only", heads, lrs[0], False)] if heads else []
+    rest = max_epochs - heads
+    if rest >= 1:
+        phases.append(Phase("all layers", 1, lrs[1], True))
+    if rest >= 2:
+        phases.append(Phase("all layers", rest - 1, lrs[2], True))
+    return phases
+
+
+def scratch_phases(max_epochs: int = 20, lr: float = 1e-4) -> list[Phase]:
+    """Paper 004's from-scratch schedule: ``lr``, /10 after epoch 10 and 15 (scaled to ``max_epochs``)."""
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+    first = max(1, int(round(max_epochs * 10 / 20)))
+    second = max(first, int(round(max_epochs * 15 / 20)))
+    counts = [first, second - first, max_epochs - second]
+    return [Phase("all layers (scratch)", n, lr * 10 ** -i, True) for i, n in enumerate(counts) if n > 0]
+
+
+def make_dataloaders(train_ds: RadiographDataset, valid_ds: RadiographDataset, batch_size: int = 32,
+                     device=None):
+    """fastai ``DataLoaders``: shuffled training batches, ``num_workers=0`` (determinism).
+
+    ``device`` defaults to CUDA when available, else CPU.
+    """
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+
+    train_dl = DataLoader(train_ds, bs=batch_size, shuffle=True, drop_last=len(train_ds) > batch_size,
+                          num_workers=0)
+    valid_dl = DataLoader(valid_ds, bs=batch_size, shuffle=False, num_workers=0)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return DataLoaders(train_dl, valid_dl, device=torch.device(device))
+
+
+def build_learner(model, dls, weight_decay: float = 1e-4, monitor_task: str = "kl",
+                  extra_cbs=None):
+    """fastai ``Learner`` for a :class:`~kneelib.models.multitask.MultiTaskNet`.
+
+    Adam as in PyTorch (betas 0.9/0.999, eps 1e-8, L2 weight decay), parameter groups
+    ``[backbone, heads]`` so that ``freeze()`` trains the heads only, kappa and
+    balanced accuracy of every head as metrics, and a :class:`SelectBestEpoch`
+    callback (``learn.select_best``) monitoring ``<monitor_task>_kappa``.
+    """
+    from fastai.learner import Learner
+    from fastai.optimizer import Adam
+
+    from kneelib.stats.agreement import balanced_accuracy, quadratic_kappa
+
+    metrics = []
+    for index, (task, columns) in enumerate(model.task_slices().items()):
+        metrics.append(TaskAgreementMetric(task, index, columns, quadratic_kappa, f"{task}_kappa"))
+        metrics.append(TaskAgreementMetric(task, index, columns, balanced_accuracy, f"{task}_bacc"))
+    select_best = SelectBestEpoch(monitor=f"{monitor_task}_kappa")
+    learn = Learner(
+        dls, model, loss_func=MultiTaskLoss(model.task_classes),
+        opt_func=partial(Adam, mom=0.9, sqr_mom=0.999, eps=1e-8, decouple_wd=False),
+        splitter=lambda m: [m.backbone_parameters(), m.head_parameters()],
+        metrics=metrics, wd=weight_decay, wd_bn_bias=False, train_bn=False,
+        cbs=[select_best, *(extra_cbs or [])],
+    )
+    learn.select_best = select_best
+    return learn
+
+
+def fit_phases(learn, phases: Sequence[Phase], restore_best: bool = True) -> pd.DataFrame:
+    """Train through ``phases`` (heads only = backbone frozen) and return the epoch history.
+
+    With ``restore_best`` the model ends with the weights of the best epoch on the
+    learner's validation set (which must be an internal validation split).
+    """
+    for phase in phases:
+        if phase.n_epochs <= 0:
+            continue
+        if phase.train_backbone:
+            learn.unfreeze()
+        else:
+            learn.freeze()
+        learn.select_best.phase = phase.name
+        learn.fit(phase.n_epochs, lr=phase.lr)
+    learn.unfreeze()  # leave every parameter trainable (and differentiable, e.g. for Grad-CAM)
+    if restore_best:
+        learn.select_best.restore_best()
+    return learn.select_best.history_frame()
+
+
+@torch.no_grad()
+def predict_probabilities(model, images: np.ndarray, crop_size: int, batch_size: int = 64,
+                          progress: bool = False) -> dict[str, np.ndarray]:
+    """Softmax probabilities of every head on prepared images (central crop, no augmentation).
+
+    Returns
+    -------
+    dict
+        Head name -> array ``(n, n_grades)``.
+    """
+    from tqdm.auto import tqdm
+
+    dataset = RadiographDataset(images, np.zeros((len(images), 1), dtype=np.int64), crop_size, augment=False)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = {task: [] for task in model.tasks}
+    starts = range(0, len(dataset), batch_size)
+    for start in tqdm(starts, desc="predicting", disable=not progress):
+        batch = torch.stack([dataset.image_tensor(i) for i in range(start, min(start + batch_size, len(dataset)))])
+        for task, logits in model.split_logits(model(batch.to(device))).items():
+            outputs[task].append(logits.softmax(dim=1).cpu().numpy())
+    model.train(was_training)
+    return {task: np.concatenate(chunks) if chunks else np.zeros((0, model.task_classes[task]))
+            for task, chunks in outputs.items()}
