@@ -373,6 +373,7 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     inside_full, depth_full = inside, depth_from_skin
     # everything but the limb outline lives in the joint block J (bones below it: shafts)
     J = _block(ax, ay, az, (-56.0 * s, 56.0 * s), (-1e9, 1e9), (-54.0 * s, 1e9))
+    J = (slice(J[0].start, ax.size - J[0].start), J[1], J[2])     # symmetric in x (mirroring)
     D = (J[0], slice(None), slice(0, J[2].start))
     full_shape = shape
     Xs_full, Ys_full, Zt_full = Xs, Ys, Zt
@@ -386,8 +387,17 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     def box(fn, zs, lo, hi, step=1, margin=10.0):
         """Evaluate ``fn(X, Y, Z) * s`` only inside a shape-space box (1e3 outside);
         ``step=2`` evaluates on every second voxel and interpolates (smooth fields)."""
-        xr = sorted((lo[0] * s * mirror, hi[0] * s * mirror))
-        sl = _block(axJ, ayJ, azJ, xr, (lo[1] * s, hi[1] * s), (lo[2] * s, hi[2] * s), margin)
+        # x range of the right knee, made parity-aligned about the centre voxel and then
+        # mirrored for a left knee, so that left = mirror(right) voxel for voxel
+        sl = _block(axJ, ayJ, azJ, (lo[0] * s, hi[0] * s), (lo[1] * s, hi[1] * s), (lo[2] * s, hi[2] * s), margin)
+        n_x, centre_x = axJ.size, (axJ.size - 1) // 2
+        x0, x1 = sl[0].start, sl[0].stop
+        x0 -= (x0 - centre_x) % step
+        x1 += (centre_x - (x1 - 1)) % step
+        x0, x1 = max(x0, 0), min(x1, n_x)
+        if mirror < 0:
+            x0, x1 = n_x - x1, n_x - x0
+        sl = (slice(x0, x1), sl[1], sl[2])
         out = np.full(shape, 1e3, np.float32)
         sub = (slice(sl[0].start, sl[0].stop, step), slice(sl[1].start, sl[1].stop, step),
                slice(sl[2].start, sl[2].stop, step))
@@ -666,7 +676,7 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         foreign = (centre_mm, radius)
         rr = ((ax[:, None, None] - centre_mm[0]) ** 2 + (ay[None, :, None] - centre_mm[1]) ** 2
               + (az[None, None, :] - centre_mm[2]) ** 2)
-        masks["foreign_object"] = (rr < (2.5 * radius) ** 2)[J]      # the signal void on MRI
+        masks["foreign_object"] = (rr < (4.0 * radius) ** 2)[J]      # susceptibility signal void on MRI
 
     # --- embed the joint block; shafts of tibia and fibula below it -------------------
     def embed(block_array, dtype):
