@@ -37,14 +37,16 @@ def _fake_modules():
     anatomy = types.ModuleType("kneelib.synth.anatomy")
     anatomy.build_knee = lambda spec, voxel_mm: types.SimpleNamespace(spec=spec, voxel_mm=voxel_mm)
     protocols = types.ModuleType("kneelib.synth.protocols")
-    protocols.mri_protocol = lambda key, preset, variant: {"key": key, "variant": variant}
-    protocols.radiograph_protocol = lambda preset, variant: {"variant": variant}
+    protocols.mr_protocols = lambda preset, site: {
+        key: types.SimpleNamespace(key=key, right_only=key == "sag_t2_map")
+        for key in ("sag_iw_tse", "cor_iw_tse", "sag_dess", "sag_t2_map")}
+    protocols.xr_protocol = lambda preset, site: {"site": site}
     mri = types.ModuleType("kneelib.synth.mri")
 
     def render_series(model, protocol, rng):
         n_slices, rows, cols = 6, 8, 10
         pixels = rng.integers(0, 1000, (n_slices, rows, cols)).astype(np.uint16)
-        if protocol["key"] == "sag_t2_map":
+        if protocol.key == "sag_t2_map":
             pixels = np.stack([pixels] * 3)
         labels = np.zeros((n_slices, rows, cols), np.uint8)
         labels[3, 2:4, 2:4] = TISSUE_LABELS["pcl"]
@@ -55,15 +57,16 @@ def _fake_modules():
             image_positions_patient=tuple((float(3 * k), 0.0, 0.0) for k in range(n_slices)),
             pixel_spacing_mm=(0.5, 0.4), slice_thickness_mm=3.0, spacing_between_slices_mm=3.0)
         header = {"RepetitionTime": 3200.0, "EchoTime": [10.0, 20.0, 30.0] if pixels.ndim == 4 else 30.0}
-        return _Rendered(pixel_array=pixels, geometry=geometry, header=header, labels=labels,
-                         lesion_masks={"effusion_synovitis": effusion})
+        return _Rendered(pixels=pixels, geometry=geometry, header=header, labels=labels,
+                         lesion_masks={"effusion_synovitis": effusion}, pcl_slice_index=3)
 
     mri.render_series = render_series
     radiograph = types.ModuleType("kneelib.synth.radiograph")
 
     def render_radiograph(right, left, protocol, rng):
-        return _Rendered(pixel_array=rng.integers(0, 4000, (12, 20)).astype(np.uint16), pixel_spacing_mm=0.2,
-                         header={}, landmarks=[{"side": "R", "name": "plateau_medial", "row": 5.0, "col": 4.0}])
+        return _Rendered(pixels=rng.integers(0, 4000, (12, 20)).astype(np.uint16), pixel_spacing_mm=0.2,
+                         header={}, landmarks_px={"R": {"joint_centre": (5.0, 4.0)}, "L": {"joint_centre": (5.0, 15.0)}},
+                         beam_tilt_deg={"R": 0.5, "L": -0.3})
 
     radiograph.render_radiograph = render_radiograph
     return {"anatomy": anatomy, "protocols": protocols, "mri": mri, "radiograph": radiograph}

@@ -282,6 +282,7 @@ def _render_subject(index: int, subject: SubjectSpec, knees: list[KneeSpec], wor
         visit_words = study_visit_words(visit_month)
         models = {}
         series_number = 0
+        mr_protocols = protocols.mr_protocols(preset.name, site=variant)
         for exam, side in enumerate(("R", "L")):
             knee = by_key[(side, visit_month)]
             model = anatomy.build_knee(knee, preset.anatomy_voxel_mm)
@@ -289,11 +290,11 @@ def _render_subject(index: int, subject: SubjectSpec, knees: list[KneeSpec], wor
             study_description = f"OAI^MR^{visit_words}^{_SIDE_WORD[side]}"
             barcode = _barcode(index, visit_month, exam)
             for key_number, key in enumerate(_MR_SERIES_KEYS):
-                if key == "sag_t2_map" and side != "R":
+                protocol = mr_protocols[key]
+                if protocol.right_only and side != "R":
                     continue
                 series_number += 1
                 description = SERIES_DESCRIPTIONS[key].format(side=_SIDE_WORD[side])
-                protocol = protocols.mri_protocol(key, preset=preset.name, variant=variant)
                 rng = np.random.default_rng(np.random.SeedSequence(knee.seed, spawn_key=(key_number,)))
                 rendered = mri.render_series(model, protocol, rng)
                 folder_name = _series_folder_number(index, visit_month, series_number)
@@ -306,7 +307,7 @@ def _render_subject(index: int, subject: SubjectSpec, knees: list[KneeSpec], wor
                     "PatientSex": "F" if subject.sex == 2 else "M",
                     "PatientAge": f"{int(subject.age_years):03d}Y",
                 }
-                write_dicom_series(work / relative, rendered.pixel_array, rendered.geometry, header,
+                write_dicom_series(work / relative, rendered.pixels, rendered.geometry, header,
                                    uid_seed=f"{variant}-{knee.seed}-{key}")
                 contents.append({"Folder": relative, "ParticipantID": subject.participant_id,
                                  "StudyDate": study_date, "Barcode": barcode,
@@ -315,14 +316,14 @@ def _render_subject(index: int, subject: SubjectSpec, knees: list[KneeSpec], wor
                                                        rendered))
                 del rendered
         # the bilateral PA fixed-flexion radiograph of this visit
-        xr_protocol = protocols.radiograph_protocol(preset=preset.name, variant=variant)
+        xr_protocol = protocols.xr_protocol(preset.name, site=variant)
         rng = np.random.default_rng(np.random.SeedSequence(by_key[("R", visit_month)].seed, spawn_key=(99,)))
         film = radiograph.render_radiograph(models["R"], models["L"], xr_protocol, rng)
         folder_name = _series_folder_number(index, visit_month, 90)
         relative = f"{VISIT_FOLDERS[('XR', visit_month)]}/{subject.participant_id}/{study_date}/{folder_name}"
         description = SERIES_DESCRIPTIONS["xr_pa_knee"]
         study_description = f"OAI^XR^{visit_words}^BILATERAL"
-        write_radiograph(work / relative / "001", film.pixel_array, film.pixel_spacing_mm,
+        write_radiograph(work / relative / "001", film.pixels, film.pixel_spacing_mm,
                          {**dict(film.header), "PatientID": subject.participant_id, "StudyDate": study_date,
                           "StudyDescription": study_description, "SeriesDescription": description,
                           "SeriesNumber": 1, "PatientSex": "F" if subject.sex == 2 else "M"},
@@ -330,9 +331,13 @@ def _render_subject(index: int, subject: SubjectSpec, knees: list[KneeSpec], wor
         contents.append({"Folder": relative, "ParticipantID": subject.participant_id, "StudyDate": study_date,
                          "Barcode": _barcode(index, visit_month, 9), "StudyDescription": study_description,
                          "SeriesDescription": description})
-        for landmark in film.landmarks:
-            landmark_rows.append({"participant_id": subject.participant_id, "visit_month": visit_month,
-                                  "folder": relative, **dict(landmark)})
+        for side in ("R", "L"):
+            for name, (row, col) in sorted(film.landmarks_px[side].items()):
+                landmark_rows.append({"participant_id": subject.participant_id, "visit_month": visit_month,
+                                      "folder": relative, "side": side, "landmark": name,
+                                      "row_px": round(float(row), 3), "col_px": round(float(col), 3),
+                                      "pixel_spacing_mm": float(film.pixel_spacing_mm),
+                                      "beam_tilt_deg": round(float(film.beam_tilt_deg[side]), 3)})
         del film, models
     return {
         "index": index,
@@ -365,7 +370,9 @@ def _write_series_truth(work: Path, subject: SubjectSpec, knee: KneeSpec, key: s
         "series_key": key, "series_description": description, "folder": relative,
         "labels_path": (truth / "labels.nii.gz").as_posix(),
         "lesion_masks": ";".join(present),
-        "pcl_center_slice": pcl_center_slice(labels) if key.startswith("sag") else -1,
+        "pcl_center_slice": (int(rendered.pcl_slice_index) if rendered.pcl_slice_index is not None
+                             else pcl_center_slice(labels)) if key.startswith("sag") else -1,
+        "pcl_most_voxels_slice": pcl_center_slice(labels) if key.startswith("sag") else -1,
         "n_slices": int(labels.shape[0]), "artefact": knee.artefact,
     }
 
@@ -524,14 +531,17 @@ Nothing here exists in a real OAI download: a chapter uses it only to check meth
   latent `pain_liability`), pose, and the planted scan `artefact` (motion, missing_slices,
   foreign_object or empty).
 - `series.csv`: one row per MRI series: its `folder` (as in `contents.csv`), knee and visit,
-  `labels_path`, the lesion masks present, `pcl_center_slice` (sagittal series: the slice with the
-  most PCL voxels, paper 000's centre slice; -1 otherwise), slice count and artefact.
+  `labels_path`, the lesion masks present, `pcl_center_slice` (sagittal series: the slice nearest
+  the PCL plane as planned by the renderer, paper 000's centre slice; -1 otherwise),
+  `pcl_most_voxels_slice` (the slice with the most PCL label voxels), slice count and artefact.
 - `series/<ID>/<visit folder>/<series folder>/labels.nii.gz`: tissue labels (uint8) on the
   series' own grid (same affine as the DICOM series read by `kneelib.data`). Codes: {tissues}.
 - `series/.../lesion_<name>.nii.gz`: binary lesion masks on the same grid, written only when
   non-empty; names among {lesions}.
-- `radiograph_landmarks.csv`: landmarks of each bilateral PA radiograph in pixel coordinates
-  (participant, visit, folder, then the renderer's landmark fields).
+- `radiograph_landmarks.csv`: landmarks of each bilateral PA radiograph (one row per knee and
+  landmark: joint_centre, condyle_lowest_medial/lateral, plateau_medial/lateral,
+  plateau_margin_medial/lateral) in pixel coordinates `row_px`, `col_px` of the DICOM image, with
+  the pixel spacing and the knee's residual beam tilt against the plateau.
 - `effect_sizes.csv`: the causal model's parameters with their meaning and source.
 
 Gzipped NIfTI files carry mtime 0 and every draw derives from the seed: regenerating with the same
