@@ -244,17 +244,15 @@ def _femur_sdf(x, y, z, shape_rng_values):
     v = shape_rng_values
     medial = _sd_ellipsoid(x, y, z, (X_MEDIAL - 1.0 * v[0], -4.0, 24.0), (17.5 + v[1], 31.0 + v[2], 24.0))
     lateral = _sd_ellipsoid(x, y, z, (X_LATERAL + 1.0 * v[0], -2.0, 24.0), (16.0 + v[1], 29.0 + v[2], 24.0))
-    anterior = _sd_ellipsoid(x, y, z, (0.0, 6.0, 40.0), (37.0, 23.0, 30.0))
-    metaphysis = _sd_ellipsoid(x, y, z, (0.0, 1.0, 58.0), (30.0, 22.0, 32.0))
-    shaft = _sd_capsule(x, y, z, (0.0, 3.0, 60.0), (0.0, 5.0, 400.0), 14.0 + 0.5 * v[3])
+    anterior = _sd_ellipsoid(x, y, z, (0.0, 8.0, 36.0), (36.0, 21.0, 24.0))
+    shaft = _sd_capsule(x, y, z, (0.0, 6.0, 48.0), (0.0, 8.0, 400.0), 14.0 + 0.5 * v[3], squash=(1.25, 1.0, 1.0))
     femur = _smin(_smin(medial, lateral, 4.0), anterior, 6.0)
-    femur = _smin(femur, metaphysis, 8.0)
-    femur = _smin(femur, shaft, 18.0)
+    femur = _smin(femur, shaft, 26.0)
     # trochlear groove: a shallow furrow along the anterior surface
     groove = _sd_capsule(x, y, z, (0.0, 36.0, 66.0), (0.0, 30.0, 14.0), 7.5)
     femur = _smax(femur, -groove, 3.0)
     # intercondylar notch (posterior-inferior, between the condyles)
-    notch = np.maximum.reduce([np.abs(x) - 10.0, y - 10.0, z - 30.0 + 0.25 * (y + 40)])
+    notch = np.maximum(_sd_ellipsoid(x, y, z, (0.0, -16.0, 4.0), (10.5, 30.0, 26.0)), y - 10.0)
     femur = _smax(femur, -notch, 2.5)
     return femur
 
@@ -265,12 +263,15 @@ def _tibia_sdf(x, y, z, shape_rng_values):
     medial = 1.2 * ((x - X_MEDIAL) / 18.0) ** 2
     lateral = -0.9 * ((x - X_LATERAL) / 18.0) ** 2 - 1.6 * ((y + 1.0) / 24.0) ** 2
     height = np.where(x < 0, medial, lateral) - 2.5 * np.clip(np.abs(y + 1.0) - 20.0, 0, None) ** 2 / 40.0
-    # plateau outline: a super-ellipse, slightly wider medially
-    ax = np.where(x < 0, 41.0 + v[4], 39.0 + v[4])
-    outline = (np.abs(x / ax) ** 3 + np.abs((y + 1.0) / (26.0 + v[5])) ** 3) ** (1 / 3) - 1.0
-    plate = np.maximum.reduce([z - height, outline * 24.0, -(z + 28.0)])
-    shaft = _sd_capsule(x, y, z, (0.0, -2.0, -30.0), (0.0, 0.0, -400.0), 15.5 + 0.5 * v[3])
-    tibia = _smin(plate, shaft, 22.0)
+    # plateau outline: a super-ellipse, slightly wider medially, narrowing (metaphyseal
+    # flare) to the shaft over about 45 mm below the plateau
+    flare = 0.42 + 0.58 * np.exp(-(np.clip(-z, 0, None) / 30.0) ** 2)
+    ax = np.where(x < 0, 41.0 + v[4], 39.0 + v[4]) * flare
+    ay = (26.0 + v[5]) * (0.6 + 0.4 * flare)
+    outline = (np.abs(x / ax) ** 3 + np.abs((y + 1.0 + 4.0 * (1 - flare)) / ay) ** 3) ** (1 / 3) - 1.0
+    plate = np.maximum(z - height, outline * np.minimum(ax, ay))
+    shaft = _sd_capsule(x, y, z, (0.0, -3.0, -60.0), (0.0, -1.0, -400.0), 14.5 + 0.5 * v[3], squash=(1.15, 1.0, 1.0))
+    tibia = _smin(plate, shaft, 10.0)
     tuberosity = _sd_ellipsoid(x, y, z, (2.0, 20.0, -34.0), (10.0, 7.0, 12.0))
     tibia = _smin(tibia, tuberosity, 6.0)
     # intercondylar eminence (tibial spines)
@@ -513,10 +514,11 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     inside = inside_full[J]
     depth_from_skin = depth_full[J]
     # peri-articular and popliteal fat (knee is mostly tendon, fat and capsule, not muscle)
-    prepatellar = inside & (Ys > 22.0) & (Zm > -45.0) & (Zm < 52.0) & (depth_from_skin >= 1.6)
-    popliteal = inside & (Ys < -30.0) & (np.abs(Xs) < 18.0 + 0.1 * np.abs(Zm)) & (Zm > -25.0) & (Zm < 55.0) & (depth_from_skin >= 1.6)
-    notch_fat = (np.abs(Xs) < 16.0) & (Ys > -34.0) & (Ys < 24.0) & (Zm > -8.0) & (Zm < 30.0)
-    sidefat = inside & (np.abs(Zm) < 20.0) & (depth_from_skin >= 1.6) & (np.abs(Xs) > 30.0)
+    deep = inside & (depth_from_skin >= 1.6)
+    prepatellar = deep & (_sd_ellipsoid(Xs, Ys, Zm, (2.0, 62.0, 4.0), (44.0, 34.0, 52.0)) < 0)
+    popliteal = deep & (_sd_ellipsoid(Xs, Ys, Zm, (0.0, -58.0, 14.0), (22.0, 26.0, 40.0)) < 0)
+    sidefat = deep & (_sd_ellipsoid(Xs, Ys, Zm, (0.0, 0.0, 0.0), (80.0, 40.0, 22.0)) < 0) & (np.abs(Xs) > 34.0)
+    notch_fat = _sd_ellipsoid(Xs, Ys, Zm, (0.0, -4.0, 12.0), (16.0, 32.0, 18.0)) < 0
     labels[prepatellar | popliteal | sidefat] = L["subcutaneous_fat"]
     labels[notch_fat & inside] = L["hoffa_fat_pad"]
     hoffa = (box(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 25.0, -4.0), (24.0, 12.0, 15.0)), Zm,

@@ -233,7 +233,7 @@ def xr_protocol(preset: str = "default", site: str = "oai") -> XRProtocol:
     if site not in SITES:
         raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
     spacing = {"smoke": 0.7, "default": 0.35, "paper": 0.14}[preset]
-    width_mm, height_mm = 380.0, 200.0
+    width_mm, height_mm = 380.0, 180.0     # within the anatomy grid (z +-96 mm)
     protocol = XRProtocol(beam_angle_deg=10.0, alignment_sd_deg=1.0, pixel_spacing_mm=spacing,
                           rows=int(round(height_mm / spacing)), cols=int(round(width_mm / spacing)))
     if site == "most":

@@ -106,7 +106,7 @@ def project_knee(knee: KneeModel, tilt_deg: float, rotation_deg: float = 0.0):
         # output voxel (i, j, k) in ray coordinates -> input voxel index; rotation about the grid centre
         centre = (np.array(mu.shape) - 1) / 2.0
         offset = centre - rotation @ centre
-        resampled = ndimage.affine_transform(mu, rotation, offset=offset, order=1, mode="constant", cval=0.0)
+        resampled = ndimage.affine_transform(mu, rotation, offset=offset, order=1, mode="nearest")
         bone = (resampled >= 0.035).astype(np.float32)
     step = knee.voxel_mm
     return resampled.sum(axis=1) * step, bone.sum(axis=1) * step, rotation
