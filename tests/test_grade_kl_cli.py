@@ -1,0 +1,123 @@
+"""`python -m kneelib grade-kl` and the Chen KL reader behind the real-data chapter."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from kneelib.cli import main
+from kneelib.data.chen_kl import (ChenKLDataError, carve_internal_validation, read_chen_kl,
+                                  stratified_subject_subset)
+from kneelib.models.multitask import KL_ONLY, MultiTaskNet
+from kneelib.papers.oarsi_grading import grade_kl_folder, save_kl_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture()
+def kl_model(tmp_path):
+    torch.manual_seed(0)
+    return save_kl_model(MultiTaskNet("resnet18", tasks=KL_ONLY), tmp_path / "kl.pt",
+                         image_size=32, mirror_side="L")
+
+
+def _knee_png(path, seed, rgb=False, size=48):
+    rng = np.random.default_rng(seed)
+    pixels = (rng.random((size, size)) * 255).astype(np.uint8)
+    Image.fromarray(np.stack([pixels] * 3, -1) if rgb else pixels).save(path)
+
+
+def test_grade_kl_command_on_a_folder(tmp_path, kl_model, capsys):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    _knee_png(images / "9000001L.png", 1)
+    _knee_png(images / "sub" / "knee_R.png", 2, rgb=True)
+    _knee_png(images / "unknown_side.png", 3)
+    (images / "broken.png").write_bytes(b"\x89PNG but truncated")
+    (images / "notes.txt").write_text("ignored")
+    out_csv = tmp_path / "out" / "grades.csv"
+    assert main(["grade-kl", "--model", str(kl_model), "--images", str(images), "--out", str(out_csv)]) == 0
+    assert "graded 4 images" in capsys.readouterr().out
+    table = pd.read_csv(out_csv).set_index("file")
+    assert set(table.index) == {"9000001L.png", "sub/knee_R.png", "unknown_side.png", "broken.png"}
+    assert "RadiographReadError" in table.loc["broken.png", "error"]
+    assert np.isnan(table.loc["broken.png", "kl_grade"])
+    good = table.drop(index="broken.png")
+    assert good["error"].isna().all()
+    assert good["kl_grade"].between(0, 4).all()
+    probabilities = good[[f"p_kl{g}" for g in range(5)]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    assert np.array_equal(probabilities.argmax(axis=1), good["kl_grade"].to_numpy())
+    assert list(good["side"]) == ["L", "R", "unknown"]
+
+
+def test_grading_is_repeatable_and_mirrors_left_knees(tmp_path, kl_model):
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    _knee_png(folder / "a_R.png", 5)
+    image = np.asarray(Image.open(folder / "a_R.png"))
+    Image.fromarray(np.ascontiguousarray(image[:, ::-1])).save(folder / "b_L.png")
+    first = grade_kl_folder(kl_model, folder)
+    assert first.equals(grade_kl_folder(kl_model, folder))
+    # the mirrored left knee is prepared into the same input as the right one
+    assert np.allclose(first.filter(like="p_kl").iloc[0], first.filter(like="p_kl").iloc[1], atol=1e-5)
+
+
+def test_grade_kl_errors(tmp_path, kl_model):
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        grade_kl_folder(kl_model, tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="model file"):
+        grade_kl_folder(tmp_path / "missing.pt", tmp_path / "empty")
+    assert grade_kl_folder(kl_model, tmp_path / "empty").empty
+
+
+def _fake_chen(root, rows):
+    for relpath, *_ in rows:
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        _knee_png(root / relpath, 0, size=16)
+    pd.DataFrame(rows, columns=["relpath", "split", "kl_grade", "oai_id", "side"]).to_csv(
+        root / "labels.csv", index=False)
+
+
+def test_chen_reader_errors_and_qc(tmp_path):
+    with pytest.raises(ChenKLDataError, match="not found"):
+        read_chen_kl(tmp_path / "absent")
+    with pytest.raises(ChenKLDataError, match="labels.csv"):
+        read_chen_kl(tmp_path)
+    rows = [("images/train/0/9000001L.png", "train", 0, "9000001", "L"),
+            ("images/train/2/9000001R.png", "train", 2, "9000001", "R"),
+            ("images/val/7/9000002R.png", "val", 7, "9000002", "R")]
+    _fake_chen(tmp_path, rows)
+    pd.concat([pd.read_csv(tmp_path / "labels.csv"),
+               pd.DataFrame([{"relpath": "images/val/1/9000003L.png", "split": "val", "kl_grade": 1,
+                              "oai_id": "9000003", "side": "L"}])]).to_csv(tmp_path / "labels.csv", index=False)
+    table = read_chen_kl(tmp_path)
+    assert len(table) == 2 and set(table["subject_id"]) == {"9000001"}
+    assert sorted(table.attrs["qc"]["reason"]) == ["image file missing", "kl_grade not in 0-4"]
+
+
+def test_internal_split_is_subject_level():
+    rng = np.random.default_rng(0)
+    subjects = [f"{9000000 + i}" for i in range(60)]
+    table = pd.DataFrame([{"subject_id": s, "kl_grade": int(rng.integers(0, 5)), "side": side}
+                          for s in subjects for side in "LR"])
+    train, internal = carve_internal_validation(table, 0.2, seed=1)
+    assert not set(train["subject_id"]) & set(internal["subject_id"])
+    assert len(train) + len(internal) == len(table)
+    assert 0.1 < internal["subject_id"].nunique() / 60 < 0.3
+    subset = stratified_subject_subset(table, 20, seed=0)
+    assert 15 <= subset["subject_id"].nunique() <= 25
+    assert (subset.groupby("subject_id").size() == 2).all()
+
+
+@pytest.mark.realdata
+def test_real_chen_table():
+    from kneelib.config import data_root
+
+    if not (data_root() / "chen_kl_radiographs").is_dir():
+        pytest.skip("Chen KL radiographs not under KNEELIB_DATA")
+    table = read_chen_kl()
+    assert len(table) == 2978 and table["kl_grade"].between(0, 4).all()
+    assert table.attrs["qc"].empty
+    assert not set(table.loc[table.split == "train", "oai_id"]) & set(table.loc[table.split == "val", "oai_id"])

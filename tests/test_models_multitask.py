@@ -1,0 +1,160 @@
+"""Multi-task grading network of paper 004, offline ImageNet weights, loss and schedules."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kneelib.models.multitask import (KL_ONLY, TASK_CLASSES, MultiTaskNet, build_multitask_model,
+                                      load_checkpoint, save_checkpoint)
+from kneelib.models.pretrained import (PretrainedWeightsUnavailable, imagenet_classifier,
+                                       imagenet_state_dict)
+from kneelib.train.multitask import (MultiTaskLoss, RadiographDataset, build_learner, fit_phases,
+                                     make_dataloaders, predict_probabilities, scratch_phases,
+                                     transfer_phases)
+
+torch.set_num_threads(1)
+
+
+def test_seven_heads_with_dropout_and_split_logits():
+    model = MultiTaskNet("resnet18").eval()
+    assert model.tasks == tuple(TASK_CLASSES)
+    for head in model.heads.values():
+        assert isinstance(head[0], torch.nn.Dropout) and head[0].p == 0.5
+        assert isinstance(head[1], torch.nn.Linear)
+    logits = model(torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, sum(TASK_CLASSES.values()))
+    parts = model.split_logits(logits)
+    assert {k: v.shape[1] for k, v in parts.items()} == dict(TASK_CLASSES)
+    assert torch.equal(torch.cat(list(parts.values()), dim=1), logits)
+
+
+def test_head_subset_and_bad_arguments():
+    model = MultiTaskNet("resnet18", tasks=KL_ONLY).eval()
+    assert model.tasks == ("kl",)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 5)
+    with pytest.raises(ValueError, match="unknown task"):
+        MultiTaskNet("resnet18", tasks=("kl", "sclerosis"))
+    with pytest.raises(ValueError, match="not supported"):
+        MultiTaskNet("vgg16")
+
+
+def test_paper_backbones_build():
+    for name in ("resnet34", "seresnet50", "seresnext50_32x4d"):
+        model = MultiTaskNet(name, tasks=KL_ONLY).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 1, 64, 64)).shape == (1, 5)
+
+
+def test_offline_imagenet_weights_classify_a_cat():
+    from skimage import data, transform
+
+    model = imagenet_classifier("efficientnet_lite0")
+    image = transform.resize(data.chelsea(), (224, 224), anti_aliasing=True).astype(np.float32)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    x = ((torch.from_numpy(image).permute(2, 0, 1) - mean) / std)[None]
+    with torch.no_grad():
+        top5 = model(x).softmax(1)[0].topk(5).indices.tolist()
+    cat_classes = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+    assert top5[0] in cat_classes
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_other_lite_checkpoints_match_timm_shapes(arch):
+    import timm
+
+    target = timm.create_model(arch, pretrained=False, num_classes=0)
+    state = imagenet_state_dict(arch, target)  # raises on any shape mismatch
+    assert list(state) == list(target.state_dict())
+
+
+def test_pretrained_backbone_differs_from_random_and_unavailable_raises():
+    torch.manual_seed(0)
+    random_model = build_multitask_model("efficientnet_lite0", KL_ONLY, imagenet=False)
+    pretrained = build_multitask_model("efficientnet_lite0", KL_ONLY, imagenet=True)
+    w_random = random_model.backbone.conv_stem.weight
+    w_pretrained = pretrained.backbone.conv_stem.weight
+    assert not torch.allclose(w_random, w_pretrained)
+    with pytest.raises(PretrainedWeightsUnavailable, match="seresnet50"):
+        build_multitask_model("seresnet50", KL_ONLY, imagenet=True)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = MultiTaskNet("resnet18", tasks=("kl", "jsn_medial")).eval()
+    path = save_checkpoint(model, tmp_path / "m.pt", {"image_size": 32})
+    loaded, meta = load_checkpoint(path)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x))
+    assert meta == {"image_size": 32} and loaded.tasks == ("kl", "jsn_medial")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_multitask_loss_sums_heads_and_ignores_missing():
+    loss_fn = MultiTaskLoss({"kl": 5, "jsn_medial": 4})
+    torch.manual_seed(0)
+    logits = torch.randn(4, 9)
+    targets = torch.tensor([[0, 1], [4, -1], [2, 3], [1, -1]])
+    expected = F.cross_entropy(logits[:, :5], targets[:, 0]) + \
+        F.cross_entropy(logits[[0, 2], 5:], targets[[0, 2], 1])
+    assert torch.isclose(loss_fn(logits, targets), expected)
+    all_missing = torch.tensor([[0, -1]] * 4)
+    assert torch.isclose(loss_fn(logits, all_missing), F.cross_entropy(logits[:, :5], all_missing[:, 0]))
+    probabilities = loss_fn.activation(logits)
+    assert torch.allclose(probabilities[:, :5].sum(1), torch.ones(4))
+    assert loss_fn.decodes(probabilities).shape == (4, 2)
+
+
+def test_paper_schedules():
+    phases = transfer_phases(20)
+    assert [(p.n_epochs, p.lr, p.train_backbone) for p in phases] == \
+        [(2, 1e-2, False), (1, 1e-3, True), (17, 1e-4, True)]
+    assert [p.n_epochs for p in transfer_phases(1)] == [1]
+    scratch = scratch_phases(20)
+    assert [p.n_epochs for p in scratch] == [10, 5, 5]
+    assert np.allclose([p.lr for p in scratch], [1e-4, 1e-5, 1e-6])
+    assert sum(p.n_epochs for p in scratch_phases(3)) == 3
+
+
+def _tiny_run(seed=0):
+    from fastai.torch_core import set_seed
+
+    set_seed(seed, reproducible=True)
+    rng = np.random.default_rng(0)
+    grades = rng.integers(0, 5, size=(24, 1))
+    images = (rng.random((24, 36, 36)) * 120).astype(np.uint8)
+    for i, g in enumerate(grades[:, 0]):
+        images[i, 8:8 + 4 * (g + 1), 10:26] = 250  # brighter area grows with the grade
+    model = build_multitask_model("resnet18", KL_ONLY)
+    dls = make_dataloaders(RadiographDataset(images[:16], grades[:16], 32, augment=True),
+                           RadiographDataset(images[16:], grades[16:], 32, augment=False), batch_size=8)
+    learn = build_learner(model, dls)
+    with learn.no_logging(), learn.no_mbar():
+        history = fit_phases(learn, transfer_phases(3))
+    return history, predict_probabilities(model, images[16:], 32)["kl"], learn
+
+
+def test_training_is_deterministic_and_selects_best_epoch():
+    history_a, probs_a, learn = _tiny_run()
+    history_b, probs_b, _ = _tiny_run()
+    assert list(history_a["phase"]) == ["heads only", "heads only", "all layers"]
+    assert np.allclose(history_a["lr"], [1e-2, 1e-2, 1e-3])
+    assert history_a.drop(columns="phase").equals(history_b.drop(columns="phase"))
+    assert np.array_equal(probs_a, probs_b)
+    best = learn.select_best
+    assert best.best_value == pytest.approx(np.nanmax(history_a["kl_kappa"]))
+    assert all(p.requires_grad for p in learn.model.parameters())  # unfrozen after training
+
+
+def test_dataset_crops_and_normalises():
+    images = np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (3, 40, 1))
+    ds = RadiographDataset(images, np.zeros(3, int), 32, augment=False)
+    x, y = ds[0]
+    assert x.shape == (1, 32, 32) and y.shape == (1,)
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std(unbiased=False)) - 1) < 1e-3
+    with pytest.raises(ValueError, match="crop_size"):
+        RadiographDataset(images, np.zeros(3, int), 48, augment=False)
