@@ -6,11 +6,14 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.kneelib-installed
+# The install stamp names the content of the requirements, not their mtime: a fresh
+# clone (new mtimes) reuses an up-to-date venv without reinstalling.
+REQ_HASH := $(shell cat requirements.txt pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.kneelib-installed-$(REQ_HASH)
 
 .PHONY: install book smoke test bench data clean sync-notebooks
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --disable-pip-version-check --no-deps --no-build-isolation -e .
