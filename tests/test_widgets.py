@@ -1,0 +1,56 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from kneelib.widgets import SubjectExplorer, render_subject_view
+
+
+def tiny_data(n=3, n_slices=4, size=16):
+    rng = np.random.default_rng(0)
+    images = rng.random((n, 2, n_slices, size, size)).astype(np.float32)
+    cams = rng.random((n, 2, n_slices, 4, 4)).astype(np.float32)
+    cams[1, 1, 2] += 5.0  # subject 1: the right knee's slice 2 is hottest
+    return images, cams, np.array([0.2, 0.9, 0.6]), np.array([0, 1, 0])
+
+
+def overlay_images(fig):
+    return [im for ax in fig.axes for im in ax.get_images()[1:]]
+
+
+def test_static_view_shows_both_knees_overlay_and_title():
+    images, cams, prob, labels = tiny_data()
+    fig = render_subject_view(images[1], cams[1], slice_index=[1, 2], alpha=0.3, probability=prob[1],
+                              label=labels[1], subject_id="9000001")
+    assert len(fig.axes) == 4  # 2 slices x 2 knees
+    assert all(im.get_alpha() == 0.3 for im in overlay_images(fig)) and len(overlay_images(fig)) == 4
+    assert overlay_images(fig)[0].get_array().shape == (16, 16)  # CAM upsampled to the image
+    title = fig._suptitle.get_text()
+    assert "9000001" in title and "predicted right" in title and "label: right" in title and "correct" in title
+    assert fig.axes[1].spines["left"].get_edgecolor()[:3] == (1.0, 0.0, 0.0)  # right knee framed
+    no_cam = render_subject_view(images[0], cams[0], 0, show_cam=False)
+    assert overlay_images(no_cam) == []
+    plt.close("all")
+    with pytest.raises(ValueError, match="slice_index"):
+        render_subject_view(images[0], cams[0], 9)
+
+
+def test_explorer_controls_drive_the_view():
+    images, cams, prob, labels = tiny_data()
+    explorer = SubjectExplorer(images, cams, prob, labels, subject_ids=["a", "b", "c"])
+    explorer.subject.value = 1
+    assert explorer.slice.value == 2  # jumped to the top-CAM slice of the predicted knee
+    assert "b" in explorer.info.value and "predicted right" in explorer.info.value
+    explorer.alpha.value = 0.8
+    assert all(im.get_alpha() == 0.8 for im in overlay_images(explorer.figure))
+    explorer.show_cam.value = False
+    assert overlay_images(explorer.figure) == []
+    explorer.slice.value = 3
+    assert explorer.figure.axes[0].get_title().endswith("slice 3")
+    plain = SubjectExplorer(images)  # no CAMs, predictions or labels
+    assert plain.show_cam.disabled and overlay_images(plain.figure) == []
+    with pytest.raises(ValueError, match="labels"):
+        SubjectExplorer(images, labels=[0, 1])
+    plt.close("all")
