@@ -621,7 +621,8 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
             records.append(_slim(_subject_task(task)))
             bar.update()
     else:
-        context = multiprocessing.get_context("spawn" if os.name == "nt" else "forkserver")
+        # spawn: workers are direct children (their peak memory shows in RUSAGE_CHILDREN) and start clean
+        context = multiprocessing.get_context("spawn")
         with context.Pool(workers, maxtasksperchild=50) as pool:
             for record in pool.imap_unordered(_subject_task, tasks, chunksize=1):
                 records.append(_slim(record))
