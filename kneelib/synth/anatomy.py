@@ -225,14 +225,23 @@ def _random_1d(rng, coords, amplitude_mm, wavelengths=(90.0, 160.0)):
 
 
 def _deformation(rng, x1, y1, z1, amplitude_mm=1.6):
-    """Displacements (dx, dy, dz) on the grid axes as sums of separable smooth terms."""
-    dx = (_random_1d(rng, y1, amplitude_mm)[None, :, None]
-          + _random_1d(rng, z1, amplitude_mm)[None, None, :]
-          + (_random_1d(rng, x1, 0.5)[:, None, None] * _random_1d(rng, z1, 0.6)[None, None, :]))
-    dy = (_random_1d(rng, x1, amplitude_mm)[:, None, None] + _random_1d(rng, z1, amplitude_mm)[None, None, :]
-          + (_random_1d(rng, y1, 0.5)[None, :, None] * _random_1d(rng, z1, 0.6)[None, None, :]))
-    dz = (_random_1d(rng, x1, amplitude_mm)[:, None] + _random_1d(rng, y1, amplitude_mm)[None, :])[:, :, None]
-    return dx.astype(np.float32), dy.astype(np.float32), dz.astype(np.float32)
+    """1-D profiles of the displacements as sums of separable smooth terms.
+
+    ``dx = dx_y(y) + dx_z(z) + dx_x(x) dx_zx(z)``, ``dy = dy_x(x) + dy_z(z) + dy_y(y) dy_zy(z)``,
+    ``dz = dz_x(x) + dz_y(y)`` (``dz`` independent of ``z`` keeps vertical gaps exact).
+    """
+    p = {}
+    p["dx_y"] = _random_1d(rng, y1, amplitude_mm)
+    p["dx_z"] = _random_1d(rng, z1, amplitude_mm)
+    p["dx_x"] = _random_1d(rng, x1, 0.5)
+    p["dx_zx"] = _random_1d(rng, z1, 0.6)
+    p["dy_x"] = _random_1d(rng, x1, amplitude_mm)
+    p["dy_z"] = _random_1d(rng, z1, amplitude_mm)
+    p["dy_y"] = _random_1d(rng, y1, 0.5)
+    p["dy_zy"] = _random_1d(rng, z1, 0.6)
+    p["dz_x"] = _random_1d(rng, x1, amplitude_mm)
+    p["dz_y"] = _random_1d(rng, y1, amplitude_mm)
+    return {k: q.astype(np.float32) for k, q in p.items()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -311,6 +320,130 @@ def _gap_profile(x_mm, jsw_medial_mm, jsw_lateral_mm):
     return jsw_medial_mm + (jsw_lateral_mm - jsw_medial_mm) * t
 
 
+class _Frame:
+    """Shape-space coordinates of any block of the label grid.
+
+    The smooth deformation is a sum of separable terms (``_deformation``), so the
+    coordinates of a block are broadcasts of 1-D profiles: no full-volume coordinate
+    arrays are kept, and each block costs only its own voxels.
+    """
+
+    def __init__(self, rng, ax, ay, az, mirror, size_scale, jsw_medial_mm, jsw_lateral_mm):
+        self.ax, self.ay, self.az = ax, ay, az
+        self.mirror, self.s = mirror, size_scale
+        self.jsw = (jsw_medial_mm, jsw_lateral_mm)
+        self.profiles = _deformation(rng, ax * mirror, ay, az)
+        self.shape = (ax.size, ay.size, az.size)
+
+    def dz_columns(self) -> np.ndarray:
+        """Vertical displacement per (x, y) column, shape (nx, ny, 1)."""
+        p = self.profiles
+        return (p["dz_x"][:, None] + p["dz_y"][None, :])[:, :, None]
+
+    def coords(self, block, which=("x", "y", "f", "t", "m")):
+        """``Xs, Ys, Zf, Zt, Zm`` (shape space, float32) of a block of index slices."""
+        i, j, k = block
+        p = self.profiles
+        s = self.s
+        xm = (self.mirror * self.ax[i])[:, None, None]
+        X = (xm + p["dx_y"][j][None, :, None] + p["dx_z"][k][None, None, :]
+             + p["dx_x"][i][:, None, None] * p["dx_zx"][k][None, None, :])
+        out = {"x": X * (1.0 / s)}
+        if "y" in which:
+            Y = (self.ay[j][None, :, None] + p["dy_x"][i][:, None, None] + p["dy_z"][k][None, None, :]
+                 + p["dy_y"][j][None, :, None] * p["dy_zy"][k][None, None, :])
+            out["y"] = Y * (1.0 / s)
+        Zd = self.az[k][None, None, :] + (p["dz_x"][i][:, None] + p["dz_y"][j][None, :])[:, :, None]
+        if "m" in which:
+            out["m"] = Zd * (1.0 / s)
+        if "f" in which or "t" in which:
+            half_gap = 0.5 * _gap_profile(X, *self.jsw)
+            if "f" in which:
+                out["f"] = (Zd - half_gap) * (1.0 / s)     # femoral shape space: condyles touch z = 0
+            if "t" in which:
+                out["t"] = (Zd + half_gap) * (1.0 / s)     # tibial shape space: plateau centres at z = 0
+        return tuple(out.get(w) for w in ("x", "y", "f", "t", "m"))
+
+
+class _BoneField:
+    """A bone's signed distance on a coarse grid over its box, read at full resolution.
+
+    The implicit function is evaluated every ``step`` voxels (about 2 mm), turned
+    into a near-surface Euclidean distance there (``f / |grad f|``), and linearly
+    interpolated (separably) onto any full-resolution block; outside its box the bone
+    is far (``FAR_MM``). Normals come from the same coarse gradient.
+    """
+
+    FAR_MM = 1e3
+
+    def __init__(self, block, step, distance, normals):
+        self.block, self.step = block, step
+        self.distance, self.normals = distance, normals
+
+    def _positions(self, block):
+        out = []
+        for q, b, n in zip(block, self.block, self.distance.shape):
+            offset = np.arange(q.start, q.stop) - b.start
+            valid = (offset >= 0) & (offset < b.stop - b.start)
+            offset = np.clip(offset, 0, (n - 1) * self.step)
+            out.append((offset // self.step, offset % self.step, valid))
+        return out
+
+    def read(self, block, array=None, far=FAR_MM):
+        """Full-resolution values of ``array`` (default: the distance) on ``block``."""
+        values = self.distance if array is None else array
+        positions = self._positions(block)
+        for axis, (lower, remainder, _) in enumerate(positions):
+            values = _lerp_axis(values, axis, lower, remainder, self.step)
+        valid = (positions[0][2][:, None, None] & positions[1][2][None, :, None]
+                 & positions[2][2][None, None, :])
+        if not valid.all():
+            values = np.where(valid, values, np.float32(far))
+        return values
+
+    def normal(self, block, axis):
+        return self.read(block, self.normals[axis], far=0.0)
+
+
+def _lerp_axis(values, axis, lower, remainder, step):
+    """Linear interpolation along ``axis`` at positions ``lower + remainder / step``.
+
+    Both weights come from integers (``(step - r) / step`` and ``r / step``), so a
+    mirrored grid gives bitwise mirrored values (left knee = mirror of right).
+    """
+    if step == 1:
+        if lower.size == values.shape[axis] and np.array_equal(lower, np.arange(lower.size)):
+            return values
+        return np.take(values, lower, axis=axis)
+    offset = lower * step + remainder
+    if step == 2 and offset.size > 2 and offset[-1] - offset[0] == offset.size - 1:
+        # contiguous 2x upsampling with slices (same arithmetic as the general path)
+        src = np.moveaxis(values, axis, 0)
+        out_shape = list(src.shape)
+        out_shape[0] = offset.size
+        out = np.empty(out_shape, np.float32)
+        o0 = int(offset[0])
+        even = o0 % 2
+        n_even = len(range(even, offset.size, 2))
+        out[even::2] = src[(o0 + even) // 2:(o0 + even) // 2 + n_even]
+        odd = 1 - even
+        n_odd = len(range(odd, offset.size, 2))
+        k = (o0 + odd) // 2
+        half = np.float32(0.5)
+        out[odd::2] = half * src[k:k + n_odd] + half * src[k + 1:k + 1 + n_odd]
+        return np.moveaxis(out, 0, axis)
+    upper = np.minimum(lower + 1, values.shape[axis] - 1)
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    w_upper = (remainder / step).astype(np.float32).reshape(shape)
+    w_lower = ((step - remainder) / step).astype(np.float32).reshape(shape)
+    return w_lower * np.take(values, lower, axis=axis) + w_upper * np.take(values, upper, axis=axis)
+
+
+#: Spacing (mm) of the coarse grid on which the bones' implicit functions are evaluated.
+COARSE_SDF_MM = 2.0
+
+
 def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     """Build the tissue label volume, lesion masks and landmarks of one knee.
 
@@ -319,8 +452,8 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     spec : KneeSpec
         Geometry, pose and planted findings (``kneelib.synth.spec``).
     voxel_mm : float
-        Isotropic voxel size of the label grid (``1.0`` for the default preset,
-        ``0.5`` for paper-size renders, ``1.5`` for smoke tests).
+        Isotropic voxel size of the label grid (``DEFAULT_VOXEL_MM`` for the default
+        preset, ``0.4``-``0.5`` for paper-size renders, ``2.0`` for smoke tests).
 
     Returns
     -------
@@ -336,6 +469,12 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     Deterministic: every random draw comes from ``numpy.random.default_rng`` seeded
     with ``spec.shape_seed`` (shape) or ``spec.seed`` (lesion texture), never from a
     global generator.
+
+    Cost is kept proportional to where tissue detail is: the limb outline is the only
+    full-volume field; bones are implicit functions evaluated on a coarse (about 2 mm)
+    grid and interpolated; cartilage, menisci, the fluid film and the lesions are
+    evaluated only in the articular block around the joint; every other soft-tissue
+    shape only in its own bounding box.
     """
     _validate(spec, voxel_mm)
     shape_rng = np.random.default_rng(spec.shape_seed)
@@ -344,80 +483,114 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     ax, ay, az = _grid_axes(voxel_mm)
     # a left knee is the mirror image: evaluate the right-knee shapes at -x
     mirror = -1.0 if spec.side == "L" else 1.0
-    dx, dy, dz = _deformation(shape_rng, ax * mirror, ay, az)
     s = float(spec.size_scale)
-    X = (mirror * ax[:, None, None] + dx)
-    Y = ay[None, :, None] + dy
-    Zd = az[None, None, :] + dz
-    gap = _gap_profile(X, spec.jsw_medial_mm, spec.jsw_lateral_mm)
-    Xs, Ys = X / s, Y / s
-    Zf = (Zd - gap / 2) / s          # femoral shape space: condyles touch z = 0
-    Zt = (Zd + gap / 2) / s          # tibial shape space: plateau centres at z = 0
-    Zm = Zd / s                      # mid-joint shape space (soft tissue)
-    del X, Y, Zd, dx, dy
-    shape = (ax.size, ay.size, az.size)
+    frame = _Frame(shape_rng, ax, ay, az, mirror, s, spec.jsw_medial_mm, spec.jsw_lateral_mm)
+    shape = frame.shape
+    full = tuple(slice(0, n) for n in shape)
+    step = max(1, int(round(COARSE_SDF_MM / voxel_mm)))
+    n_x, centre_x = ax.size, (ax.size - 1) // 2
 
-    # --- soft tissue --------------------------------------------------------------------
-    fat_mm = float(getattr(spec, "subcutaneous_fat_mm", 9.0))
-    zz = Zm
-    limb_ax = 46.0 + 4.0 * np.tanh(zz / 60.0) ** 2 + 6.0 * np.clip(zz / 90.0, 0, 1)
-    limb_ay = 50.0 + 6.0 * np.clip(zz / 80.0, 0, 1) + 5.0 * np.clip(-zz / 80.0, 0, 1)
-    limb_core = np.sqrt(((Xs - 1.0) / limb_ax) ** 2 + ((Ys - 2.0) / limb_ay) ** 2)
-    core_radius_mm = (limb_core - 1.0) * np.minimum(limb_ax, limb_ay) * s     # < 0 inside the muscle/bone core
-    depth_from_skin = fat_mm - core_radius_mm                                  # > 0 inside the limb
-    inside = depth_from_skin > 0
+    def region(lo, hi, step=1, margin=10.0):
+        """Index slices of a right-knee shape-space box, mirrored for a left knee.
 
-    labels_full = np.zeros(shape, np.uint8)
-    labels_full[inside] = L["muscle"]
-    labels_full[inside & (depth_from_skin < fat_mm)] = L["subcutaneous_fat"]
-    labels_full[inside & (depth_from_skin < 1.6)] = L["skin"]
-    inside_full, depth_full = inside, depth_from_skin
-    # everything but the limb outline lives in the joint block J (bones below it: shafts)
-    J = _block(ax, ay, az, (-56.0 * s, 56.0 * s), (-1e9, 1e9), (-54.0 * s, 1e9))
-    J = (slice(J[0].start, ax.size - J[0].start), J[1], J[2])     # symmetric in x (mirroring)
-    D = (J[0], slice(None), slice(0, J[2].start))
-    full_shape = shape
-    Xs_full, Ys_full, Zt_full = Xs, Ys, Zt
-    Xs, Ys, Zf, Zt, Zm = Xs[J], Ys[J], Zf[J], Zt[J], Zm[J]
-    shape = Xs.shape
-    dz_full = dz
-
-
-    axJ, ayJ, azJ = ax[J[0]], ay[J[1]], az[J[2]]
-
-    def box(fn, zs, lo, hi, step=1, margin=10.0):
-        """Evaluate ``fn(X, Y, Z) * s`` only inside a shape-space box (1e3 outside);
-        ``step=2`` evaluates on every second voxel and interpolates (smooth fields)."""
-        # x range of the right knee, made parity-aligned about the centre voxel and then
-        # mirrored for a left knee, so that left = mirror(right) voxel for voxel
-        sl = _block(axJ, ayJ, azJ, (lo[0] * s, hi[0] * s), (lo[1] * s, hi[1] * s), (lo[2] * s, hi[2] * s), margin)
-        n_x, centre_x = axJ.size, (axJ.size - 1) // 2
+        The x range is made parity-aligned about the centre voxel (for ``step > 1``)
+        and then mirrored, so that left = mirror(right) voxel for voxel.
+        """
+        sl = _block(ax, ay, az, (lo[0] * s, hi[0] * s), (lo[1] * s, hi[1] * s), (lo[2] * s, hi[2] * s), margin)
         x0, x1 = sl[0].start, sl[0].stop
         x0 -= (x0 - centre_x) % step
         x1 += (centre_x - (x1 - 1)) % step
         x0, x1 = max(x0, 0), min(x1, n_x)
         if mirror < 0:
             x0, x1 = n_x - x1, n_x - x0
-        sl = (slice(x0, x1), sl[1], sl[2])
-        out = np.full(shape, 1e3, np.float32)
-        sub = (slice(sl[0].start, sl[0].stop, step), slice(sl[1].start, sl[1].stop, step),
-               slice(sl[2].start, sl[2].stop, step))
-        values = (fn(Xs[sub], Ys[sub], zs[sub]) * s).astype(np.float32)
-        if step > 1:
-            target = tuple(q.stop - q.start for q in sl)
-            values = ndimage.affine_transform(values, np.full(3, 1.0 / step), output_shape=target,
-                                              order=1, mode="nearest")
-        out[sl] = values
+        return (slice(x0, x1), sl[1], sl[2])
+
+    def evaluate(fn, which, block):
+        """``fn(Xs, Ys, Z) * s`` on a full-resolution block (Z: 'f', 't' or 'm' space)."""
+        Xs_, Ys_, Zf_, Zt_, Zm_ = frame.coords(block, which=("x", "y", which))
+        z = {"f": Zf_, "t": Zt_, "m": Zm_}[which]
+        return (fn(Xs_, Ys_, z) * s).astype(np.float32)
+
+    def evaluate_smooth(fn, which, block):
+        """:func:`evaluate` of a smooth field on a coarse lattice, interpolated to ``block``.
+
+        The lattice is the indices congruent to the centre voxel modulo ``step`` (a
+        mirror-symmetric set), extended one node beyond the block where the grid allows.
+        """
+        if step == 1:
+            return evaluate(fn, which, block)
+        lattice = []
+        for axis, (q, n) in enumerate(zip(block, shape)):
+            anchor = centre_x if axis == 0 else 0
+            first = q.start - ((q.start - anchor) % step)
+            if first < 0:
+                first += step
+            last = q.stop - 1 + ((anchor - (q.stop - 1)) % step)
+            if last > n - 1:
+                last -= step
+            lattice.append(slice(first, last + 1, step))
+        values = evaluate(fn, which, tuple(lattice))
+        for axis, (q, c) in enumerate(zip(block, lattice)):
+            m = values.shape[axis]
+            offset = np.clip(np.arange(q.start, q.stop) - c.start, 0, (m - 1) * step)
+            values = _lerp_axis(values, axis, offset // step, offset % step, step)
+        return values
+
+    def bone(fn, which, lo, hi):
+        block = region(lo, hi, step)
+        coarse = tuple(slice(q.start, q.stop, step) for q in block)
+        raw = evaluate(fn, which, coarse)
+        distance, gx, gy, gz = _normalised_distance(raw, voxel_mm * step)
+        normals = (gx * np.float32(mirror), gy, gz)       # normals in shape-space sense
+        return _BoneField(block, step, distance.astype(np.float32),
+                          tuple(n.astype(np.float32) for n in normals))
+
+    def sub(block, within):
+        """``block`` expressed relative to ``within`` (both global index slices)."""
+        return tuple(slice(q.start - w.start, q.stop - w.start) for q, w in zip(block, within))
+
+    def intersect(a, b):
+        out = tuple(slice(max(p.start, q.start), min(p.stop, q.stop)) for p, q in zip(a, b))
+        return None if any(q.stop <= q.start for q in out) else out
+
+    # --- soft tissue: the limb outline (the only full-volume field) ---------------------
+    fat_mm = float(getattr(spec, "subcutaneous_fat_mm", 9.0))
+
+    def limb_depth(x, y, z):
+        """Depth below the skin (mm, > 0 inside the limb) of a smooth elliptic limb."""
+        limb_ax = 46.0 + 4.0 * np.tanh(z / 60.0) ** 2 + 6.0 * np.clip(z / 90.0, 0, 1)
+        limb_ay = 50.0 + 6.0 * np.clip(z / 80.0, 0, 1) + 5.0 * np.clip(-z / 80.0, 0, 1)
+        limb_core = np.sqrt(((x - 1.0) / limb_ax) ** 2 + ((y - 2.0) / limb_ay) ** 2)
+        return (fat_mm / s - (limb_core - 1.0) * np.minimum(limb_ax, limb_ay))
+
+    # smooth: evaluated every ~2 mm and interpolated
+    depth_from_skin = evaluate_smooth(limb_depth, "m", full)
+    labels = np.zeros(shape, np.uint8)
+    labels[depth_from_skin > 0] = L["muscle"]
+    labels[(depth_from_skin > 0) & (depth_from_skin < fat_mm)] = L["subcutaneous_fat"]
+    labels[(depth_from_skin > 0) & (depth_from_skin < 1.6)] = L["skin"]
+
+    # --- bones (coarse implicit functions) -------------------------------------------
+    fields = {
+        "femur": bone(lambda x, y, z: _femur_sdf(x, y, z, v), "f", (-56, -42, -6), (56, 44, 200)),
+        "tibia": bone(lambda x, y, z: _tibia_sdf(x, y, z, v), "t", (-56, -34, -200), (56, 34, 6)),
+        "patella": bone(lambda x, y, z: _patella_sdf(x, y, z, v), "f", (-20, 32, 10), (28, 62, 58)),
+        "fibula": bone(_fibula_sdf, "t", (18, -36, -200), (44, -8, -20)),
+    }
+    # dense full-resolution distance of each bone over its own box
+    dense = {name: f.read(f.block) for name, f in fields.items()}
+
+    def bone_distance(name, block):
+        """Full-resolution distance to a bone on any block (far outside its box)."""
+        f = fields[name]
+        out = np.full(tuple(q.stop - q.start for q in block), np.float32(_BoneField.FAR_MM), np.float32)
+        both = intersect(block, f.block)
+        if both is not None:
+            out[sub(both, block)] = dense[name][sub(both, f.block)]
         return out
 
-    femur = box(lambda x, y, z: _femur_sdf(x, y, z, v), Zf, (-48, -42, -6), (48, 44, 200), step=2)
-    tibia = box(lambda x, y, z: _tibia_sdf(x, y, z, v), Zt, (-48, -34, -200), (48, 34, 6), step=2)
-    patella = box(lambda x, y, z: _patella_sdf(x, y, z, v), Zf, (-20, 32, 10), (28, 62, 58), step=2)
-    fibula = box(_fibula_sdf, Zt, (18, -36, -200), (44, -8, -20), step=2)
-
     # --- osteophytes: bony outgrowths at the articular margins (OARSI sites) ---------
-    osteo_sdf = np.full(shape, np.inf, dtype=np.float32)
-    osteo_bone = {}
+    osteophyte_mask = np.zeros(shape, bool)
     for site in ("FM", "FL", "TM", "TL"):
         grade = int(spec.osteophyte_grade.get(site, 0))
         length = OSTEOPHYTE_LENGTH_MM[grade]
@@ -427,56 +600,56 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         margin_x = side_sign * (39.5 if site[0] == "F" else 40.5)
         if site[0] == "F":
             a, b = (margin_x - side_sign * 4.0, -6.0, 7.0), (margin_x + side_sign * length, -6.0, 3.5)
-            zz = Zf
+            which, name = "f", "femur"
         else:
             a, b = (margin_x - side_sign * 4.0, -1.0, -3.5), (margin_x + side_sign * length, -1.0, -0.5)
-            zz = Zt
+            which, name = "t", "tibia"
         lo = np.minimum(a, b) - np.array([4.0, 14.0, 5.0])
         hi = np.maximum(a, b) + np.array([4.0, 14.0, 5.0])
-        spur = box(lambda x, y, z: _sd_capsule(x, y, z, a, b, 1.6 + 0.5 * grade, squash=(1.0, 3.0 + grade, 1.0)),
-                   zz, lo, hi)
-        osteo_sdf = np.minimum(osteo_sdf, spur)
-        osteo_bone[site] = spur
-    if osteo_bone:
-        femur_spurs = [osteo_bone[k] for k in osteo_bone if k[0] == "F"]
-        tibia_spurs = [osteo_bone[k] for k in osteo_bone if k[0] == "T"]
-        femur_with = _smin(femur, np.minimum.reduce(femur_spurs), 2.0) if femur_spurs else femur
-        tibia_with = _smin(tibia, np.minimum.reduce(tibia_spurs), 2.0) if tibia_spurs else tibia
-        osteophyte_mask = ((femur_with < 0) & (femur >= 0)) | ((tibia_with < 0) & (tibia >= 0))
-        femur, tibia = femur_with.astype(np.float32), tibia_with.astype(np.float32)
-    else:
-        osteophyte_mask = np.zeros(shape, bool)
+        block = intersect(region(lo, hi), fields[name].block)
+        spur = evaluate(lambda x, y, z: _sd_capsule(x, y, z, a, b, 1.6 + 0.5 * grade,
+                                                     squash=(1.0, 3.0 + grade, 1.0)), which, block)
+        target = dense[name][sub(block, fields[name].block)]
+        grown = _smin(target, spur, 2.0).astype(np.float32)
+        osteophyte_mask[block] |= (grown < 0) & (target >= 0)
+        target[...] = grown
 
-    fd, fnx, fny, fnz = _normalised_distance(femur, voxel_mm)
-    td, tnx, tny, tnz = _normalised_distance(tibia, voxel_mm)
-    pd_, pnx, pny, pnz = _normalised_distance(patella, voxel_mm)
-    fnx, tnx = fnx * mirror, tnx * mirror   # normals in shape-space sense
+    # --- articular block: cartilage, menisci, fluid film, subchondral lesions ------------
+    A = _block(ax, ay, az, (-45.0 * s, 45.0 * s), (-39.0 * s, 43.0 * s), (-13.0 * s, 60.0 * s), 6.0)
+    A = (slice(A[0].start, n_x - A[0].start), A[1], A[2])           # symmetric in x (mirroring)
+    Xs, Ys, Zf, Zt, Zm = frame.coords(A)
+    shape_a = Xs.shape
+    fd, td, pd_ = (bone_distance(n, A) for n in ("femur", "tibia", "patella"))
+    fnx, fny = fields["femur"].normal(A, 0), fields["femur"].normal(A, 1)
+    tnz = fields["tibia"].normal(A, 2)
+    pny = fields["patella"].normal(A, 1)
 
-    # --- articular cartilage: shells of region-varying thickness ---------------------
     thick = {r: float(spec.cartilage_thickness_mm.get(r, 2.0)) for r in CARTILAGE_REGIONS}
     xs_abs = np.abs(Xs)
     # femoral regions
     in_trochlea = (Ys > 12.0) & (Zf > 6.0) & (Zf < 58.0) & (xs_abs < 30.0) & (fny > 0.25)
     condylar = (xs_abs > 9.0) & (np.abs(fnx) < 0.65) & ((Zf < 24.0) | ((Ys < -4.0) & (Zf < 44.0))) & ~in_trochlea
-    femoral_region = np.zeros(shape, np.uint8)
+    femoral_region = np.zeros(shape_a, np.uint8)
     femoral_region[condylar & (Xs < 0)] = CARTILAGE_REGIONS.index("FM") + 1
     femoral_region[condylar & (Xs >= 0)] = CARTILAGE_REGIONS.index("FL") + 1
     femoral_region[in_trochlea] = CARTILAGE_REGIONS.index("TR") + 1
-    fem_t = np.zeros(shape, np.float32)
-    for r in ("FM", "FL", "TR"):
-        fem_t[femoral_region == CARTILAGE_REGIONS.index(r) + 1] = thick[r]
+    thick_lut = np.zeros(len(CARTILAGE_REGIONS) + 1, np.float32)
+    for i, r in enumerate(CARTILAGE_REGIONS):
+        thick_lut[i + 1] = thick[r] if r in ("FM", "FL", "TR") else 0.0
+    fem_t = thick_lut[femoral_region]
     # thickest in the weight-bearing zone, thinning toward the margins
     fem_profile = np.clip(1.0 - ((xs_abs - 22.0) / 20.0) ** 2, 0.0, 1.0) ** 0.5
-    fem_profile = np.where(in_trochlea, np.clip(1 - (Xs / 30.0) ** 2, 0, 1) ** 0.5 * np.clip((58 - Zf) / 12, 0, 1), fem_profile)
+    fem_profile = np.where(in_trochlea, np.clip(1 - (Xs / 30.0) ** 2, 0, 1) ** 0.5 * np.clip((58 - Zf) / 12, 0, 1),
+                           fem_profile)
     fem_t *= 0.45 + 0.75 * fem_profile
     # tibial regions
     plateau_r = np.where(Xs < 0, ((Xs - X_MEDIAL) / 19.0) ** 2 + ((Ys + 1) / 25.0) ** 2,
                          ((Xs - X_LATERAL) / 17.5) ** 2 + ((Ys + 1) / 22.0) ** 2)
     tib_art = (tnz > 0.55) & (plateau_r < 1.0) & (xs_abs > 7.5) & (Zt > -7.0)
-    tibial_region = np.zeros(shape, np.uint8)
+    tibial_region = np.zeros(shape_a, np.uint8)
     tibial_region[tib_art & (Xs < 0)] = CARTILAGE_REGIONS.index("TM") + 1
     tibial_region[tib_art & (Xs >= 0)] = CARTILAGE_REGIONS.index("TL") + 1
-    tib_t = np.where(Xs < 0, thick["TM"], thick["TL"]).astype(np.float32)
+    tib_t = np.where(Xs < 0, np.float32(thick["TM"]), np.float32(thick["TL"]))
     tib_t *= 0.45 + 0.75 * np.clip(1.0 - plateau_r, 0, 1) ** 0.5
     # patellar cartilage (posterior facets)
     pat_art = (pny < -0.35) & (Zf > 18.0) & (Zf < 52.0)
@@ -491,101 +664,128 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     patellar_cart = (pd_ > 0) & (pd_ < pat_t) & pat_art & (fd > 0.3)
     femoral_cart &= pd_ > 0.3
 
-    cartilage_depth = np.zeros(shape, np.float16)
+    cartilage_depth = np.zeros(shape_a, np.float16)
     cartilage_depth[femoral_cart] = np.clip(fd[femoral_cart] / fem_t[femoral_cart], 0, 1)
     cartilage_depth[tibial_cart] = np.clip(td[tibial_cart] / tib_t[tibial_cart], 0, 1)
     cartilage_depth[patellar_cart] = np.clip(pd_[patellar_cart] / pat_t[patellar_cart], 0, 1)
-    cartilage_region = np.zeros(shape, np.uint8)
+    cartilage_region = np.zeros(shape_a, np.uint8)
     cartilage_region[femoral_cart] = femoral_region[femoral_cart]
     cartilage_region[tibial_cart] = tibial_region[tibial_cart]
     cartilage_region[patellar_cart] = CARTILAGE_REGIONS.index("P") + 1
 
     # --- menisci: wedges on the plateau periphery --------------------------------------
-    mer = np.where(Xs < 0, np.sqrt(((Xs - X_MEDIAL) / 19.5) ** 2 + ((Ys + 1) / 25.5) ** 2),
-                   np.sqrt(((Xs - X_LATERAL) / 17.5) ** 2 + ((Ys + 1) / 22.0) ** 2))
-    angle = np.arctan2(Ys + 1, Xs - np.where(Xs < 0, X_MEDIAL, X_LATERAL))
+    medial_x = Xs < 0
+    mer = np.sqrt(np.where(medial_x, ((Xs - X_MEDIAL) / 19.5) ** 2 + ((Ys + 1) / 25.5) ** 2,
+                           ((Xs - X_LATERAL) / 17.5) ** 2 + ((Ys + 1) / 22.0) ** 2))
+    angle = np.arctan2(Ys + 1, Xs - np.where(medial_x, np.float32(X_MEDIAL), np.float32(X_LATERAL)))
     # C-shaped medial meniscus open toward the notch (+x), nearly ring-shaped lateral one
-    opening = np.where(Xs < 0, np.abs(angle) < 0.55, np.abs(np.abs(angle) - np.pi) < 0.35)
-    wedge_height = np.where(Xs < 0, 5.5, 6.0) * np.clip((mer - 0.58) / 0.36, 0, 1)
+    opening = np.where(medial_x, np.abs(angle) < 0.55, np.abs(np.abs(angle) - np.pi) < 0.35)
+    wedge_height = np.where(medial_x, np.float32(5.5), np.float32(6.0)) * np.clip((mer - 0.58) / 0.36, 0, 1)
+    # (only at plateau level: the wedge rule alone would also line the metaphysis below the rim)
     meniscus = ((mer > 0.58) & (mer < 1.02) & ~opening & (td > -0.2) & (td < wedge_height + 0.3)
-                & (fd > 0.0) & ~femoral_cart & (xs_abs > 6.0))
+                & (fd > 0.0) & ~femoral_cart & (xs_abs > 6.0) & (Zt > -5.0))
+    film = (fd > 0) & (td > 0) & (fd + td < np.maximum(fem_t + tib_t, 1.0) + 1.0) & (plateau_r < 1.1)
+    fluid_film = film & ~femoral_cart & ~tibial_cart
+    del fem_t, tib_t, pat_t, gap_total, fem_share, fem_profile, fnx, fny, tnz, pny, angle, opening
 
-    labels = labels_full[J]
-    inside = inside_full[J]
-    depth_from_skin = depth_full[J]
+    # --- soft tissue shapes, each in its own box ---------------------------------------
+    def shape_mask(fn, lo, hi, which="m"):
+        """(block, mask) of ``fn < 0`` evaluated in the shape-space box ``lo``-``hi``."""
+        block = region(lo, hi)
+        return block, evaluate(fn, which, block) < 0
+
+    def paint(block, mask, code, only_inside=False, where=None):
+        target = labels[block]
+        if only_inside:
+            mask = mask & (depth_from_skin[block] > 0)
+        if where is not None:
+            mask = mask & where
+        target[mask] = code
+
     # peri-articular and popliteal fat (knee is mostly tendon, fat and capsule, not muscle)
-    deep = inside & (depth_from_skin >= 1.6)
-    prepatellar = deep & (_sd_ellipsoid(Xs, Ys, Zm, (2.0, 62.0, 4.0), (44.0, 34.0, 52.0)) < 0)
-    popliteal = deep & (_sd_ellipsoid(Xs, Ys, Zm, (0.0, -58.0, 14.0), (22.0, 26.0, 40.0)) < 0)
-    sidefat = deep & (_sd_ellipsoid(Xs, Ys, Zm, (0.0, 0.0, 0.0), (80.0, 40.0, 22.0)) < 0) & (np.abs(Xs) > 34.0)
-    notch_fat = _sd_ellipsoid(Xs, Ys, Zm, (0.0, -4.0, 12.0), (16.0, 32.0, 18.0)) < 0
-    labels[prepatellar | popliteal | sidefat] = L["subcutaneous_fat"]
-    labels[notch_fat & inside] = L["hoffa_fat_pad"]
-    hoffa = (box(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 25.0, -4.0), (24.0, 12.0, 15.0)), Zm,
-                 (-25, 12, -20), (25, 38, 12)) < 0) & (Ys > 12.0)
-    labels[hoffa] = L["hoffa_fat_pad"]
+    for lo, hi, fn, extra in (
+            ((-42, 28, -48), (46, 96, 56), lambda x, y, z: _sd_ellipsoid(x, y, z, (2.0, 62.0, 4.0), (44.0, 34.0, 52.0)), None),
+            ((-22, -84, -26), (22, -32, 54), lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, -58.0, 14.0), (22.0, 26.0, 40.0)), None),
+            ((-80, -40, -22), (80, 40, 22), lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 0.0, 0.0), (80.0, 40.0, 22.0)), "side")):
+        block, mask = shape_mask(fn, lo, hi)
+        if extra == "side":
+            mask &= np.abs(frame.coords(block, which=("x",))[0]) > 34.0
+        paint(block, mask & (depth_from_skin[block] >= 1.6), L["subcutaneous_fat"])
+    block, mask = shape_mask(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, -4.0, 12.0), (16.0, 32.0, 18.0)),
+                             (-16, -36, -6), (16, 28, 30))
+    paint(block, mask, L["hoffa_fat_pad"], only_inside=True)
+    block, mask = shape_mask(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 25.0, -4.0), (24.0, 12.0, 15.0)),
+                             (-25, 12, -20), (25, 38, 12))
+    mask &= frame.coords(block, which=("x", "y"))[1] > 12.0
+    paint(block, mask, L["hoffa_fat_pad"])
     # popliteal vessels (bright fluid-like) in the fat
-    vessel = box(lambda x, y, z: _sd_capsule(x, y, z, (-3.0, -45.0, 90.0), (2.0, -40.0, -60.0), 3.0), Zm,
-                 (-8, -50, -200), (8, -35, 200)) < 0
-    labels[vessel & inside] = L["joint_fluid"]
+    block, mask = shape_mask(lambda x, y, z: _sd_capsule(x, y, z, (-3.0, -45.0, 90.0), (2.0, -40.0, -60.0), 3.0),
+                             (-8, -50, -200), (8, -35, 200))
+    paint(block, mask, L["joint_fluid"], only_inside=True)
 
     # joint fluid: physiological film, suprapatellar recess (grows with effusion), posterior recesses
     eff = int(spec.effusion_grade)
-    recess = box(lambda x, y, z: _sd_ellipsoid(x, y, z, (2.0, 33.0, 58.0 + 4.0 * eff),
-                                               (20.0 + 2.5 * eff, 1.4 + 2.2 * eff, 11.0 + 6.0 * eff)), Zm,
-                 (-30, 20, 30), (34, 46, 120)) < 0
-    fluid = recess.copy()
+    fluid_parts = [shape_mask(lambda x, y, z: _sd_ellipsoid(x, y, z, (2.0, 33.0, 58.0 + 4.0 * eff),
+                                                            (20.0 + 2.5 * eff, 1.4 + 2.2 * eff, 11.0 + 6.0 * eff)),
+                              (-30, 20, 30), (34, 46, 120))]
     if eff >= 1:
-        posterior = box(lambda x, y, z: np.minimum(
+        fluid_parts.append(shape_mask(lambda x, y, z: np.minimum(
             _sd_ellipsoid(x, y, z, (-21.0, -36.0, 22.0), (9.0, 1.0 + 2.0 * eff, 9.0 + 3 * eff)),
-            _sd_ellipsoid(x, y, z, (21.0, -34.0, 22.0), (8.0, 1.0 + 1.5 * eff, 8.0 + 3 * eff))), Zm,
-            (-32, -46, 0), (32, -24, 44)) < 0
-        para = box(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 36.0, 20.0), (30.0 + 2 * eff, 2.0 + 1.5 * eff, 10.0 + 3 * eff)),
-                   Zm, (-38, 24, 2), (38, 48, 38)) < 0
-        fluid |= posterior | (para & (np.abs(Xs - 4) > 14.0))
-    film = (fd > 0) & (td > 0) & (fd + td < np.maximum(fem_t + tib_t, 1.0) + 1.0) & (plateau_r < 1.1)
-    fluid_film = film & ~femoral_cart & ~tibial_cart
-    labels[fluid] = L["joint_fluid"]
-    labels[fluid_film] = L["joint_fluid"]
-    effusion_mask = fluid & (eff >= 1)
+            _sd_ellipsoid(x, y, z, (21.0, -34.0, 22.0), (8.0, 1.0 + 1.5 * eff, 8.0 + 3 * eff))),
+            (-32, -46, 0), (32, -24, 44)))
+        block, mask = shape_mask(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 36.0, 20.0),
+                                                               (30.0 + 2 * eff, 2.0 + 1.5 * eff, 10.0 + 3 * eff)),
+                                 (-38, 24, 2), (38, 48, 38))
+        mask &= np.abs(frame.coords(block, which=("x",))[0] - 4) > 14.0
+        fluid_parts.append((block, mask))
+    for block, mask in fluid_parts:
+        paint(block, mask, L["joint_fluid"])
+    labels[A][fluid_film] = L["joint_fluid"]
 
     # tendons and ligaments
-    patellar_tendon = box(lambda x, y, z: _sd_capsule(x, y, z, (4.0, 45.0, 16.0), (2.0, 27.0, -34.0), 2.6,
-                                                      squash=(4.5, 1.0, 1.0)), Zm, (-16, 20, -42), (20, 52, 22)) < 0
-    quad_tendon = box(lambda x, y, z: _sd_capsule(x, y, z, (4.0, 50.0, 52.0), (1.0, 38.0, 120.0), 3.0,
-                                                  squash=(5.0, 1.0, 1.0)), Zm, (-18, 30, 44), (22, 58, 200)) < 0
-    labels[(patellar_tendon | quad_tendon) & inside] = L["patellar_tendon"]
-    pcl = box(lambda x, y, z: np.minimum(_sd_capsule(x, y, z, (-1.0, 4.0, 20.0), (0.0, -12.0, 10.0), 3.8),
-                                         _sd_capsule(x, y, z, (0.0, -12.0, 10.0), (0.0, -27.0, -10.0), 3.8)),
-              Zm, (-6, -32, -15), (6, 9, 25)) < 0
-    acl = box(lambda x, y, z: _sd_capsule(x, y, z, (10.0, -16.0, 21.0), (-2.0, 11.0, -1.0), 3.0), Zm,
-              (-6, -20, -5), (14, 15, 25)) < 0
-    labels[acl] = L["acl"]
-    labels[pcl] = L["pcl"]
-    mcl = box(lambda x, y, z: _sd_capsule(x, y, z, (-44.5, -4.0, 30.0), (-41.0, 0.0, -45.0), 1.4,
-                                          squash=(1.0, 5.0, 1.0)), Zm, (-48, -14, -50), (-38, 10, 34)) < 0
-    lcl = box(lambda x, y, z: _sd_capsule(x, y, z, (42.5, -6.0, 28.0), (34.0, -20.0, -30.0), 1.8), Zm,
-              (30, -24, -34), (46, -2, 32)) < 0
-    labels[(mcl | lcl) & (fd > 0) & (td > 0)] = L["collateral_ligament"]
+    for lo, hi, fn in (
+            ((-16, 20, -42), (20, 52, 22), lambda x, y, z: _sd_capsule(x, y, z, (4.0, 45.0, 16.0), (2.0, 27.0, -34.0),
+                                                                       2.6, squash=(4.5, 1.0, 1.0))),
+            ((-18, 30, 44), (22, 58, 200), lambda x, y, z: _sd_capsule(x, y, z, (4.0, 50.0, 52.0), (1.0, 38.0, 120.0),
+                                                                       3.0, squash=(5.0, 1.0, 1.0)))):
+        block, mask = shape_mask(fn, lo, hi)
+        paint(block, mask, L["patellar_tendon"], only_inside=True)
+    block, mask = shape_mask(lambda x, y, z: _sd_capsule(x, y, z, (10.0, -16.0, 21.0), (-2.0, 11.0, -1.0), 3.0),
+                             (-6, -20, -5), (14, 15, 25))
+    paint(block, mask, L["acl"])
+    block, mask = shape_mask(lambda x, y, z: np.minimum(
+        _sd_capsule(x, y, z, (-1.0, 4.0, 20.0), (0.0, -12.0, 10.0), 3.8),
+        _sd_capsule(x, y, z, (0.0, -12.0, 10.0), (0.0, -27.0, -10.0), 3.8)), (-6, -32, -15), (6, 9, 25))
+    paint(block, mask, L["pcl"])
+    for lo, hi, fn in (
+            ((-48, -14, -50), (-38, 10, 34), lambda x, y, z: _sd_capsule(x, y, z, (-44.5, -4.0, 30.0), (-41.0, 0.0, -45.0),
+                                                                         1.4, squash=(1.0, 5.0, 1.0))),
+            ((30, -24, -34), (46, -2, 32), lambda x, y, z: _sd_capsule(x, y, z, (42.5, -6.0, 28.0), (34.0, -20.0, -30.0), 1.8))):
+        block, mask = shape_mask(fn, lo, hi)
+        paint(block, mask, L["collateral_ligament"],
+              where=(bone_distance("femur", block) > 0) & (bone_distance("tibia", block) > 0))
 
-    labels[meniscus & (Xs < 0)] = L["meniscus_medial"]
-    labels[meniscus & (Xs >= 0)] = L["meniscus_lateral"]
-    labels[femoral_cart] = L["femoral_cartilage"]
-    labels[tibial_cart & (Xs < 0)] = L["tibial_cartilage_medial"]
-    labels[tibial_cart & (Xs >= 0)] = L["tibial_cartilage_lateral"]
-    labels[patellar_cart] = L["patellar_cartilage"]
-    labels[fibula < 0] = L["fibula"]
-    labels[tibia < 0] = L["tibia"]
-    labels[femur < 0] = L["femur"]
-    labels[patella < 0] = L["patella"]
-
-    bone = (femur < 0) | (tibia < 0) | (patella < 0) | (fibula < 0)
-    cortex = bone & ((fd > -1.3) & (femur < 0) | (td > -1.3) & (tibia < 0) | (pd_ > -1.3) & (patella < 0)
-                     | (fibula > -1.3 * s) & (fibula < 0))
+    lab_a = labels[A]
+    lab_a[meniscus & medial_x] = L["meniscus_medial"]
+    lab_a[meniscus & ~medial_x] = L["meniscus_lateral"]
+    lab_a[femoral_cart] = L["femoral_cartilage"]
+    lab_a[tibial_cart & medial_x] = L["tibial_cartilage_medial"]
+    lab_a[tibial_cart & ~medial_x] = L["tibial_cartilage_lateral"]
+    lab_a[patellar_cart] = L["patellar_cartilage"]
+    cortex = np.zeros(shape, bool)
+    for name in ("fibula", "tibia", "femur", "patella"):
+        f = fields[name]
+        d = dense[name]
+        inside_bone = d < 0
+        labels[f.block][inside_bone] = L[name]
+        thickness = 1.3 * s if name == "fibula" else 1.3
+        cortex[f.block] |= inside_bone & (d > -thickness)
+    # a later bone overwrites an earlier one: the cortex belongs to the bone that is labelled
+    bone_codes = np.array([L["femur"], L["tibia"], L["patella"], L["fibula"]])
+    bone_a = np.isin(lab_a, bone_codes)
 
     masks = {name: np.zeros(shape, bool) for name in LESION_MASKS}
-    masks["osteophyte"] = osteophyte_mask & bone
-    masks["effusion_synovitis"] = effusion_mask & (labels == L["joint_fluid"])
+    masks["osteophyte"] = osteophyte_mask & np.isin(labels, bone_codes) if osteophyte_mask.any() else osteophyte_mask
 
     # --- subchondral sclerosis (denser bone under the weight-bearing surfaces) -----------
     sclerosis = np.zeros(shape, bool)
@@ -596,65 +796,68 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         comp = (Xs < -8.0) if medial else (Xs > 8.0)
         compx = X_MEDIAL if medial else X_LATERAL
         near = np.abs(Xs - compx) < 15.0
-        sclerosis |= comp & near & (((femur < 0) & (fd > -depth) & (Zf < 8.0)) | ((tibia < 0) & (td > -depth) & (Zt > -depth - 2)))
+        sclerosis[A] |= comp & near & (((fd < 0) & (fd > -depth) & (Zf < 8.0))
+                                       | ((td < 0) & (td > -depth) & (Zt > -depth - 2))) & bone_a
 
     # --- bone marrow lesions ------------------------------------------------------------
     bml_centres = {"FM": ((X_MEDIAL, -2.0, 5.0), "femur"), "FL": ((X_LATERAL, 0.0, 5.0), "femur"),
                    "TM": ((X_MEDIAL, -2.0, -6.0), "tibia"), "TL": ((X_LATERAL, -2.0, -6.0), "tibia"),
                    "P": ((4.0, 44.0, 34.0), "patella")}
-    for region, grade in spec.bml_sites:
-        centre, bone_name = bml_centres[region]
+    for region_name, grade in spec.bml_sites:
+        centre, bone_name = bml_centres[region_name]
         radius = BML_RADIUS_MM[int(grade)]
         jitter = lesion_rng.normal(scale=3.0, size=3) * np.array([1.0, 1.5, 0.3])
         c = np.asarray(centre) + jitter
-        zspace = {"femur": Zf, "tibia": Zt, "patella": Zf}[bone_name]
         if bone_name == "femur":
             c[2] = radius * 0.7
         elif bone_name == "tibia":
             c[2] = -radius * 0.7
         radii = (radius * 1.1, radius * 1.3, radius * 0.8)
-        blob = box(lambda x, y, z: _sd_ellipsoid(x, y, z, c, radii), zspace,
-                   c - 1.6 * np.array(radii), c + 1.6 * np.array(radii), margin=4.0)
-        blob = blob + 1.5 * _noise_field(lesion_rng, shape, sigma=2.0 / voxel_mm, where=blob < 5.0)
-        owner = {"femur": femur, "tibia": tibia, "patella": patella}[bone_name]
-        masks["bml"] |= (blob < 0) & (owner < 0)
+        which = {"femur": "f", "tibia": "t", "patella": "f"}[bone_name]
+        block = region(c - 1.6 * np.array(radii), c + 1.6 * np.array(radii), margin=4.0)
+        blob = evaluate(lambda x, y, z: _sd_ellipsoid(x, y, z, c, radii), which, block)
+        blob = blob + 1.5 * _noise_field(lesion_rng, blob.shape, sigma=2.0 / voxel_mm, where=blob < 5.0)
+        owner = labels[block] == L[bone_name]
+        masks["bml"][block] |= (blob < 0) & owner
 
     # --- Hoffa-synovitis: hyperintense strands in the fat pad ---------------------------
     if spec.hoffa_synovitis_grade > 0:
-        core = box(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 22.0, -6.0), (16.0, 8.0, 11.0)), Zm,
-                   (-18, 12, -19), (18, 32, 7)) < 0
-        texture = _noise_field(lesion_rng, shape, sigma=1.8 / voxel_mm, where=core)
+        block, core = shape_mask(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 22.0, -6.0), (16.0, 8.0, 11.0)),
+                                 (-18, 12, -19), (18, 32, 7))
+        texture = _noise_field(lesion_rng, core.shape, sigma=1.8 / voxel_mm, where=core)
         threshold = {1: 1.4, 2: 0.9, 3: 0.4}[int(spec.hoffa_synovitis_grade)]
-        masks["hoffa_synovitis"] = (labels == L["hoffa_fat_pad"]) & core & (texture > threshold)
+        masks["hoffa_synovitis"][block] = (labels[block] == L["hoffa_fat_pad"]) & core & (texture > threshold)
 
     # --- focal cartilage loss: defects filled with fluid ---------------------------------
     defect_centres = {"FM": (X_MEDIAL, -4.0), "FL": (X_LATERAL, -2.0), "TM": (X_MEDIAL, -2.0),
                       "TL": (X_LATERAL, -1.0), "P": (4.0, 0.0), "TR": (0.0, 0.0)}
-    for region, fraction in spec.cartilage_loss_fraction.items():
+    loss_a = masks["cartilage_loss"][A]
+    for region_name, fraction in spec.cartilage_loss_fraction.items():
         if fraction <= 0:
             continue
-        code = CARTILAGE_REGIONS.index(region) + 1
+        code = CARTILAGE_REGIONS.index(region_name) + 1
         radius = 4.0 + 9.0 * fraction
-        cx, cy = defect_centres[region]
+        cx, cy = defect_centres[region_name]
         cx += lesion_rng.normal(scale=2.0)
         cy += lesion_rng.normal(scale=3.0)
-        if region in ("P", "TR"):
-            zc = {"P": 34.0, "TR": 30.0}[region]
+        if region_name in ("P", "TR"):
+            zc = {"P": 34.0, "TR": 30.0}[region_name]
             disc = ((Xs - cx) ** 2 + (Zf - zc) ** 2) < radius ** 2
         else:
             disc = ((Xs - cx) ** 2 + (Ys - cy) ** 2) < radius ** 2
         lost = (cartilage_region == code) & disc & (cartilage_depth.astype(np.float32) > 1.0 - fraction - 0.02)
-        masks["cartilage_loss"] |= lost
-        labels[lost] = L["joint_fluid"]
+        loss_a |= lost
+        lab_a[lost] = L["joint_fluid"]
         cartilage_depth[lost] = 0
         cartilage_region[lost] = 0
 
     # --- meniscal damage: tears (fluid clefts) and maceration ---------------------------
+    damage_a = masks["meniscal_damage"][A]
     for grade, medial in ((spec.meniscal_damage_medial, True), (spec.meniscal_damage_lateral, False)):
         if grade <= 0:
             continue
         code = L["meniscus_medial"] if medial else L["meniscus_lateral"]
-        this = labels == code
+        this = lab_a == code
         posterior_horn = this & (Ys < -4.0)
         if grade == 1:     # intrasubstance horizontal signal
             cleft = posterior_horn & (np.abs(td - 2.2) < 0.6)
@@ -663,10 +866,15 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
             cleft = posterior_horn & (np.abs(td - 1.2 - 0.12 * (mer * 25)) < 0.7)
             damaged = posterior_horn
         else:              # maceration: posterior horn and body largely gone
-            cleft = this & (Ys < 6.0) & (lesion_rng.random(shape) < 0.6)
+            cleft = this & (Ys < 6.0) & (lesion_rng.random(shape_a) < 0.6)
             damaged = this & (Ys < 6.0)
-        labels[cleft] = L["joint_fluid"]
-        masks["meniscal_damage"] |= damaged
+        lab_a[cleft] = L["joint_fluid"]
+        damage_a |= damaged
+
+    # --- effusion-synovitis mask: the effusion's fluid as finally labelled ---------------
+    if eff >= 1:
+        for block, mask in fluid_parts:
+            masks["effusion_synovitis"][block] |= mask & (labels[block] == L["joint_fluid"])
 
     # --- foreign object (QC artefact): a small metal sphere in the anterior soft tissue --
     foreign = None
@@ -676,38 +884,23 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         centre_mm[0] *= mirror
         radius = float(lesion_rng.uniform(1.5, 3.0))
         foreign = (centre_mm, radius)
-        rr = ((ax[:, None, None] - centre_mm[0]) ** 2 + (ay[None, :, None] - centre_mm[1]) ** 2
-              + (az[None, None, :] - centre_mm[2]) ** 2)
-        masks["foreign_object"] = (rr < (4.0 * radius) ** 2)[J]      # susceptibility signal void on MRI
+        reach = 4.0 * radius          # susceptibility signal void on MRI
+        block = _block(ax, ay, az, *((c - reach, c + reach) for c in centre_mm), margin=1.0)
+        rr = ((ax[block[0], None, None] - centre_mm[0]) ** 2 + (ay[None, block[1], None] - centre_mm[1]) ** 2
+              + (az[None, None, block[2]] - centre_mm[2]) ** 2)
+        masks["foreign_object"][block] = rr < reach ** 2
 
-    # --- embed the joint block; shafts of tibia and fibula below it -------------------
-    def embed(block_array, dtype):
-        out = np.zeros(full_shape, dtype)
-        out[J] = block_array
-        return out
-
-    masks = {k: embed(m, bool) for k, m in masks.items()}
-    cartilage_depth = embed(cartilage_depth, np.float16)
-    cartilage_region = embed(cartilage_region, np.uint8)
-    cortex = embed(cortex, bool)
-    sclerosis = embed(sclerosis & bone, bool)
-    if J[2].start > 0:
-        tib_d = _tibia_sdf(Xs_full[D], Ys_full[D], Zt_full[D], v) * s
-        fib_d = _fibula_sdf(Xs_full[D], Ys_full[D], Zt_full[D]) * s
-        lab_d = labels_full[D]
-        lab_d[fib_d < 0] = L["fibula"]
-        lab_d[tib_d < 0] = L["tibia"]
-        cortex[D] = ((tib_d < 0) & (tib_d > -1.3)) | ((fib_d < 0) & (fib_d > -1.3))
-    labels = labels_full
-    shape = full_shape
-    dz = dz_full
-    # --- landmarks (knee-local mm; inverse deformation by fixed-point iteration) ---------
-    landmarks = _landmarks(spec, v, s, mirror, ax, ay, az, dz)
+    depth_full = np.zeros(shape, np.float16)
+    depth_full[A] = cartilage_depth
+    region_full = np.zeros(shape, np.uint8)
+    region_full[A] = cartilage_region
+    # --- landmarks (knee-local mm; the deformation of z is a function of x, y) ---------
+    landmarks = _landmarks(spec, v, s, mirror, ax, ay, az, frame.dz_columns())
     origin = np.array([ax[0], ay[0], az[0]], dtype=float)
     return KneeModel(
         spec=spec, labels=labels, voxel_mm=float(voxel_mm), origin_mm=origin,
-        lesion_masks=masks, landmarks_mm=landmarks, cartilage_depth=cartilage_depth,
-        cartilage_region=cartilage_region, cortex=cortex, sclerosis=sclerosis,
+        lesion_masks=masks, landmarks_mm=landmarks, cartilage_depth=depth_full,
+        cartilage_region=region_full, cortex=cortex & np.isin(labels, bone_codes), sclerosis=sclerosis,
         foreign_object=foreign,
         pose_matrix=pose_matrix(spec.flexion_deg, spec.rotation_deg, spec.varus_deg, spec.offset_mm, spec.side),
         side=spec.side,
