@@ -485,7 +485,7 @@ def write_status_table(metrics_dir: str | os.PathLike, out_path: str | os.PathLi
 
     for study in studies:
         lines += [f"## {study['title']}", "",
-                  f"Paper: {study['paper']} {{cite}}`{study['cite']}`", ""]
+                  f"Paper: {study['paper']} {{footcite}}`{study['cite']}`", ""]
         ran = [nb for nb in study.get("notebooks", []) if nb in metrics]
         claimed.update(study.get("notebooks", []))
         if not ran:

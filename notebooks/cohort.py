@@ -48,17 +48,17 @@ inventory
 #
 # A data chapter makes no claim of its own. It checks what the studies say about their
 # data where the data are public: here, the number of knees in the chronic-pain regression
-# of Morales et al. {footcite}`morales2021qmri` (Table 3) against the table its authors
+# of Morales et al. {footcite}`morales2021` (Table 3) against the table its authors
 # released. The studies all use the Osteoarthritis Initiative (OAI) and its MRI protocol
-# {footcite}`peterfy2008oai`.
+# {footcite}`peterfy2008`.
 #
 # ## Data
 #
 # ### Knee radiographs with KL grades
 #
 # Real crops of baseline bilateral PA fixed-flexion radiographs of the OAI, labelled with
-# the OAI central KL reading {footcite}`chen2019kl,chen2018kldata`. The radiograph-grading
-# study {footcite}`tiulpin2020oarsi` grades these features; its real-data chapter trains on
+# the OAI central KL reading {footcite}`chen2019,chen2018data`. The radiograph-grading
+# study {footcite}`tiulpin2020` grades these features; its real-data chapter trains on
 # the `train` split and reports on `val`.
 
 # %%
@@ -75,7 +75,7 @@ else:
 #
 # A sagittal 3D double-echo steady-state (DESS) scan, the sequence the OAI acquires for
 # cartilage morphometry, and a T1rho series of the same knee at four spin-lock times (TSL,
-# stored in the EchoTime tag) {footcite}`bonaretti2020pykneer`. It is not an OAI scan
+# stored in the EchoTime tag) {footcite}`bonaretti2020`. It is not an OAI scan
 # (another scanner and grid), but it gives real anatomy, intensities and headers for the
 # synthetic-next-to-real figures of later chapters. Signal falls with TSL as
 # $S = S_0\, e^{-\mathrm{TSL}/T_{1\rho}}$.
