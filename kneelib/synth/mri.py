@@ -77,6 +77,20 @@ class RenderedSeries:
     extras: dict = field(default_factory=dict)
 
 
+class _CroppedKnee:
+    """The per-voxel arrays of a :class:`KneeModel` restricted to a block (views)."""
+
+    def __init__(self, knee: KneeModel, block):
+        self.spec = knee.spec
+        self.labels = knee.labels[block]
+        self.cartilage_region = knee.cartilage_region[block]
+        self.cartilage_depth = knee.cartilage_depth[block]
+        self.cortex = knee.cortex[block]
+        self.sclerosis = knee.sclerosis[block]
+        self.lesion_masks = {k: m[block] for k, m in knee.lesion_masks.items()}
+        self.foreign_object = knee.foreign_object
+
+
 # ----------------------------------------------------------------------------------------
 # Signal equations
 # ----------------------------------------------------------------------------------------
@@ -209,21 +223,35 @@ def _plan_geometry(model: KneeModel, protocol: MRProtocol, rng: np.random.Genera
     return first, row_dir, col_dir, normal, pcl
 
 
-def _sample_indices(model, protocol, first, row_dir, col_dir, normal, slice_positions):
-    """Label-grid voxel coordinates of every pixel centre (3, slices, rows, cols)."""
+def _sampling_affine(model, protocol, first, row_dir, col_dir, normal, n_slices):
+    """Affine from output index (slice, row, col) to label-grid voxel index.
+
+    Returns
+    -------
+    matrix : ndarray, shape (3, 3)
+    offset : ndarray, shape (3,)
+    normal_index : ndarray, shape (3,)
+        The slice normal in label-grid index axes (for the slice-profile blur).
+    """
     to_lps = knee_to_lps_matrix(model)
     lps_to_index = np.linalg.inv(to_lps @ model.index_to_mm())
     rot, trans = lps_to_index[:3, :3], lps_to_index[:3, 3]
-    s = np.asarray(slice_positions, np.float64)
-    r = np.arange(protocol.rows) * protocol.row_spacing_mm
-    c = np.arange(protocol.cols) * protocol.col_spacing_mm
-    base = rot @ first + trans
-    ds, dr, dc = rot @ normal, rot @ col_dir, rot @ row_dir
-    coords = np.empty((3, s.size, r.size, c.size), np.float32)
-    for axis in range(3):
-        coords[axis] = (base[axis] + s[:, None, None] * ds[axis] + r[None, :, None] * dr[axis]
-                        + c[None, None, :] * dc[axis])
-    return coords, rot @ normal
+    matrix = np.stack([rot @ normal * protocol.slice_spacing_mm, rot @ col_dir * protocol.row_spacing_mm,
+                       rot @ row_dir * protocol.col_spacing_mm], axis=1)
+    offset = rot @ first + trans
+    del n_slices
+    return matrix, offset, rot @ normal
+
+
+def _crop_to_field(model, matrix, offset, output_shape, margin):
+    """Label-grid slices covering every sample point of the series (plus ``margin`` voxels)."""
+    corners = np.array([[i, j, k] for i in (0, output_shape[0] - 1) for j in (0, output_shape[1] - 1)
+                        for k in (0, output_shape[2] - 1)], float)
+    points = corners @ matrix.T + offset
+    lo = np.floor(points.min(axis=0)).astype(int) - margin
+    hi = np.ceil(points.max(axis=0)).astype(int) + margin + 1
+    shape = model.labels.shape
+    return tuple(slice(int(np.clip(l, 0, n - 1)), int(np.clip(h, 1, n))) for l, h, n in zip(lo, hi, shape))
 
 
 def _slice_profile_blur(volume, slice_normal_index, thickness_mm, voxel_mm):
@@ -263,9 +291,17 @@ def _motion_ghosts(image, rng, phase_axis):
 
 
 def _rician(signal, sigma, rng):
-    real = signal + rng.normal(scale=sigma, size=signal.shape).astype(np.float32)
-    imag = rng.normal(scale=sigma, size=signal.shape).astype(np.float32)
-    return np.sqrt(real * real + imag * imag)
+    """Magnitude of the signal plus complex Gaussian noise of SD ``sigma`` per channel."""
+    sigma = np.float32(sigma)
+    real = rng.standard_normal(signal.shape, dtype=np.float32)
+    real *= sigma
+    real += signal
+    imag = rng.standard_normal(signal.shape, dtype=np.float32)
+    imag *= sigma
+    np.multiply(real, real, out=real)
+    np.multiply(imag, imag, out=imag)
+    real += imag
+    return np.sqrt(real, out=real)
 
 
 def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generator) -> RenderedSeries:
@@ -299,13 +335,21 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
         gap = int(rng.integers(2, 4))
         start = int(rng.integers(1, n - gap - 1))
         keep[start:start + gap] = False
+    matrix, offset, normal_index = _sampling_affine(knee, protocol, first, row_dir, col_dir, normal, n)
+    output_shape = (n, protocol.rows, protocol.cols)
+    blur_voxels = int(np.ceil(protocol.slice_thickness_mm / knee.voxel_mm)) + 2
+    crop = _crop_to_field(knee, matrix, offset, output_shape, margin=blur_voxels)
+    crop_offset = offset - np.array([q.start for q in crop], float)
+    view = _CroppedKnee(knee, crop)
+
+    def sample(volume, order=1, output=np.float32):
+        """Sample a cropped label-grid volume at every pixel centre; drop missing slices."""
+        image = ndimage.affine_transform(volume, matrix, offset=crop_offset, output_shape=output_shape,
+                                         order=order, mode="nearest", output=output, prefilter=False)
+        return image if keep.all() else image[keep]
+
     slice_positions = slice_positions[keep]
-    coords, normal_index = _sample_indices(knee, protocol, first, row_dir, col_dir, normal, slice_positions)
-
-    def sample(volume, order=1):
-        return ndimage.map_coordinates(volume, coords, order=order, mode="nearest")
-
-    shape = coords.shape[1:]
+    shape = (int(keep.sum()), protocol.rows, protocol.cols)
     bias = _bias_field(shape, protocol.bias_amplitude, rng)
     # noise and display scale are relative to the signal of free water in this sequence
     fluid = TISSUE_LABELS["joint_fluid"]
@@ -313,24 +357,23 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
     reference = float(_tissue_signal(protocol, table["proton_density"][fluid], table["t1_ms"][fluid],
                                      table["t2_ms"][fluid], 0.0, protocol.echo_times_ms[0]))
     sigma = protocol.noise_fraction * reference
-    phase_axis = -1 if protocol.orientation == "sagittal" else -1
+    phase_axis = -1
+    blur = lambda v: _slice_profile_blur(v, normal_index, protocol.slice_thickness_mm, knee.voxel_mm)
     if protocol.sequence == "msme":
         # amplitude and rate sampled once, one image per echo
-        amplitude = _signal_volume(knee, protocol, te_ms=0.0)
-        table = property_table()
-        rate = (1.0 / table["t2_ms"])[knee.labels]
-        cart = knee.cartilage_region > 0
+        amplitude = _signal_volume(view, protocol, te_ms=0.0)
+        rate = (1.0 / table["t2_ms"])[view.labels]
+        cart = view.cartilage_region > 0
         if cart.any():
             elevation = np.zeros(len(CARTILAGE_REGIONS) + 1, np.float32)
             for i, region in enumerate(CARTILAGE_REGIONS):
                 elevation[i + 1] = float(knee.spec.cartilage_t2_elevation_ms.get(region, 0.0))
-            rate[cart] = 1.0 / cartilage_t2_ms(knee.cartilage_depth[cart], elevation[knee.cartilage_region[cart]])
-        for name, mask in (("bml", knee.lesion_masks["bml"]), ("cortex", knee.cortex)):
+            rate[cart] = 1.0 / cartilage_t2_ms(view.cartilage_depth[cart], elevation[view.cartilage_region[cart]])
+        for name, mask in (("bml", view.lesion_masks["bml"]), ("cortex", view.cortex)):
             if mask.any():
                 rate[mask] = 1.0 / LESION_TISSUES[name].t2_ms
-        fat = table["fat_fraction"][knee.labels] > 0.5
+        fat = table["fat_fraction"][view.labels] > 0.5
         rate[fat] = 1.0 / FAT_T2_MS
-        blur = lambda v: _slice_profile_blur(v, normal_index, protocol.slice_thickness_mm, knee.voxel_mm)
         amp_img = sample(blur(amplitude)) * bias
         rate_img = sample(blur(rate.astype(np.float32)))
         echoes = []
@@ -341,20 +384,22 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
             echoes.append(_rician(image, sigma, rng))
         signal = np.stack(echoes)
     else:
-        volume = _signal_volume(knee, protocol, te_ms=protocol.echo_times_ms[0])
-        volume = _slice_profile_blur(volume, normal_index, protocol.slice_thickness_mm, knee.voxel_mm)
+        volume = blur(_signal_volume(view, protocol, te_ms=protocol.echo_times_ms[0]))
         image = sample(volume) * bias
         if knee.spec.artefact == "motion":
             image = _motion_ghosts(image, rng, phase_axis)
         signal = _rician(image, sigma, rng)
     pixels = np.clip(np.round(signal * (protocol.display_scale / reference)), 0, 65535).astype(np.uint16)
 
-    labels = sample(knee.labels, order=0)
-    bits = np.zeros(knee.labels.shape, np.uint8)
+    # labels (5 bits) and lesion masks (one bit each) in one nearest-neighbour pass
+    code = view.labels.astype(np.uint16)
     for i, name in enumerate(LESION_MASKS):
-        bits |= (knee.lesion_masks[name].astype(np.uint8) << i)
-    bits_img = sample(bits, order=0)
-    masks = {name: (bits_img >> i & 1).astype(bool) for i, name in enumerate(LESION_MASKS)}
+        mask = view.lesion_masks[name]
+        if mask.any():
+            code |= mask.astype(np.uint16) << (5 + i)
+    code_img = sample(code, order=0, output=np.uint16)
+    labels = (code_img & 31).astype(np.uint8)
+    masks = {name: (code_img >> (5 + i) & 1).astype(bool) for i, name in enumerate(LESION_MASKS)}
 
     positions = tuple(tuple(float(v) for v in first + normal * p) for p in slice_positions)
     geometry = SliceGeometry(

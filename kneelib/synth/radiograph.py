@@ -30,7 +30,8 @@ from kneelib.synth.anatomy import KneeModel
 from kneelib.synth.protocols import XRProtocol
 from kneelib.synth.tissue import LESION_TISSUES, property_table
 
-__all__ = ["RenderedRadiograph", "render_radiograph", "attenuation_volume", "project_knee"]
+__all__ = ["RenderedRadiograph", "render_radiograph", "attenuation_volume", "project_knee", "ray_direction",
+           "detector_coordinates"]
 
 #: Landmarks reported per knee (pixel coordinates ``(row, col)``).
 LANDMARK_NAMES = ("joint_centre", "condyle_lowest_medial", "condyle_lowest_lateral", "plateau_medial",
@@ -78,38 +79,107 @@ def attenuation_volume(knee: KneeModel) -> np.ndarray:
     return mu
 
 
-def _rotation_matrix(tilt_deg: float, rotation_deg: float) -> np.ndarray:
+def ray_direction(tilt_deg: float, rotation_deg: float = 0.0) -> np.ndarray:
+    """Unit direction of the (parallel) X-ray beam in knee-local mm.
+
+    The PA beam runs along ``y``; the caudal tilt turns it about ``x`` and the limb's
+    rotation about ``z``.
+    """
     t, r = np.deg2rad(tilt_deg), np.deg2rad(rotation_deg)
-    tilt = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]])
-    rot = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
-    return rot @ tilt
+    return np.array([-np.sin(r) * np.cos(t), np.cos(r) * np.cos(t), np.sin(t)])
+
+
+def detector_coordinates(point_mm, tilt_deg: float, rotation_deg: float = 0.0) -> np.ndarray:
+    """Where the ray through a knee-local point meets the detector: ``(x, z)`` at ``y = 0``.
+
+    The detector is the fixed vertical (coronal) plane of the knee; a tilted beam
+    crosses it obliquely, as in the Synaflexer geometry.
+    """
+    d = ray_direction(tilt_deg, rotation_deg)
+    p = np.asarray(point_mm, float)
+    return np.array([p[0] - p[1] * d[0] / d[1], p[2] - p[1] * d[2] / d[1]])
+
+
+def _oblique_sum(volume, voxel_mm, y_mm, dxdy, dzdy, max_error_voxels=0.25):
+    """Sum a (nx, ny, nz) volume along sheared rays ``(x0 + y dxdy, y, z0 + y dzdy)``.
+
+    Slices of ``y`` whose ray offsets differ by less than ``max_error_voxels`` are
+    summed first and shifted together (bilinear, edge values extended), so the cost is
+    one pass over the volume plus a few 2-D shifts.
+    """
+    slope = max(abs(dxdy), abs(dzdy)) / voxel_mm * (y_mm[1] - y_mm[0] if y_mm.size > 1 else 1.0)
+    group = int(max(1, min(y_mm.size, np.floor(max_error_voxels / slope) if slope > 0 else y_mm.size)))
+    out = np.zeros((volume.shape[0], volume.shape[2]), np.float32)
+    for start in range(0, y_mm.size, group):
+        stop = min(start + group, y_mm.size)
+        partial = volume[:, start:stop, :].sum(axis=1, dtype=np.float32)
+        y_centre = float(y_mm[start:stop].mean())
+        shift = (y_centre * dxdy / voxel_mm, y_centre * dzdy / voxel_mm)
+        if abs(shift[0]) < 1e-3 and abs(shift[1]) < 1e-3:
+            out += partial
+        else:
+            # value at detector (x0, z0) is the slice's value at (x0 + shift): shift by -shift
+            out += ndimage.shift(partial, (-shift[0], -shift[1]), order=1, mode="nearest")
+    return out
 
 
 def project_knee(knee: KneeModel, tilt_deg: float, rotation_deg: float = 0.0):
-    """Line integrals of attenuation along rays tilted by ``tilt_deg`` about ``x``.
+    """Line integrals of attenuation along the tilted (and rotated) parallel beam.
 
     Returns
     -------
     line_integral : ndarray, shape (nx, nz)
-        Sum of ``mu * step`` over each ray, on the knee's ``x`` and ``z`` grid axes.
+        Sum of ``mu * path length`` along each ray, on the knee's ``x`` and ``z`` grid
+        axes at the detector plane ``y = 0`` (see :func:`detector_coordinates`).
     bone_path_mm : ndarray, shape (nx, nz)
         Length of bone along each ray (drives trabecular texture).
-    ray_to_knee : ndarray, shape (3, 3)
-        Rotation from (u, t, v) ray coordinates to knee-local mm.
+    direction : ndarray, shape (3,)
+        The unit ray direction in knee-local mm.
     """
     mu = attenuation_volume(knee)
-    rotation = _rotation_matrix(tilt_deg, rotation_deg)
-    if abs(tilt_deg) < 1e-6 and abs(rotation_deg) < 1e-6:
-        resampled = mu
-        bone = (mu >= 0.035).astype(np.float32)
-    else:
-        # output voxel (i, j, k) in ray coordinates -> input voxel index; rotation about the grid centre
-        centre = (np.array(mu.shape) - 1) / 2.0
-        offset = centre - rotation @ centre
-        resampled = ndimage.affine_transform(mu, rotation, offset=offset, order=1, mode="nearest")
-        bone = (resampled >= 0.035).astype(np.float32)
-    step = knee.voxel_mm
-    return resampled.sum(axis=1) * step, bone.sum(axis=1) * step, rotation
+    d = ray_direction(tilt_deg, rotation_deg)
+    y_mm = knee.origin_mm[1] + knee.voxel_mm * np.arange(mu.shape[1])
+    step = knee.voxel_mm / d[1]                     # path length per y-slice
+    dxdy, dzdy = d[0] / d[1], d[2] / d[1]
+    line = _oblique_sum(mu, knee.voxel_mm, y_mm, dxdy, dzdy) * np.float32(step)
+    bone = _oblique_sum((mu >= 0.035).view(np.uint8), knee.voxel_mm, y_mm, dxdy, dzdy) * np.float32(step)
+    return line, bone, d
+
+
+def _resample_separable(image, index_rows_of_cols, index_cols_of_rows, order):
+    """Sample ``image`` (nx, nz) at ``image[iu[col], iv[row]]`` for a (rows, cols) output.
+
+    ``iu`` and ``iv`` are evenly spaced, so this is an axis-aligned zoom (scipy's
+    separable fast path) of the transposed image.
+    """
+    iu, iv = np.asarray(index_rows_of_cols, float), np.asarray(index_cols_of_rows, float)
+    source = image.T                                  # (nz, nx): rows follow z, columns follow x
+    step_v = (iv[-1] - iv[0]) / max(iv.size - 1, 1)
+    step_u = (iu[-1] - iu[0]) / max(iu.size - 1, 1)
+    flip_v, flip_u = step_v < 0, step_u < 0
+    if flip_v:
+        source = source[::-1]
+        iv = source.shape[0] - 1 - iv
+        step_v = -step_v
+    if flip_u:
+        source = source[:, ::-1]
+        iu = source.shape[1] - 1 - iu
+        step_u = -step_u
+    out = ndimage.affine_transform(np.ascontiguousarray(source), np.array([step_v, step_u]),
+                                   offset=(iv[0], iu[0]), output_shape=(iv.size, iu.size), order=order,
+                                   mode="nearest")
+    return out
+
+
+def _smooth_coarse(image, sigma_px, factor=8):
+    """Wide Gaussian blur on a ``factor``-times smaller image (scatter is very smooth)."""
+    rows, cols = image.shape
+    pad_r, pad_c = (-rows) % factor, (-cols) % factor
+    padded = np.pad(image, ((0, pad_r), (0, pad_c)), mode="edge")
+    small = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor, factor).mean(axis=(1, 3))
+    small = ndimage.gaussian_filter(small, sigma=sigma_px / factor, mode="nearest")
+    zoom = ndimage.zoom(small, factor, order=1, mode="nearest", grid_mode=True)
+    return zoom[:rows, :cols].astype(np.float32)
 
 
 def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
@@ -144,7 +214,7 @@ def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
     for knee, sign in ((right, -1.0), (left, 1.0)):
         tilt = (protocol.beam_angle_deg - 10.0) + float(rng.normal(scale=protocol.alignment_sd_deg))
         rotation_deg = 0.5 * float(knee.spec.rotation_deg) * (1 if knee.side == "R" else -1)
-        projection, bone_mm, ray_to_knee = project_knee(knee, tilt, rotation_deg)
+        projection, bone_mm, _ = project_knee(knee, tilt, rotation_deg)
         tilts[knee.side] = tilt
         centre_col = cols / 2.0 + sign * protocol.knee_separation_mm / 2.0 / spacing + rng.normal(scale=3.0 / spacing)
         # detector pixels of this knee's window; column grows toward the patient's left (-x local)
@@ -157,27 +227,25 @@ def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
         v = -(row_idx - centre_row) * spacing            # knee-local z of each row
         iu = (u - knee.origin_mm[0]) / knee.voxel_mm
         iv = (v - knee.origin_mm[2]) / knee.voxel_mm
-        grid_u, grid_v = np.meshgrid(iu, iv)             # (rows, window cols)
-        coords = np.stack([grid_u, grid_v])
-        line_integral[:, c0:c1] += ndimage.map_coordinates(projection, coords, order=3, mode="nearest")
-        bone_path[:, c0:c1] += ndimage.map_coordinates(bone_mm, coords, order=1, mode="nearest")
-        knee_to_ray = ray_to_knee.T
+        # separable detector sampling: rows follow z, columns follow x (scales are diagonal)
+        line_integral[:, c0:c1] += _resample_separable(projection, iu, iv, order=3)
+        bone_path[:, c0:c1] += _resample_separable(bone_mm, iu, iv, order=1)
         marks = {}
         for name in LANDMARK_NAMES:
-            p = knee_to_ray @ knee.landmarks_mm[name]
-            marks[name] = (float(centre_row - p[2] / spacing), float(centre_col - p[0] / spacing))
+            u_mm, v_mm = detector_coordinates(knee.landmarks_mm[name], tilt, rotation_deg)
+            marks[name] = (float(centre_row - v_mm / spacing), float(centre_col - u_mm / spacing))
         landmarks[knee.side] = marks
 
     # trabecular texture: vertical streaks within bone, proportional to the bone path
-    texture = ndimage.gaussian_filter(rng.standard_normal((rows, cols)).astype(np.float32),
+    texture = ndimage.gaussian_filter(rng.standard_normal((rows, cols), dtype=np.float32),
                                       sigma=(1.6 / spacing, 0.5 / spacing))
     texture /= max(float(texture.std()), 1e-6)
     line_integral = line_integral + 0.0012 * protocol.contrast * texture * np.sqrt(bone_path + 1.0) * bone_path ** 0.5
     attenuation = np.clip(line_integral * protocol.contrast, 0, None)
     primary = np.exp(-attenuation)
-    scatter = protocol.scatter_fraction * ndimage.gaussian_filter(primary, sigma=25.0 / spacing)
+    scatter = protocol.scatter_fraction * _smooth_coarse(primary, sigma_px=25.0 / spacing)
     exposure = primary + scatter
-    exposure = exposure + protocol.noise_fraction * np.sqrt(exposure) * rng.standard_normal(exposure.shape).astype(np.float32)
+    exposure = exposure + protocol.noise_fraction * np.sqrt(exposure) * rng.standard_normal(exposure.shape, dtype=np.float32)
     log_signal = -np.log(np.clip(exposure, 1e-4, None) / (1.0 + protocol.scatter_fraction))
     # edge enhancement (unsharp mask) as computed-radiography processing does
     enhanced = log_signal + 0.6 * (log_signal - ndimage.gaussian_filter(log_signal, sigma=2.0 / spacing))
