@@ -34,7 +34,7 @@ def test_delong_matches_the_placement_value_definition_with_ties():
 def test_delong_and_bootstrap_intervals_agree_and_bracket_the_estimate():
     y, s = scores(n=400, seed=1)
     delong = auc_with_ci(y, s)
-    boot = auc_with_ci(y, s, method="bootstrap", n_boot=500, seed=0)
+    boot = auc_with_ci(y, s, method="bootstrap", n_boot=300, seed=0)
     assert delong.ci_low < delong.auc < delong.ci_high
     assert boot.auc == pytest.approx(delong.auc)
     assert abs((delong.ci_high - delong.ci_low) - (boot.ci_high - boot.ci_low)) < 0.03

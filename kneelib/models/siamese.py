@@ -55,9 +55,12 @@ PAPER_N_SLICES: int = 23
 
 #: Reduced widths of the book's ``default`` run on 2 CPU cores (a quarter of the paper's).
 DEFAULT_WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
-#: Reduced input size of the ``default`` run (final map 12 x 12 instead of 28 x 28).
-DEFAULT_IMAGE_SIZE: int = 96
-#: Reduced slice count of the ``default`` run: 3 medial + centre + 3 lateral.
+#: Reduced input size of the ``default`` run (final map 8 x 8 instead of 28 x 28; the same
+#: input/8 ratio, so a CAM cell covers 105 / 8 = 13 mm instead of 3.75 mm).
+DEFAULT_IMAGE_SIZE: int = 64
+#: Reduced slice count of the ``default`` run: 3 medial + centre + 3 lateral (taken every
+#: 3rd slice, :func:`kneelib.preprocess.registration.select_slices` ``step=3``, they span
+#: about the same width of knee as the paper's 23 consecutive 3 mm slices).
 DEFAULT_N_SLICES: int = 7
 
 
