@@ -108,3 +108,13 @@ def test_same_seed_gives_identical_cross_validated_predictions():
     assert np.isfinite(first.probability).all()
     np.testing.assert_array_equal(first.probability, second.probability)
     assert set(first.history["fold"]) == {0, 1}
+
+
+def test_default_monitoring_set_is_a_disjoint_stratified_part_of_the_training_subjects():
+    images, labels = toy_knees(n=60, size=16, seed=3)
+    learner = train_siamese(images, labels, np.arange(50), lambda: siamese_pain_net(3, (4, 8)),
+                            TrainConfig(epochs=1, batch_size=16, valid_fraction=0.2), show_progress=False)
+    train, valid = learner.dls.train.dataset.indices, learner.dls.valid.dataset.indices
+    assert len(valid) == 10 and len(train) == 40
+    assert not np.intersect1d(train, valid).size and set(np.r_[train, valid]) == set(range(50))
+    assert len(learner.recorder.values[0]) == 3  # train loss, monitoring loss, monitoring AUC

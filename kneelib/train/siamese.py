@@ -62,7 +62,7 @@ from fastai.torch_core import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from .splits import stratified_train_val_test_split
+from .splits import stratified_kfold
 
 __all__ = [
     "TrainConfig",
@@ -118,11 +118,17 @@ class Standardization:
 
     @classmethod
     def fit(cls, images: np.ndarray, indices: np.ndarray) -> "Standardization":
-        values = np.asarray(images[np.sort(indices)], dtype=np.float64)
-        std = float(values.std())
+        total = total_sq = count = 0.0
+        for start in range(0, len(indices), 64):  # chunked: works on memory-mapped arrays
+            values = np.asarray(images[np.sort(indices)[start:start + 64]], dtype=np.float64)
+            total, total_sq, count = total + values.sum(), total_sq + (values ** 2).sum(), count + values.size
+        if count == 0:
+            raise ValueError("no training images to standardise with")
+        mean = total / count
+        std = float(np.sqrt(max(total_sq / count - mean ** 2, 0.0)))
         if not np.isfinite(std) or std == 0:
             raise ValueError("training images have zero or non-finite intensity spread; check preprocessing")
-        return cls(float(values.mean()), std)
+        return cls(float(mean), std)
 
 
 def _check_images(images, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -231,8 +237,10 @@ def train_siamese(images, labels, train_indices, model_factory: Callable[[], nn.
         reproducible).
     config : TrainConfig
     valid_indices : array-like of int or None
-        Monitoring subjects. ``None``: a stratified ``config.valid_fraction`` of
-        ``train_indices`` (by ``strata`` if given, else by label).
+        Monitoring subjects. ``None``: one fold of a stratified
+        ``round(1 / config.valid_fraction)``-fold split of ``train_indices`` (by
+        ``strata`` if given, else by label); none when a class has fewer subjects
+        than folds.
     strata : array-like or None
         Stratum per subject of the whole array, for the monitoring split.
     show_progress : bool
@@ -247,14 +255,13 @@ def train_siamese(images, labels, train_indices, model_factory: Callable[[], nn.
     images, labels = _check_images(images, labels)
     train_indices = np.asarray(train_indices, dtype=int)
     if valid_indices is None:
-        if config.valid_fraction > 0 and len(train_indices) >= 20:
+        n_parts = int(round(1 / config.valid_fraction)) if config.valid_fraction > 0 else 0
+        class_counts = np.bincount(labels[train_indices], minlength=2)
+        if n_parts >= 2 and class_counts.min() >= n_parts:
             part_strata = None if strata is None else np.asarray(strata)[train_indices]
-            fraction = config.valid_fraction
-            split = stratified_train_val_test_split(labels[train_indices], (1 - fraction, fraction / 2, fraction / 2),
-                                                    strata=part_strata, seed=config.seed)
-            valid_indices = train_indices[np.concatenate([split.val, split.test])]
-            train_indices = train_indices[split.train]
-        else:
+            part = stratified_kfold(labels[train_indices], n_parts, strata=part_strata, seed=config.seed)
+            valid_indices, train_indices = train_indices[part == 0], train_indices[part != 0]
+        else:  # too few subjects per class for a stratified monitoring set
             valid_indices = np.array([], dtype=int)
     dls = build_dataloaders(images, labels, train_indices, valid_indices, config.batch_size, config.seed)
     set_seed(config.seed)
