@@ -87,8 +87,25 @@ class _CroppedKnee:
         self.cartilage_depth = knee.cartilage_depth[block]
         self.cortex = knee.cortex[block]
         self.sclerosis = knee.sclerosis[block]
-        self.lesion_masks = {k: m[block] for k, m in knee.lesion_masks.items()}
+        present = knee.extras.get("_present_masks")
+        if present is None:          # which per-voxel masks are non-empty (cached on the model)
+            present = {k: bool(m.any()) for k, m in knee.lesion_masks.items()}
+            present.update(cortex=bool(knee.cortex.any()), sclerosis=bool(knee.sclerosis.any()))
+            knee.extras["_present_masks"] = present
+        self.present = present
+        self.lesion_masks = {k: m[block] if present[k] else _EmptyMask(m[block].shape)
+                             for k, m in knee.lesion_masks.items()}
         self.foreign_object = knee.foreign_object
+
+
+class _EmptyMask:
+    """Stand-in for an all-False mask block: ``any()`` is False without a pass over memory."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def any(self):
+        return False
 
 
 # ----------------------------------------------------------------------------------------
@@ -265,16 +282,27 @@ def _slice_profile_blur(volume, slice_normal_index, thickness_mm, voxel_mm):
 
 
 def _bias_field(shape, amplitude, rng):
-    """Smooth multiplicative coil sensitivity on the image grid."""
-    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
-    log_field = np.zeros(shape, np.float32)
-    for axis, coords in enumerate(axes):
+    """Smooth multiplicative coil sensitivity on the image grid, as per-axis factors.
+
+    ``exp`` of a sum of per-axis quadratics is a product of per-axis profiles; the
+    three 1-D factors (broadcastable to ``shape``) are returned instead of the volume.
+    """
+    factors = []
+    for axis, n in enumerate(shape):
+        coords = np.linspace(-1, 1, n, dtype=np.float32)
+        coeff = rng.normal(scale=amplitude / 2, size=2)
+        profile = np.exp(coeff[0] * coords + coeff[1] * (coords ** 2 - 0.33)).astype(np.float32)
         shp = [1, 1, 1]
         shp[axis] = -1
-        coeff = rng.normal(scale=amplitude / 2, size=2)
-        log_field = log_field + (coeff[0] * coords + coeff[1] * (coords ** 2 - 0.33)).reshape(shp)
-    # knee coil: brighter toward the posterior and anterior surfaces, darker in the middle
-    return np.exp(log_field)
+        factors.append(profile.reshape(shp))
+    return factors
+
+
+def _apply_bias(image, factors):
+    """Multiply an image in place by the separable bias field."""
+    for factor in factors:
+        image *= factor
+    return image
 
 
 def _motion_ghosts(image, rng, phase_axis):
@@ -374,7 +402,7 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
                 rate[mask] = 1.0 / LESION_TISSUES[name].t2_ms
         fat = table["fat_fraction"][view.labels] > 0.5
         rate[fat] = 1.0 / FAT_T2_MS
-        amp_img = sample(blur(amplitude)) * bias
+        amp_img = _apply_bias(sample(blur(amplitude)), bias)
         rate_img = sample(blur(rate.astype(np.float32)))
         echoes = []
         for te in protocol.echo_times_ms:
@@ -385,7 +413,7 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
         signal = np.stack(echoes)
     else:
         volume = blur(_signal_volume(view, protocol, te_ms=protocol.echo_times_ms[0]))
-        image = sample(volume) * bias
+        image = _apply_bias(sample(volume), bias)
         if knee.spec.artefact == "motion":
             image = _motion_ghosts(image, rng, phase_axis)
         signal = _rician(image, sigma, rng)
