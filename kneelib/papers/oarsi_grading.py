@@ -386,6 +386,8 @@ def plot_history(history: pd.DataFrame, best_epoch: int | None = None):
         ax_metric.axvline(best_epoch, color="grey", ls="--", label=f"selected epoch {best_epoch}")
     for epoch, phase, lr in zip(history["epoch"], history["phase"], history["lr"]):
         ax_metric.annotate(f"{lr:g}", (epoch, 0.02), ha="center", fontsize=7, color="grey")
+    for ax in (ax_loss, ax_metric):
+        ax.set_xticks(list(history["epoch"]))
     ax_metric.set_ylim(0, 1)
     ax_metric.set_xlabel("epoch (grey: learning rate)")
     ax_metric.set_title("internal validation (model selection)")

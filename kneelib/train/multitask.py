@@ -354,6 +354,7 @@ def build_learner(model, dls, weight_decay: float = 1e-4, monitor_task: str = "k
     balanced accuracy of every head as metrics, and a :class:`SelectBestEpoch`
     callback (``learn.select_best``) monitoring ``<monitor_task>_kappa``.
     """
+    import fastai.callback.progress  # noqa: F401  (registers fastai's progress bars as a default callback)
     from fastai.learner import Learner
     from fastai.optimizer import Adam
 
