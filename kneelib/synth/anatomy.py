@@ -256,7 +256,11 @@ def _femur_sdf(x, y, z, shape_rng_values):
     lateral = _sd_ellipsoid(x, y, z, (X_LATERAL + 1.0 * v[0], -2.0, 24.0), (16.0 + v[1], 29.0 + v[2], 24.0))
     anterior = _sd_ellipsoid(x, y, z, (0.0, 8.0, 36.0), (36.0, 21.0, 24.0))
     shaft = _sd_capsule(x, y, z, (0.0, 6.0, 48.0), (0.0, 8.0, 400.0), 14.0 + 0.5 * v[3], squash=(1.25, 1.0, 1.0))
+    # metaphysis: the condyles narrow into the shaft above the joint; the shaft sits anterior,
+    # so on sagittal slices the condyles protrude posteriorly below it
+    metaphysis = _sd_ellipsoid(x, y, z, (0.0, 4.0, 60.0), (34.0 + v[1], 18.0, 44.0))
     femur = _smin(_smin(medial, lateral, 4.0), anterior, 6.0)
+    femur = _smin(femur, metaphysis, 10.0)
     femur = _smin(femur, shaft, 26.0)
     # trochlear groove: a shallow furrow along the anterior surface
     groove = _sd_capsule(x, y, z, (0.0, 36.0, 66.0), (0.0, 30.0, 14.0), 7.5)
@@ -275,7 +279,7 @@ def _tibia_sdf(x, y, z, shape_rng_values):
     height = np.where(x < 0, medial, lateral) - 2.5 * np.clip(np.abs(y + 1.0) - 20.0, 0, None) ** 2 / 40.0
     # plateau outline: a super-ellipse, slightly wider medially, narrowing (metaphyseal
     # flare) to the shaft over about 45 mm below the plateau
-    flare = 0.42 + 0.58 * np.exp(-(np.clip(-z, 0, None) / 30.0) ** 2)
+    flare = 0.48 + 0.52 * np.exp(-(np.clip(-z, 0, None) / 38.0) ** 2)
     ax = np.where(x < 0, 41.0 + v[4], 39.0 + v[4]) * flare
     ay = (26.0 + v[5]) * (0.6 + 0.4 * flare)
     outline = (np.abs(x / ax) ** 3 + np.abs((y + 1.0 + 4.0 * (1 - flare)) / ay) ** 3) ** (1 / 3) - 1.0
