@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kneelib.data.errors import KneelibDataError
+
 __all__ = ["ChenKLDataError", "CHEN_KL_FOLDER", "read_chen_kl", "carve_internal_validation",
            "stratified_subject_subset"]
 
@@ -21,8 +23,12 @@ CHEN_KL_FOLDER = "chen_kl_radiographs"
 _REQUIRED_COLUMNS = ("relpath", "split", "kl_grade", "oai_id", "side")
 
 
-class ChenKLDataError(FileNotFoundError):
-    """The Chen KL folder or its label file is missing or malformed."""
+class ChenKLDataError(KneelibDataError, FileNotFoundError):
+    """The Chen KL folder or its label file is missing or malformed.
+
+    A :class:`~kneelib.data.errors.KneelibDataError` (``ValueError``) with ``path`` and
+    ``reason``, and a ``FileNotFoundError`` for callers that test for missing data.
+    """
 
 
 def read_chen_kl(root: str | Path | None = None, check_files: bool = True) -> pd.DataFrame:
@@ -56,14 +62,16 @@ def read_chen_kl(root: str | Path | None = None, check_files: bool = True) -> pd
     if not root.is_dir():
         raise ChenKLDataError(
             f"Chen KL radiograph folder not found: {root}; set KNEELIB_DATA to the folder that "
-            f"holds '{CHEN_KL_FOLDER}/' (CI uses ../shared/data)")
+            f"holds '{CHEN_KL_FOLDER}/' (CI uses ../shared/data)", path=root, reason="folder missing")
     labels_path = root / "labels.csv"
     if not labels_path.is_file():
-        raise ChenKLDataError(f"label file missing: {labels_path} (expected columns {list(_REQUIRED_COLUMNS)})")
+        raise ChenKLDataError(f"label file missing: {labels_path} (expected columns {list(_REQUIRED_COLUMNS)})",
+                              path=labels_path, reason="label file missing")
     labels = pd.read_csv(labels_path, dtype={"oai_id": str, "side": str, "split": str, "relpath": str})
     missing = [c for c in _REQUIRED_COLUMNS if c not in labels.columns]
     if missing:
-        raise ChenKLDataError(f"{labels_path} lacks column(s) {missing}")
+        raise ChenKLDataError(f"{labels_path} lacks column(s) {missing}", path=labels_path,
+                              reason=f"missing column(s) {missing}")
 
     qc_rows = []
     grade = pd.to_numeric(labels["kl_grade"], errors="coerce")
@@ -86,7 +94,7 @@ def read_chen_kl(root: str | Path | None = None, check_files: bool = True) -> pd
         qc_rows += [(r, "image file missing") for r in table.loc[~exists, "relpath"]]
         table = table[exists].reset_index(drop=True)
     if table.empty:
-        raise ChenKLDataError(f"no usable rows in {labels_path}")
+        raise ChenKLDataError(f"no usable rows in {labels_path}", path=labels_path, reason="no usable rows")
     table["subject_id"] = table["oai_id"]
     table.attrs["qc"] = pd.DataFrame(qc_rows, columns=["relpath", "reason"])
     return table
