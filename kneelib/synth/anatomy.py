@@ -192,6 +192,20 @@ def _sd_capsule(x, y, z, a, b, radius, squash=(1.0, 1.0, 1.0)):
     return np.sqrt(dx * dx + dy * dy + dz * dz) * min(sx, sy, sz) - float(radius)
 
 
+def _sd_tapered_capsule(x, y, z, a, b, radius_a, radius_b, squash=(1.0, 1.0, 1.0)):
+    """Approximate signed distance to a capsule whose radius tapers from ``a`` to ``b``."""
+    sx, sy, sz = (float(q) for q in squash)
+    a = [float(q) / w for q, w in zip(a, (sx, sy, sz))]
+    b = [float(q) / w for q, w in zip(b, (sx, sy, sz))]
+    px, py, pz = x * (1 / sx) - a[0], y * (1 / sy) - a[1], z * (1 / sz) - a[2]
+    ba = [b[i] - a[i] for i in range(3)]
+    inv = 1.0 / (ba[0] ** 2 + ba[1] ** 2 + ba[2] ** 2)
+    h = np.clip((px * ba[0] + py * ba[1] + pz * ba[2]) * inv, 0.0, 1.0)
+    dx, dy, dz = px - h * ba[0], py - h * ba[1], pz - h * ba[2]
+    radius = float(radius_a) + (float(radius_b) - float(radius_a)) * h
+    return np.sqrt(dx * dx + dy * dy + dz * dz) * min(sx, sy, sz) - radius
+
+
 def _smin(a, b, k):
     """Polynomial smooth minimum (smooth union) with blend radius ``k`` mm."""
     h = np.clip(0.5 + 0.5 * (b - a) / k, 0.0, 1.0)
@@ -258,7 +272,7 @@ def _femur_sdf(x, y, z, shape_rng_values):
     shaft = _sd_capsule(x, y, z, (0.0, 6.0, 48.0), (0.0, 8.0, 400.0), 14.0 + 0.5 * v[3], squash=(1.25, 1.0, 1.0))
     # metaphysis: the condyles narrow into the shaft above the joint; the shaft sits anterior,
     # so on sagittal slices the condyles protrude posteriorly below it
-    metaphysis = _sd_ellipsoid(x, y, z, (0.0, 4.0, 60.0), (34.0 + v[1], 18.0, 44.0))
+    metaphysis = _sd_ellipsoid(x, y, z, (0.0, 4.0, 56.0), (30.0 + v[1], 17.0, 40.0))
     femur = _smin(_smin(medial, lateral, 4.0), anterior, 6.0)
     femur = _smin(femur, metaphysis, 10.0)
     femur = _smin(femur, shaft, 26.0)
@@ -605,17 +619,20 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
             continue
         side_sign = -1.0 if site[1] == "M" else 1.0
         margin_x = side_sign * (39.5 if site[0] == "F" else 40.5)
+        # a lip (beak): thick where it grows out of the margin, tapering to its tip; femoral
+        # lips point outward and down toward the joint line, tibial lips outward and up
         if site[0] == "F":
-            a, b = (margin_x - side_sign * 4.0, -6.0, 7.0), (margin_x + side_sign * length, -6.0, 3.5)
+            a, b = (margin_x - side_sign * 5.0, -6.0, 8.0), (margin_x + side_sign * length, -6.0, 2.0 - 0.2 * length)
             which, name = "f", "femur"
         else:
-            a, b = (margin_x - side_sign * 4.0, -1.0, -3.5), (margin_x + side_sign * length, -1.0, -0.5)
+            a, b = (margin_x - side_sign * 5.0, -1.0, -5.0), (margin_x + side_sign * length, -1.0, 0.5 + 0.15 * length)
             which, name = "t", "tibia"
-        lo = np.minimum(a, b) - np.array([4.0, 14.0, 5.0])
-        hi = np.maximum(a, b) + np.array([4.0, 14.0, 5.0])
+        base_radius = 2.2 + 0.6 * grade
+        lo = np.minimum(a, b) - np.array([base_radius + 2, 14.0, base_radius + 2])
+        hi = np.maximum(a, b) + np.array([base_radius + 2, 14.0, base_radius + 2])
         block = intersect(region(lo, hi), fields[name].block)
-        spur = evaluate(lambda x, y, z: _sd_capsule(x, y, z, a, b, 1.6 + 0.5 * grade,
-                                                     squash=(1.0, 3.0 + grade, 1.0)), which, block)
+        spur = evaluate(lambda x, y, z: _sd_tapered_capsule(x, y, z, a, b, base_radius, 0.5,
+                                                             squash=(1.0, 3.0 + grade, 1.0)), which, block)
         target = dense[name][sub(block, fields[name].block)]
         grown = _smin(target, spur, 2.0).astype(np.float32)
         osteophyte_mask[block] |= (grown < 0) & (target >= 0)

@@ -142,7 +142,7 @@ def project_knee(knee: KneeModel, tilt_deg: float, rotation_deg: float = 0.0):
     step = knee.voxel_mm / d[1]                     # path length per y-slice
     dxdy, dzdy = d[0] / d[1], d[2] / d[1]
     line = _oblique_sum(mu, knee.voxel_mm, y_mm, dxdy, dzdy) * np.float32(step)
-    bone = _oblique_sum((mu >= 0.035).view(np.uint8), knee.voxel_mm, y_mm, dxdy, dzdy) * np.float32(step)
+    bone = _oblique_sum((mu >= 0.030).view(np.uint8), knee.voxel_mm, y_mm, dxdy, dzdy) * np.float32(step)
     return line, bone, d
 
 
@@ -236,11 +236,14 @@ def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
             marks[name] = (float(centre_row - v_mm / spacing), float(centre_col - u_mm / spacing))
         landmarks[knee.side] = marks
 
-    # trabecular texture: vertical streaks within bone, proportional to the bone path
-    texture = ndimage.gaussian_filter(rng.standard_normal((rows, cols), dtype=np.float32),
-                                      sigma=(1.6 / spacing, 0.5 / spacing))
+    # trabecular texture: a band-pass random network (plates and rods of about 0.5-1.5 mm)
+    # with a vertical grain (principal compressive trabeculae), growing with the bone path
+    noise = rng.standard_normal((rows, cols), dtype=np.float32)
+    fine = ndimage.gaussian_filter(noise, sigma=(0.6 / spacing, 0.3 / spacing))
+    coarse = ndimage.gaussian_filter(fine, sigma=1.0 / spacing)
+    texture = fine - coarse
     texture /= max(float(texture.std()), 1e-6)
-    line_integral = line_integral + 0.0012 * protocol.contrast * texture * np.sqrt(bone_path + 1.0) * bone_path ** 0.5
+    line_integral = line_integral + 0.003 * protocol.contrast * texture * bone_path
     attenuation = np.clip(line_integral * protocol.contrast, 0, None)
     primary = np.exp(-attenuation)
     scatter = protocol.scatter_fraction * _smooth_coarse(primary, sigma_px=25.0 / spacing)
@@ -249,8 +252,15 @@ def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
     log_signal = -np.log(np.clip(exposure, 1e-4, None) / (1.0 + protocol.scatter_fraction))
     # edge enhancement (unsharp mask) as computed-radiography processing does
     enhanced = log_signal + 0.6 * (log_signal - ndimage.gaussian_filter(log_signal, sigma=2.0 / spacing))
-    window_low, window_high = 0.3, 5.0
-    display = np.clip((enhanced - window_low) / (window_high - window_low), 0.0, 1.0)
+    # automatic windowing as computed radiography does: from the exposure histogram of the
+    # body (thin soft tissue dark grey, thick bone near white)
+    body = log_signal > 0.5
+    if body.sum() > 100:
+        window_low = float(np.percentile(enhanced[body], 4.0))
+        window_high = float(np.percentile(enhanced[body], 99.9)) + 0.15
+    else:
+        window_low, window_high = 0.3, 5.0
+    display = np.clip((enhanced - window_low) / max(window_high - window_low, 1e-3), 0.0, 1.0)
     pixels = np.round(display * protocol.display_max).astype(np.uint16)
     header = {"SeriesDescription": protocol.description, "KVP": float(protocol.tube_kvp)}
     return RenderedRadiograph(pixels=pixels, pixel_spacing_mm=float(spacing), landmarks_px=landmarks,

@@ -64,10 +64,10 @@ _T = Tissue
 TISSUES: dict[str, Tissue] = {
     "background": _T(0.0, 1000.0, 1.0, 0.0, 0.0),
     # trabecular bone: fatty marrow between trabeculae (attenuation includes the trabeculae)
-    "femur": _T(0.80, 1100.0, 45.0, 0.82, 0.040),
-    "tibia": _T(0.80, 1100.0, 45.0, 0.82, 0.040),
-    "patella": _T(0.80, 1100.0, 45.0, 0.80, 0.040),
-    "fibula": _T(0.80, 1100.0, 45.0, 0.82, 0.040),
+    "femur": _T(0.80, 1100.0, 45.0, 0.82, 0.034),
+    "tibia": _T(0.80, 1100.0, 45.0, 0.82, 0.034),
+    "patella": _T(0.80, 1100.0, 45.0, 0.80, 0.034),
+    "fibula": _T(0.80, 1100.0, 45.0, 0.82, 0.034),
     "femoral_cartilage": _T(0.78, 1200.0, 40.0, 0.0, 0.024),
     "tibial_cartilage_medial": _T(0.78, 1200.0, 40.0, 0.0, 0.024),
     "tibial_cartilage_lateral": _T(0.78, 1200.0, 40.0, 0.0, 0.024),
@@ -88,7 +88,7 @@ TISSUES: dict[str, Tissue] = {
 
 #: Properties of lesion and special tissues that override a label's properties.
 LESION_TISSUES: dict[str, Tissue] = {
-    "bml": _T(0.95, 1400.0, 75.0, 0.35, 0.036),              # marrow oedema
+    "bml": _T(0.95, 1400.0, 75.0, 0.35, 0.031),              # marrow oedema
     "hoffa_synovitis": _T(0.95, 1600.0, 95.0, 0.30, 0.021),  # oedematous fat pad
     "cortex": _T(0.05, 1000.0, 1.0, 0.0, 0.085),             # cortical bone / subchondral plate
     "sclerosis": _T(0.45, 1100.0, 30.0, 0.60, 0.065),        # dense subchondral bone
