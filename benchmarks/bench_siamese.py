@@ -9,7 +9,9 @@ the machine can be read off against its peak. Also: the VGG16-CAM comparison mod
 and one rigid slice registration (the preprocessing cost per slice).
 
 Overrides: ``KNEELIB_BENCH_SIZE``, ``KNEELIB_BENCH_SLICES``, ``KNEELIB_BENCH_WIDTHS``
-(comma-separated), ``KNEELIB_BENCH_THREADS``. Run with::
+(comma-separated), ``KNEELIB_BENCH_THREADS``, ``KNEELIB_BENCH_CHANNELS_LAST`` (1/0).
+The 1-minute load average is stored with the result: on a shared machine the rate
+falls several-fold when other jobs run. Run with::
 
     pytest benchmarks/bench_siamese.py --benchmark-only -s
 """
@@ -27,6 +29,8 @@ IMAGE_SIZE = int(os.environ.get("KNEELIB_BENCH_SIZE", DEFAULT_IMAGE_SIZE))
 N_SLICES = int(os.environ.get("KNEELIB_BENCH_SLICES", DEFAULT_N_SLICES))
 WIDTHS = tuple(int(w) for w in os.environ.get("KNEELIB_BENCH_WIDTHS", ",".join(map(str, DEFAULT_WIDTHS))).split(","))
 THREADS = int(os.environ.get("KNEELIB_BENCH_THREADS", torch.get_num_threads()))
+#: channels-last weights, as kneelib.train.siamese.TrainConfig.channels_last (default on)
+CHANNELS_LAST = os.environ.get("KNEELIB_BENCH_CHANNELS_LAST", "1") == "1"
 BATCH_SIZE = 64
 
 
@@ -48,6 +52,8 @@ def _flops(model, images, labels):
 
 def _train_benchmark(benchmark, model, name, rounds=3):
     torch.set_num_threads(THREADS)
+    if CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
     images, labels = _batch()
     forward_flops, train_flops = _flops(model, images, labels)
     optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -65,7 +71,8 @@ def _train_benchmark(benchmark, model, name, rounds=3):
     benchmark.extra_info.update({
         "pairs_per_s": pairs_per_s, "forward_gflop_per_pair": forward_flops / 1e9,
         "train_gflop_per_pair": train_flops / 1e9, "achieved_gflop_per_s": train_flops * pairs_per_s / 1e9,
-        "image_size": IMAGE_SIZE, "n_slices": N_SLICES, "threads": THREADS,
+        "image_size": IMAGE_SIZE, "n_slices": N_SLICES, "threads": THREADS, "channels_last": CHANNELS_LAST,
+        "cpu_load_1min": os.getloadavg()[0],
     })
     print(f"\n{name} training at {IMAGE_SIZE} px, {N_SLICES} slices/knee, batch {BATCH_SIZE}, "
           f"{THREADS} thread(s): {pairs_per_s:.1f} knee pairs/s; forward {forward_flops / 1e9:.3f} GFLOP/pair, "
@@ -86,6 +93,8 @@ def test_siamese_inference_pairs_per_second(benchmark):
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     model = siamese_pain_net(N_SLICES, WIDTHS).eval()
+    if CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
     images, _ = _batch()
 
     def forward():

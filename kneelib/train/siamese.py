@@ -98,6 +98,9 @@ class TrainConfig:
         validation display; the model is never selected on it. 0 = no monitoring set.
     seed : int
         Seeds model initialisation, shuffling and the monitoring split.
+    channels_last : bool
+        Store convolution weights channels-last (NHWC); about 1.4x faster training
+        on this CPU (oneDNN) for one-channel slices, same results for the same seed.
     """
 
     epochs: int = 10
@@ -107,6 +110,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     valid_fraction: float = 0.1
     seed: int = 0
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,7 +269,10 @@ def train_siamese(images, labels, train_indices, model_factory: Callable[[], nn.
             valid_indices = np.array([], dtype=int)
     dls = build_dataloaders(images, labels, train_indices, valid_indices, config.batch_size, config.seed)
     set_seed(config.seed)
-    learner = make_learner(dls, model_factory(), config)
+    model = model_factory()
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    learner = make_learner(dls, model, config)
     with _learner_quietly(learner, show_progress):
         learner.fit_one_cycle(config.epochs, config.lr)
     return learner
