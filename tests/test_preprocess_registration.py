@@ -83,13 +83,21 @@ def test_sagittal_slices_of_a_volume_run_medial_to_lateral_in_both_knees():
 def test_preprocess_knee_gives_aligned_slices_and_qc():
     template = np.stack([knee_like_image(seed=s) for s in range(7)])
     moving = np.stack([moved(t, -6.0, (3.0, 2.0)) for t in template])
+    lesion = np.zeros(moving.shape, dtype=np.uint8)
+    lesion[:, 60:70, 40:56] = 7  # a labelled region on the moving grid
     result = preprocess_knee(moving, (1.0, 1.0), 3, template, (1.0, 1.0), (47.5, 47.5), 3,
-                             n_each_side=1, output_size=32, crop_mm=80, iterations=60)
+                             n_each_side=1, output_size=32, crop_mm=80, iterations=60,
+                             label_volumes={"bml": lesion})
     assert result.images.shape == (3, 32, 32) and result.images.dtype == np.float32
     np.testing.assert_array_equal(result.slice_indices, [2, 3, 4])
     assert list(result.qc["offset"]) == [-1, 0, 1]
     reference = np.stack([resample_square(t, (1.0, 1.0), None, (47.5, 47.5), 80, 32) for t in template[2:5]])
     assert corr(result.images, reference) > 0.95
+    bml = result.labels["bml"]
+    assert bml.shape == (3, 32, 32) and set(np.unique(bml)) == {0, 7}  # nearest neighbour keeps codes
+    with pytest.raises(ValueError, match="label volume"):
+        preprocess_knee(moving, (1.0, 1.0), 3, template, (1.0, 1.0), (47.5, 47.5), 3, n_each_side=1,
+                        label_volumes={"bad": lesion[:2]})
     shared = preprocess_knee(moving, (1.0, 1.0), 3, template, (1.0, 1.0), (47.5, 47.5), 3,
                              n_each_side=1, output_size=32, crop_mm=80, per_slice=False, iterations=60)
     assert shared.qc["angle_deg"].nunique() == 1

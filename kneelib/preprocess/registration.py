@@ -27,7 +27,7 @@ Steps here:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
@@ -213,7 +213,7 @@ def _register(moving, template, spacing_mm, template_spacing_mm, iterations, shr
 
 def resample_square(moving, spacing_mm: tuple[float, float], transform: sitk.Transform | None,
                     center_mm: tuple[float, float], crop_mm: float = PAPER_CROP_MM,
-                    output_size: int = 224) -> np.ndarray:
+                    output_size: int = 224, nearest: bool = False) -> np.ndarray:
     """Crop a ``crop_mm`` square around ``center_mm`` (template space) and resize, in one resampling.
 
     Parameters
@@ -230,6 +230,9 @@ def resample_square(moving, spacing_mm: tuple[float, float], transform: sitk.Tra
         Side of the square (105 mm in the paper).
     output_size : int
         Pixels a side (224 in the paper).
+    nearest : bool
+        Nearest-neighbour interpolation, for label images and lesion masks (which
+        then keep their integer values).
 
     Returns
     -------
@@ -242,7 +245,8 @@ def resample_square(moving, spacing_mm: tuple[float, float], transform: sitk.Tra
     step = crop_mm / output_size
     origin = (center_mm[1] - crop_mm / 2 + step / 2, center_mm[0] - crop_mm / 2 + step / 2)
     out = sitk.Resample(image, [output_size, output_size], transform or sitk.Transform(2, sitk.sitkIdentity),
-                        sitk.sitkLinear, origin, (step, step), (1.0, 0.0, 0.0, 1.0), 0.0, sitk.sitkFloat32)
+                        sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, origin, (step, step),
+                        (1.0, 0.0, 0.0, 1.0), 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(out)
 
 
@@ -259,11 +263,16 @@ class KneePreprocessResult:
     qc : pandas.DataFrame
         One row per slice: index, offset from centre, angle_deg, shift_x_mm,
         shift_y_mm, metric.
+    labels : dict of str to ndarray
+        Each of ``label_volumes`` carried through the same transforms (nearest
+        neighbour), shape like ``images``, uint16 -- e.g. the synthetic tissue labels and
+        lesion masks, for scoring CAM hot spots.
     """
 
     images: np.ndarray
     slice_indices: np.ndarray
     qc: "object"
+    labels: dict = field(default_factory=dict)
 
 
 def preprocess_knee(slices, spacing_mm: tuple[float, float], center_index: int, template_slices,
@@ -271,7 +280,7 @@ def preprocess_knee(slices, spacing_mm: tuple[float, float], center_index: int, 
                     template_center_index: int, n_each_side: int = 11, step: int = 1,
                     crop_mm: float = PAPER_CROP_MM, output_size: int = 224, per_slice: bool = True,
                     iterations: int = 50, shrink_factors: tuple[int, ...] = (4, 2),
-                    seed: int = 0) -> KneePreprocessResult:
+                    seed: int = 0, label_volumes: dict | None = None) -> KneePreprocessResult:
     """Register, crop and resize the slices of one knee around its centre slice (Fig. 1).
 
     Parameters
@@ -298,6 +307,9 @@ def preprocess_knee(slices, spacing_mm: tuple[float, float], center_index: int, 
         and applies its transform to all slices (faster; a deviation).
     iterations, shrink_factors, seed
         As in :func:`register_slice`.
+    label_volumes : dict of str to array-like, or None
+        Label images on the grid of ``slices`` (same shape), resampled with the same
+        transforms by nearest neighbour.
 
     Returns
     -------
@@ -311,7 +323,12 @@ def preprocess_knee(slices, spacing_mm: tuple[float, float], center_index: int, 
         raise ValueError("slices and template_slices must be (n_slices, rows, cols) stacks")
     indices = select_slices(len(slices), center_index, n_each_side, step)
     template_indices = select_slices(len(template_slices), template_center_index, n_each_side, step)
+    label_volumes = {name: np.asarray(v) for name, v in (label_volumes or {}).items()}
+    for name, volume in label_volumes.items():
+        if volume.shape != slices.shape:
+            raise ValueError(f"label volume {name!r} has shape {volume.shape}, slices have {slices.shape}")
     images, rows = [], []
+    labels: dict[str, list] = {name: [] for name in label_volumes}
     shared = None
     if not per_slice:
         shared = register_slice(slices[center_index], template_slices[template_center_index], spacing_mm,
@@ -322,7 +339,11 @@ def preprocess_knee(slices, spacing_mm: tuple[float, float], center_index: int, 
                                           iterations=iterations, shrink_factors=shrink_factors, seed=seed)
         images.append(resample_square(slices[k], spacing_mm, result.transform, template_center_mm,
                                       crop_mm, output_size))
+        for name, volume in label_volumes.items():
+            labels[name].append(resample_square(volume[k].astype(np.float32), spacing_mm, result.transform,
+                                                template_center_mm, crop_mm, output_size, nearest=True))
         rows.append({"slice_index": int(k), "offset": int(offset - n_each_side) * step,
                      "angle_deg": result.angle_deg, "shift_x_mm": result.shift_mm[0],
                      "shift_y_mm": result.shift_mm[1], "metric": result.metric})
-    return KneePreprocessResult(np.stack(images).astype(np.float32), indices, pd.DataFrame(rows))
+    return KneePreprocessResult(np.stack(images).astype(np.float32), indices, pd.DataFrame(rows),
+                                {name: np.stack(v).astype(np.uint16) for name, v in labels.items()})
