@@ -98,6 +98,19 @@ class _CroppedKnee:
         self.foreign_object = knee.foreign_object
 
 
+def _label_code(knee: KneeModel) -> np.ndarray:
+    """Labels (bits 0-4) and lesion masks (bit ``5 + i`` for ``LESION_MASKS[i]``), cached on the model."""
+    code = knee.extras.get("_label_code")
+    if code is None:
+        code = knee.labels.astype(np.uint16)
+        for i, name in enumerate(LESION_MASKS):
+            mask = knee.lesion_masks[name]
+            if mask.any():
+                code |= mask.astype(np.uint16) << (5 + i)
+        knee.extras["_label_code"] = code
+    return code
+
+
 class _EmptyMask:
     """Stand-in for an all-False mask block: ``any()`` is False without a pass over memory."""
 
@@ -370,10 +383,11 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
     crop_offset = offset - np.array([q.start for q in crop], float)
     view = _CroppedKnee(knee, crop)
 
-    def sample(volume, order=1, output=np.float32):
-        """Sample a cropped label-grid volume at every pixel centre; drop missing slices."""
-        image = ndimage.affine_transform(volume, matrix, offset=crop_offset, output_shape=output_shape,
-                                         order=order, mode="nearest", output=output, prefilter=False)
+    def sample(volume, order=1, output=np.float32, cropped=True):
+        """Sample a (cropped) label-grid volume at every pixel centre; drop missing slices."""
+        image = ndimage.affine_transform(volume, matrix, offset=crop_offset if cropped else offset,
+                                         output_shape=output_shape, order=order, mode="nearest", output=output,
+                                         prefilter=False)
         return image if keep.all() else image[keep]
 
     slice_positions = slice_positions[keep]
@@ -420,14 +434,10 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
     pixels = np.clip(np.round(signal * (protocol.display_scale / reference)), 0, 65535).astype(np.uint16)
 
     # labels (5 bits) and lesion masks (one bit each) in one nearest-neighbour pass
-    code = view.labels.astype(np.uint16)
-    for i, name in enumerate(LESION_MASKS):
-        mask = view.lesion_masks[name]
-        if mask.any():
-            code |= mask.astype(np.uint16) << (5 + i)
-    code_img = sample(code, order=0, output=np.uint16)
+    code_img = sample(_label_code(knee), order=0, output=np.uint16, cropped=False)
     labels = (code_img & 31).astype(np.uint8)
-    masks = {name: (code_img >> (5 + i) & 1).astype(bool) for i, name in enumerate(LESION_MASKS)}
+    masks = {name: ((code_img >> (5 + i) & 1).astype(bool) if view.present[name]
+                    else np.zeros(code_img.shape, bool)) for i, name in enumerate(LESION_MASKS)}
 
     positions = tuple(tuple(float(v) for v in first + normal * p) for p in slice_positions)
     geometry = SliceGeometry(
