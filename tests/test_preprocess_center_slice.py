@@ -54,3 +54,15 @@ def test_anisotropic_spacing_scales_lengths_and_bad_input_is_rejected():
     assert half.scores_mm[iso.index] == pytest.approx(iso.scores_mm[iso.index] / 2, rel=0.25)
     with pytest.raises(ValueError, match="slices, rows, columns"):
         detect_pcl_center_slice(volume[0])
+
+
+def test_solidity_filter_rejects_a_curved_condyle_outline():
+    volume = knee_phantom(center=10, seed=4)
+    rows, cols = np.mgrid[:96, :96].astype(float)
+    radius = np.hypot(rows - 45, cols - 48)
+    arc = (np.abs(radius - 24) <= 2.0) & (rows > 45)  # a dark half-ring (cortical outline)
+    volume[5][arc] = 0.12
+    result = detect_pcl_center_slice(volume, (1.0, 1.0))
+    assert result.index == 10
+    loose, _ = pcl_band_scores(volume, (1.0, 1.0), min_solidity=0.0)
+    assert loose[5] > 20 and result.scores_mm[5] == 0  # found as a band, rejected as curved

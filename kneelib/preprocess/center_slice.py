@@ -20,14 +20,20 @@ notch lies):
    threshold shared by the whole stack, so slices compare) and darker than the
    surrounding tissue;
 4. score the slice by the length (mm, major axis of the moment-equivalent ellipse, about
-   1.15x the length of a thin rod) of its longest connected, elongated band whose
-   axis is oblique (``angle_range_deg`` from the horizontal) -- a "complete" PCL is a
-   long one.
+   1.15x the length of a thin rod) of its longest connected, elongated, nearly straight
+   (solidity >= ``min_solidity``, which rejects the curved cortical outline of a
+   condyle) band whose axis is oblique (``angle_range_deg`` from the horizontal) -- a
+   "complete" PCL is a long one.
 
 The centre slice is the argmax of the score profile after a 3-slice moving average
 (ties: the slice nearest the middle of the stack). The score profile is returned for
 QC; a stack whose best score is below ``min_length_mm`` is reported as not found
 rather than guessed.
+
+Development check (20 synthetic ``default`` SAG IW TSE knees of varied pose, size, OA
+and effusion, rendered by :mod:`kneelib.synth.mri` while it was being written; ground
+truth = slice nearest the PCL plane): exact 55%, within +/-1 slice 85%, against 20% and
+70% for always taking the middle slice. The chapter reports the accuracy on its cohort.
 """
 from __future__ import annotations
 
@@ -79,7 +85,8 @@ def pcl_band_scores(volume, pixel_spacing_mm: tuple[float, float] = (1.0, 1.0),
                     band_width_mm: tuple[float, float] = (3.0, 7.0),
                     roi_fraction: tuple[float, float, float, float] = (0.15, 0.85, 0.15, 0.85),
                     angle_range_deg: tuple[float, float] = (20.0, 85.0),
-                    candidate_fraction: float = 0.6, ridge_quantile: float = 0.97) -> tuple[np.ndarray, tuple[int, int]]:
+                    candidate_fraction: float = 0.6, ridge_quantile: float = 0.97,
+                    min_solidity: float = 0.7) -> tuple[np.ndarray, tuple[int, int]]:
     """Length (mm) of the longest dark, oblique, elongated band in each candidate slice.
 
     Parameters
@@ -99,6 +106,9 @@ def pcl_band_scores(volume, pixel_spacing_mm: tuple[float, float] = (1.0, 1.0),
     ridge_quantile : float
         Quantile of the ridge response inside the ROIs of all candidate slices used
         as the threshold.
+    min_solidity : float
+        Smallest area / convex-hull area of a band: rejects curved arcs such as the
+        cortical outline of a femoral condyle (a straight band has solidity near 1).
 
     Returns
     -------
@@ -135,7 +145,7 @@ def pcl_band_scores(volume, pixel_spacing_mm: tuple[float, float] = (1.0, 1.0),
         mask = ndimage.binary_opening(mask, iterations=1)  # drop single-pixel noise
         best = 0.0
         for region in regionprops(label(mask)):
-            if region.area < 4 or region.eccentricity < 0.9:
+            if region.area < 4 or region.eccentricity < 0.9 or region.solidity < min_solidity:
                 continue
             # orientation: angle between the rows axis and the major axis; from horizontal:
             from_horizontal = np.pi / 2 - abs(region.orientation)
