@@ -22,12 +22,17 @@ Design note: how the chapter composes these steps
 1. ask ``kneelib.data`` for the cohort table (unilateral frequent pain; Model A = all
    after QC, Model B = WOMAC pain difference >= 3) and the SAG_IW_TSE_LEFT/RIGHT series;
    Table 1 via :func:`kneelib.stats.group_tests.table1_by_group`;
-2. per knee: order slices medial -> lateral and mirror
-   (:func:`kneelib.preprocess.registration.order_slices_medial_to_lateral`), find the PCL
-   centre slice (:func:`kneelib.preprocess.center_slice.detect_pcl_center_slice`, scored
-   against the synthetic ground truth), pick ``n_slices`` around it, register each slice
-   rigidly to the template and resample the 105 mm crop at ``image_size``
-   (:func:`kneelib.preprocess.registration.preprocess_knee`), cached per subject;
+2. per knee: slices medial -> lateral with left knees mirrored
+   (:func:`kneelib.preprocess.registration.sagittal_slices` on a ``kneelib.data`` Volume,
+   or :func:`~kneelib.preprocess.registration.order_slices_medial_to_lateral` on raw
+   stacks), find the PCL centre slice
+   (:func:`kneelib.preprocess.center_slice.detect_pcl_center_slice`; report exact and
+   +/-1 accuracy against ``pcl_center_slice`` of the ground truth; record knees it
+   cannot find in the QC exclusion list), keep ``n_slices`` around it (``step=3`` at
+   ``default`` so 7 slices span the paper's 23), register each slice rigidly to the
+   template knee and resample the 105 mm crop at ``image_size``
+   (:func:`kneelib.preprocess.registration.preprocess_knee`, which carries the lesion
+   masks along with ``label_volumes``), cached per subject;
 3. stack to ``images`` and run :func:`cross_validate` for Models A and B with folds
    from :func:`kneelib.train.splits.stratified_kfold` on
    :func:`kneelib.train.splits.make_strata`; pooled/per-fold AUC with CIs, ROC curves
@@ -40,6 +45,14 @@ Design note: how the chapter composes these steps
    masks (Fig. 3I as a pointing game);
 5. show subjects with :class:`kneelib.widgets.SubjectExplorer` (static rendering via
    :func:`kneelib.widgets.render_subject_view` in the book).
+
+Budget of the ``default`` run (``benchmarks/bench_siamese.py``; 2 cores): a training
+step costs 0.64 GFLOP per knee pair at 64 px, 7 slices, widths 16..128; measured
+80-115 pairs/s on an idle machine and 10-16 pairs/s while other jobs loaded it.
+Training pair-steps = n_subjects x 0.9 x (1 - valid_fraction) x epochs x folds, e.g.
+Model A n = 300 and Model B n = 150, 10 epochs, 10 folds: about 36,000 -> 6-8 min idle.
+The VGG16-CAM comparison (width 1/8) costs 2.7x per pair but trains once on the 70%
+split. Rigid registration: about 25-60 ms per slice (4,200 slices for 300 subjects).
 """
 from __future__ import annotations
 
