@@ -193,7 +193,8 @@ def build_dataloaders(images, labels, train_indices, valid_indices, batch_size: 
     batch_size : int
         64 in the paper (Methods).
     seed : int
-        Seeds the shuffling of the training loader.
+        Seeds the shuffling of the training loader (via fastai's ``set_seed``, which
+        re-seeds Python, NumPy and torch globally).
     device : torch.device or None
         fastai's default when ``None``.
 
