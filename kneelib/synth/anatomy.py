@@ -38,6 +38,7 @@ revised. Osteoarthritis Cartilage 2007;15 Suppl A:A1-56.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -97,6 +98,11 @@ class KneeModel:
         varus and offset); see :func:`pose_matrix`.
     side : str
         ``"R"`` or ``"L"`` (a left knee is mirrored in ``x``).
+    soft_tissue_gain : ndarray of float32 or None
+        Multiplicative MR signal texture of muscle and fat (1 elsewhere): smooth
+        heterogeneity elongated along the limb and thin dark fascial / fibrous septa
+        (zero crossings of a smooth random field). Shared (read-only) between visits
+        of the same knee.
     """
 
     spec: KneeSpec
@@ -113,6 +119,7 @@ class KneeModel:
     pose_matrix: np.ndarray
     side: str
     extras: dict = field(default_factory=dict)
+    soft_tissue_gain: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -920,6 +927,7 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     region_full[A] = cartilage_region
     # --- landmarks (knee-local mm; the deformation of z is a function of x, y) ---------
     landmarks = _landmarks(spec, v, s, mirror, ax, ay, az, frame.dz_columns())
+    gain = _soft_tissue_gain(labels, _texture_field(int(spec.shape_seed), spec.side, float(voxel_mm), s))
     origin = np.array([ax[0], ay[0], az[0]], dtype=float)
     return KneeModel(
         spec=spec, labels=labels, voxel_mm=float(voxel_mm), origin_mm=origin,
@@ -927,8 +935,56 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         cartilage_region=region_full, cortex=cortex & np.isin(labels, bone_codes), sclerosis=sclerosis,
         foreign_object=foreign,
         pose_matrix=pose_matrix(spec.flexion_deg, spec.rotation_deg, spec.varus_deg, spec.offset_mm, spec.side),
-        side=spec.side,
+        side=spec.side, soft_tissue_gain=gain,
     )
+
+
+@lru_cache(maxsize=4)
+def _texture_field(shape_seed: int, side: str, voxel_mm: float, size_scale: float) -> np.ndarray:
+    """MR gain texture of a knee's muscle and fat from a smooth random field (read-only, cached).
+
+    Drawn on a lattice of about 2.5 mm with correlation lengths of about 2.5 mm across
+    and 9 mm along the limb (muscle fibres and fascia run along ``z``), interpolated to
+    the label grid. Depends only on the knee's shape seed, side and grid, so the
+    12-month visit reuses the baseline's field. The left knee's field is the mirror of
+    the right knee's (same seed).
+    """
+    ax, ay, az = _grid_axes(voxel_mm)
+    step = max(1, int(round(2.5 / voxel_mm)))
+    centre_x = (ax.size - 1) // 2
+    lattice = []
+    for axis, n in enumerate((ax.size, ay.size, az.size)):
+        anchor = centre_x if axis == 0 else 0
+        first = anchor % step
+        last = first + ((n - 1 - first) // step) * step     # nodes symmetric about the centre in x
+        lattice.append((first, (last - first) // step + 1))
+    rng = np.random.default_rng([int(shape_seed), 11])
+    coarse = rng.standard_normal(tuple(m for _, m in lattice), dtype=np.float32)
+    sigma = (1.0 / size_scale, 1.0 / size_scale, 3.6 / size_scale)
+    coarse = ndimage.gaussian_filter(coarse, sigma=sigma, mode="mirror")
+    coarse /= max(float(coarse.std()), 1e-6)
+    if side == "L":
+        coarse = coarse[::-1]
+    values = coarse
+    for axis, ((first, m), n) in enumerate(zip(lattice, (ax.size, ay.size, az.size))):
+        offset = np.clip(np.arange(n) - first, 0, (m - 1) * step)
+        values = _lerp_axis(values, axis, offset // step, offset % step, step)
+    # MR gain: heterogeneity (+-10 %) and thin dark septa (fascia) along the field's zero set
+    septa = values * np.float32(1.0 / 0.12)
+    np.square(septa, out=septa)
+    np.negative(septa, out=septa)
+    np.exp(septa, out=septa)
+    gain = np.float32(1.0) + np.float32(0.10) * values
+    gain *= np.float32(1.0) - np.float32(0.55) * septa
+    out = gain
+    out.setflags(write=False)
+    return out
+
+
+def _soft_tissue_gain(labels: np.ndarray, gain_field: np.ndarray) -> np.ndarray:
+    """The texture gain on muscle and fat voxels, 1 elsewhere."""
+    tissue = (labels == L["muscle"]) | (labels == L["subcutaneous_fat"])
+    return np.where(tissue, gain_field, np.float32(1.0))
 
 
 def _block(ax, ay, az, xr, yr, zr, margin=6.0):

@@ -96,6 +96,7 @@ class _CroppedKnee:
         self.lesion_masks = {k: m[block] if present[k] else _EmptyMask(m[block].shape)
                              for k, m in knee.lesion_masks.items()}
         self.foreign_object = knee.foreign_object
+        self.soft_tissue_gain = None if knee.soft_tissue_gain is None else knee.soft_tissue_gain[block]
 
 
 def _label_code(knee: KneeModel) -> np.ndarray:
@@ -170,6 +171,8 @@ def _signal_volume(model: KneeModel, protocol: MRProtocol, te_ms: float, t2_map:
     lut = _tissue_signal(protocol, table["proton_density"], table["t1_ms"], table["t2_ms"],
                          table["fat_fraction"], te_ms).astype(np.float32)
     volume = lut[model.labels]
+    if model.soft_tissue_gain is not None:
+        volume *= model.soft_tissue_gain
     cart = model.cartilage_region > 0
     if cart.any():
         elevation = np.zeros(len(CARTILAGE_REGIONS) + 1, np.float32)
