@@ -15,9 +15,13 @@ aligned frame, so the residual tilt of the rays relative to the plateau is the
 protocol's beam angle minus 10 degrees plus a per-exam misalignment
 (``XRProtocol.alignment_sd_deg``). A misaligned beam projects the anterior and
 posterior tibial rims apart and narrows the apparent joint space, as on real films.
-The beam is parallel (no magnification). Computed radiography stores roughly the
-logarithm of the detected exposure, with edge enhancement; the renderer does the
-same.
+The beam is parallel (no magnification) and the detector is the fixed coronal plane
+through the knee, which the tilted beam crosses obliquely (as the Synaflexer film
+cassette is vertical while the tube is angled): each ray is a sheared line
+``(x0 + y dx/dy, y, z0 + y dz/dy)``, so the projection is a sum over ``y`` slices
+shifted in-plane (:func:`project_knee`), not a 3-D resampling. Computed radiography
+stores roughly the logarithm of the detected exposure, with edge enhancement and an
+automatic window from the exposure histogram; the renderer does the same.
 """
 from __future__ import annotations
 
