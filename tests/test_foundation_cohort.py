@@ -1,4 +1,4 @@
-"""kneelib.papers.cohort: label counts, montage sampling, minimal DICOM reading, tables."""
+"""kneelib.papers.cohort: real-data tables, causal-model tables, prevalences, QC join, label grids."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,75 +6,6 @@ import pandas as pd
 import pytest
 
 from kneelib.papers import cohort
-
-
-def _write_dicom(path, position_x, orientation=(0, 1, 0, 0, 0, -1), value=0, rows=4, cols=5,
-                 echo_time=7.0, frame="1.2.3"):
-    """A minimal single-frame MR DICOM file written with pydicom."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.SeriesDescription = "test series"
-    ds.FrameOfReferenceUID = frame
-    ds.ImageOrientationPatient = list(orientation)
-    ds.ImagePositionPatient = [position_x, -10.0, 20.0]
-    ds.PixelSpacing = [0.5, 0.5]
-    ds.EchoTime = echo_time
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.full((rows, cols), value, dtype=np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
-def test_read_dicom_folder_orders_slices_along_the_normal(tmp_path):
-    # file names in the wrong order; value encodes the true x position
-    for name, x in (("a.dcm", -3.0), ("b.dcm", -1.0), ("c.dcm", -2.0)):
-        _write_dicom(tmp_path / name, x, value=int(-x))
-    volume = cohort.read_dicom_folder(tmp_path)
-    assert volume.pixels.shape == (3, 4, 5)
-    assert volume.slice_axis == "x"
-    # normal = row x col cosines = (-1, 0, 0): ascending along the normal is descending x
-    assert list(volume.slice_coordinate_mm) == [-1.0, -2.0, -3.0]
-    assert [int(v[0, 0]) for v in volume.pixels] == [1, 2, 3]
-    centre = cohort.read_dicom_folder(tmp_path, max_slices=1)
-    assert list(centre.slice_coordinate_mm) == [-2.0]
-
-
-def test_read_dicom_folder_bad_input(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no .dcm files"):
-        cohort.read_dicom_folder(tmp_path)
-    _write_dicom(tmp_path / "a.dcm", 0.0)
-    _write_dicom(tmp_path / "b.dcm", 1.0, orientation=(1, 0, 0, 0, 1, 0))
-    with pytest.raises(ValueError, match="b.dcm: orientation differs"):
-        cohort.read_dicom_folder(tmp_path)
-
-
-def test_t1rho_series_keyed_by_spin_lock_and_aligned(tmp_path):
-    for tsl in (1.0, 10.0):
-        folder = tmp_path / f"TSL{int(tsl):02d}ms"
-        folder.mkdir()
-        for x in (0.0, 1.5):
-            _write_dicom(folder / f"{x}.dcm", x, echo_time=tsl)
-    series = cohort.read_t1rho_series(tmp_path)
-    assert list(series) == [1.0, 10.0]
-    misaligned = tmp_path / "TSL30ms"
-    misaligned.mkdir()
-    _write_dicom(misaligned / "x.dcm", 5.0, echo_time=30.0)
-    with pytest.raises(ValueError, match="not voxel-aligned"):
-        cohort.read_t1rho_series(tmp_path)
 
 
 def _labels(tmp_path):
@@ -123,12 +54,133 @@ def test_real_data_tables(real_data_root):
 
 
 @pytest.mark.realdata
-def test_real_t1rho_is_aligned_with_dess_frame(real_data_root):
-    mri = real_data_root / "pykneer_knee_mri"
-    t1rho = cohort.read_t1rho_series(mri / "cubequant_T1rho", max_slices=2)
-    assert list(t1rho) == [1.0, 10.0, 30.0, 60.0]
-    dess = cohort.read_dicom_folder(mri / "DESS_echo1", max_slices=2)
-    assert dess.frame_of_reference == next(iter(t1rho.values())).frame_of_reference
-    # signal decays with spin-lock time (whole-slice mean, first vs last)
-    means = [v.pixels.mean() for v in t1rho.values()]
-    assert means[0] > means[-1]
+def test_real_dess_and_t1rho_read_with_kneelib_data(real_data_root):
+    import matplotlib
+    matplotlib.use("Agg")
+    fig, info = cohort.plot_dess_and_t1rho(real_data_root / "pykneer_knee_mri")
+    assert list(info["series"]) == ["DESS echo 1", "T1rho (4 spin locks)"]
+    assert info.loc[1, "echo times ms"] == "1, 10, 30, 60"
+    assert info.loc[0, "slices"] == 80
+    assert len(fig.axes) == 6
+
+
+def test_effect_sizes_every_parameter_has_a_block(tmp_path):
+    from kneelib.synth.causal import effect_sizes_table
+
+    (tmp_path / "ground_truth").mkdir()
+    effect_sizes_table().to_csv(tmp_path / "ground_truth" / "effect_sizes.csv", index=False)
+    table = cohort.effect_sizes_by_block(tmp_path)
+    blocks = table.index.get_level_values("block")
+    assert "other" not in set(blocks)
+    assert table.loc[("12-month progression", "severity_per_mm_loss"), "value"] == "0.45"
+    assert table.loc[("pain", "pain_effusion"), "value"] == "0.8"
+    with pytest.raises(FileNotFoundError, match="effect_sizes.csv"):
+        cohort.effect_sizes_by_block(tmp_path / "nowhere")
+
+
+def _knee_rows(pid, pain_r, pain_l, womac_r, womac_l, jsw0, jsw12, widespread=0.0, months=(0, 0)):
+    rows = []
+    for side, pain, womac, month_count in ((1, pain_r, womac_r, months[0]), (2, pain_l, womac_l, months[1])):
+        for visit, jsw in ((0, jsw0), (12, jsw12)):
+            rows.append({"ID": pid, "SIDE": side, "VISIT": visit, "frequent_pain": pain, "womac_pain": womac,
+                         "knee_pain_any_12m": float(month_count > 0), "knee_pain_months_12m": month_count,
+                         "widespread_pain": widespread, "min_medial_jsw_mm": jsw, "kl_grade": 2,
+                         "age_years": 60, "sex": 2, "bmi_kg_m2": 28.0, "race": 1})
+    return rows
+
+
+def test_label_prevalences_follow_the_papers_definitions():
+    table = pd.DataFrame(
+        _knee_rows("1", 1, 0, 8, 2, 4.0, 3.4, months=(9, 0))       # unilateral, WOMAC diff 6, progressor
+        + _knee_rows("2", 1, 1, 5, 5, 4.0, 3.9, months=(3, 3))     # bilateral pain: neither label
+        + _knee_rows("3", 0, 1, 3, 4, 4.0, 4.0, widespread=1.0, months=(8, 8))  # unilateral, excluded
+        + _knee_rows("4", 0, 0, 0, 0, 4.0, 3.5, months=(0, 0)))    # no pain; -0.5 mm counts
+    table = cohort._add_derived_labels(table)
+    found = cohort.label_prevalences(table).set_index("quantity")
+    assert (found.loc["unilateral frequent pain (paper 000)", ["count", "of"]] == [2, 4]).all()
+    assert (found.loc["WOMAC pain difference >= 3, of unilateral (paper 000 Model B)", ["count", "of"]]
+            == [1, 2]).all()
+    # right knees, widespread pain excluded: subject 1 chronic (2 visits), subject 4 no pain (2), 2 unlabelled
+    chronic = found.loc["chronic pain, right knees, widespread pain excluded (paper 001)"]
+    assert (chronic["count"], chronic["of"]) == (2, 4)
+    progress = found.loc["12-month progressor, JSW change <= -0.5 mm (paper 002)"]
+    assert (progress["count"], progress["of"]) == (4, 8)
+
+
+def test_causal_model_table_is_seeded_and_matches_the_reader_columns():
+    first = cohort.causal_model_knee_table(12, seed=3)
+    assert first.equals(cohort.causal_model_knee_table(12, seed=3))
+    assert len(first) == 12 * 4 and set(first["VISIT"]) == {0, 12} and set(first["SIDE"]) == {1, 2}
+    for column in cohort.CLINICAL_VARIABLES:
+        if not column.startswith("widespread_pain_"):
+            assert column in first.columns, column
+    # frequent pain is a baseline-only OAI item: the 12-month row repeats it
+    pivot = first.pivot_table(index=["ID", "SIDE"], columns="VISIT", values="frequent_pain")
+    assert (pivot[0] == pivot[12]).all()
+    assert first["chronic_pain"].isin([0.0, 1.0]).sum() + first["chronic_pain"].isna().sum() == len(first)
+    demographics = cohort.demographics_table({"model": first})
+    assert demographics.loc["participants", "model"] == "12"
+    assert "8,103 (38.4 %)" == demographics.loc["KL 0", "published (OAI)"]
+
+
+def test_comparison_quantities_are_unique_and_tagged():
+    table = cohort.causal_model_knee_table(20, seed=0)
+    comparisons = cohort.cohort_comparisons(None, table, "image", table, "model")
+    quantities = [c.quantity for c in comparisons]
+    assert len(quantities) == len(set(quantities))
+    assert sum(q.endswith("[image cohort]") for q in quantities) == sum(
+        q.endswith("[causal model sample]") for q in quantities) == 11
+    assert all(c.reproduced is not None for c in comparisons[3:])
+
+
+def test_planted_artefacts_are_joined_with_the_qc_table(tmp_path):
+    from kneelib.synth.causal import sample_cohort_specs, specs_to_frames
+
+    _, knees = specs_to_frames(*sample_cohort_specs(2, 0))
+    knees["artefact"] = ""
+    knees.loc[(knees["participant_id"] == "9000001") & (knees["side"] == "R") & (knees["visit_month"] == 0),
+              "artefact"] = "motion"
+    knees.loc[(knees["participant_id"] == "9000002") & (knees["side"] == "L") & (knees["visit_month"] == 12),
+              "artefact"] = "missing_slices"
+    (tmp_path / "ground_truth").mkdir()
+    knees.to_csv(tmp_path / "ground_truth" / "knees.csv", index=False)
+    qc = pd.DataFrame([{"participant_id": "9000002", "side": "L", "visit_month": 12, "series": "SAG_IW_TSE_LEFT",
+                        "reason": "gap", "error_type": "SliceGapError", "path": ""}])
+    joined = cohort.planted_artefacts_vs_qc(tmp_path, qc).set_index("planted artefact")
+    assert joined.loc["motion", "QC reason"] == "loaded: not caught by the reader"
+    assert joined.loc["missing_slices", "QC reason"] == "SliceGapError"
+    assert joined.loc["missing_slices", "series excluded"] == "SAG_IW_TSE_LEFT"
+
+
+def test_labels_written_in_reverse_slice_order_are_put_on_the_volume_grid(tmp_path):
+    import nibabel as nib
+
+    from kneelib.data import Volume
+
+    affine = np.array([[0, 0, 2.0, -10], [-0.5, 0, 0, 30], [0, -0.5, 0, 40], [0, 0, 0, 1]])
+    array = np.arange(4 * 3 * 5).reshape(4, 3, 5)
+    volume = Volume(array=array, affine=affine, metadata={"folders": ["x"]})
+    flipped = affine.copy()
+    flipped[:3, 2] *= -1
+    flipped[:3, 3] = affine[:3, 3] + affine[:3, 2] * 4  # last slice first
+    nib.save(nib.Nifti1Image(array[:, :, ::-1].astype(np.int16), flipped), tmp_path / "labels.nii.gz")
+    on_grid = cohort._on_volume_grid(tmp_path / "labels.nii.gz", volume)
+    assert np.array_equal(on_grid, np.transpose(array, (2, 1, 0)))
+    shifted = affine.copy()
+    shifted[0, 3] += 5
+    nib.save(nib.Nifti1Image(array.astype(np.int16), shifted), tmp_path / "shifted.nii.gz")
+    with pytest.raises(ValueError, match="not on the grid"):
+        cohort._on_volume_grid(tmp_path / "shifted.nii.gz", volume)
+
+
+def test_dag_figure_has_every_node():
+    import matplotlib
+    matplotlib.use("Agg")
+    from kneelib.synth.causal import DEFAULT_EFFECTS
+
+    nodes, edges = cohort._dag_layout(DEFAULT_EFFECTS)
+    assert all(e[0] in nodes and e[1] in nodes for e in edges)
+    fig = cohort.plot_causal_dag()
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    assert all(node[2] in texts for node in nodes.values())
+    assert f"{DEFAULT_EFFECTS.pain_effusion:g}/grade" in texts
