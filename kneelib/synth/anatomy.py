@@ -939,7 +939,7 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     )
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=2)   # right and left knee of the subject being rendered
 def _texture_field(shape_seed: int, side: str, voxel_mm: float, size_scale: float) -> np.ndarray:
     """MR gain texture of a knee's muscle and fat from a smooth random field (read-only, cached).
 
