@@ -99,7 +99,7 @@ class CohortPreset:
 
 PRESETS: dict[str, CohortPreset] = {
     "smoke": CohortPreset("smoke", n_subjects=8, anatomy_voxel_mm=2.0),
-    "default": CohortPreset("default", n_subjects=300, anatomy_voxel_mm=1.0),
+    "default": CohortPreset("default", n_subjects=300, anatomy_voxel_mm=1.25),
     "paper": CohortPreset("paper", n_subjects=4796, anatomy_voxel_mm=0.4),
 }
 
@@ -124,12 +124,22 @@ def cohort_parameters(preset: str = "default", seed: int = 0, n_subjects: int | 
         raise ValueError(f"n_subjects must be >= 1, got {n}")
     return {
         "generator_version": GENERATOR_VERSION,
+        "generator_code": _generator_code_hash(),
         "preset": asdict(chosen),
         "variant": variant,
         "seed": int(seed),
         "n_subjects": n,
         "effects": {name: value for name, value, _ in causal.DEFAULT_EFFECTS.documented()},
     }
+
+
+def _generator_code_hash() -> str:
+    """Hash of the generator's source files: a cached cohort made by other code is not reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _parameters_hash(parameters: dict[str, Any]) -> str:
@@ -188,14 +198,27 @@ def _series_folder_number(index: int, visit_month: int, number: int) -> str:
 # --------------------------------------------------------------------------------------------
 # NIfTI ground truth (deterministic gzip)
 # --------------------------------------------------------------------------------------------
-def _affine_from_geometry(geometry) -> np.ndarray:
-    """RAS voxel-to-world affine (voxel axes column, row, slice) of a :class:`SliceGeometry`."""
+def _reader_slice_order(geometry) -> np.ndarray:
+    """Slice order of the reader: ascending position along the slice normal (row x column)."""
+    orientation = np.asarray(geometry.image_orientation_patient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = np.asarray(geometry.image_positions_patient, dtype=float)
+    return np.argsort(positions @ normal, kind="stable")
+
+
+def _affine_from_geometry(geometry, order: np.ndarray | None = None) -> np.ndarray:
+    """RAS voxel-to-world affine (voxel axes column, row, slice) of a :class:`SliceGeometry`.
+
+    ``order`` reorders the slices first (see :func:`_reader_slice_order`).
+    """
     from kneelib.synth.oai_writer import LPS_TO_RAS
 
     orientation = np.asarray(geometry.image_orientation_patient, dtype=float)
     row_cosine, column_cosine = orientation[:3], orientation[3:]
     row_spacing, column_spacing = (float(v) for v in geometry.pixel_spacing_mm)
     positions = np.asarray(geometry.image_positions_patient, dtype=float)
+    if order is not None:
+        positions = positions[order]
     if len(positions) > 1:
         slice_step = (positions[-1] - positions[0]) / (len(positions) - 1)
     else:
@@ -354,23 +377,30 @@ def _write_series_truth(work: Path, subject: SubjectSpec, knee: KneeSpec, key: s
     """Tissue labels and non-empty lesion masks of one series, on that series' grid."""
     truth = Path("ground_truth") / "series" / subject.participant_id / relative.split("/", 1)[0] / \
         relative.rsplit("/", 1)[1]
-    affine = _affine_from_geometry(rendered.geometry)
-    labels = np.asarray(rendered.labels)
+    # The reader (kneelib.data.read_dicom_series) sorts slices by their position along the
+    # slice normal; the ground truth is written in that same order so that a label volume and
+    # the DICOM volume share voxel indices and affine.
+    order = _reader_slice_order(rendered.geometry)
+    affine = _affine_from_geometry(rendered.geometry, order)
+    labels = np.asarray(rendered.labels)[order]
     write_nifti_deterministic(_to_nifti_axes(labels.astype(np.uint8)), affine, work / truth / "labels.nii.gz")
     present = []
     for name in LESION_MASKS:
         mask = rendered.lesion_masks.get(name) if rendered.lesion_masks is not None else None
         if mask is None or not np.any(mask):
             continue
-        write_nifti_deterministic(_to_nifti_axes(np.asarray(mask, dtype=np.uint8)), affine,
+        write_nifti_deterministic(_to_nifti_axes(np.asarray(mask, dtype=np.uint8)[order]), affine,
                                   work / truth / f"lesion_{name}.nii.gz")
         present.append(name)
+    rendered_pcl = rendered.pcl_slice_index
+    if rendered_pcl is not None:
+        rendered_pcl = int(np.flatnonzero(order == int(rendered_pcl))[0])
     return {
         "participant_id": subject.participant_id, "side": knee.side, "visit_month": knee.visit_month,
         "series_key": key, "series_description": description, "folder": relative,
         "labels_path": (truth / "labels.nii.gz").as_posix(),
         "lesion_masks": ";".join(present),
-        "pcl_center_slice": (int(rendered.pcl_slice_index) if rendered.pcl_slice_index is not None
+        "pcl_center_slice": (rendered_pcl if rendered_pcl is not None
                              else pcl_center_slice(labels)) if key.startswith("sag") else -1,
         "pcl_most_voxels_slice": pcl_center_slice(labels) if key.startswith("sag") else -1,
         "n_slices": int(labels.shape[0]), "artefact": knee.artefact,
