@@ -130,7 +130,9 @@ def test_orchestration_layout_tables_and_truth(fake_renderers, tmp_path):
     assert list(enrollees.columns[:3]) == ["ID", "P02SEX", "P02RACE"]
     series = pd.read_csv(root / "ground_truth" / "series.csv")
     sagittal = series[series.series_key.str.startswith("sag")]
-    assert (sagittal.pcl_center_slice == 3).all()
+    # The fake series is written along -normal (x rises while the normal row x column is -x), so
+    # the reader reverses it: ground truth follows the reader's order, rendered slice 3 of 6 -> 2.
+    assert (sagittal.pcl_center_slice == 2).all()
     assert (root / series.labels_path.iloc[0]).is_file()
     assert not (root / ".work").exists() and not (root / ".done").exists()
 
