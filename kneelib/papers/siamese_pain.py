@@ -354,6 +354,8 @@ def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: Preprocess
     from kneelib.preprocess.center_slice import CenterSliceNotFoundError, detect_pcl_center_slice
     from kneelib.preprocess.registration import preprocess_knee, sagittal_slices
 
+    if config.center_slice not in ("auto", "middle"):
+        raise ValueError(f"center_slice must be 'auto' or 'middle', got {config.center_slice!r}")
     root = Path(root)
     index = read_image_index(root / "contents.csv") if (root / "contents.csv").is_file() else read_image_index(root)
     truth_path = root / "ground_truth" / "series.csv"
