@@ -44,7 +44,6 @@ import torch
 from IPython.display import display
 
 from kneelib.config import cache_root
-from kneelib.explain.cam import normalize_cam, upsample_cam
 from kneelib.papers import siamese_pain as study
 from kneelib.report import comparison_table, save_metrics
 from kneelib.stats.roc import plot_roc
@@ -182,25 +181,7 @@ display(pointing.round(3))
 # %%
 test_images = data.images[saliency.test]
 labels_test = data.cohort["label"].to_numpy()[saliency.test]
-n_show = min(4, len(saliency.test))
-fig, axes = plt.subplots(3, n_show, figsize=(2.6 * n_show, 8), squeeze=False)
-for i in range(n_show):
-    knee = labels_test[i]
-    for row, architecture in enumerate(("siamese", "vgg16_cam")):
-        s = saliency.top_slice[architecture][i]
-        cam = normalize_cam(upsample_cam(saliency.cams[architecture][i, knee, s], image_size))
-        axes[row, i].imshow(test_images[i, knee, s], cmap="gray")
-        axes[row, i].imshow(cam, cmap="jet", alpha=0.4)
-        axes[row, i].set_title(f"{architecture}, slice {s}", fontsize="small")
-    s = saliency.top_slice["siamese"][i]
-    axes[2, i].imshow(test_images[i, knee, s], cmap="gray")
-    code = data.lesions[saliency.test[i], knee, s]
-    axes[2, i].imshow(np.ma.masked_equal(code, 0), cmap="tab10", alpha=0.6, interpolation="nearest")
-    axes[2, i].set_title("planted lesions", fontsize="small")
-for ax in axes.flat:
-    ax.set_axis_off()
-fig.suptitle("CAM of the painful knee: VGG16-CAM vs Siamese (Fig. 3A-B), and the planted lesions")
-fig.tight_layout()
+fig = study.plot_cam_comparison(data, saliency, n_show=4)
 fig.savefig(figure_dir / "cams.png", dpi=100)
 plt.show()
 

@@ -33,7 +33,7 @@ __all__ = [
     "cohort_root", "unilateral_pain_cohort", "table1", "paper_fisher_check",
     "PreprocessConfig", "PreprocessedCohort", "preprocess_cohort", "center_slice_accuracy",
     "model_factory", "cross_validated_auc", "CrossValidatedModel", "SaliencyStudy", "saliency_study",
-    "lesion_table", "pointing_table", "comparisons",
+    "lesion_table", "pointing_table", "comparisons", "plot_cam_comparison",
 ]
 
 STUDY = "siamese_pain"
@@ -754,3 +754,46 @@ def comparisons(models: dict, saliency: SaliencyStudy | None, pointing: pd.DataF
                                    f"chance {row['chance (lesion area fraction)']:.3f} (lesion area), "
                                    f"random map {row['random 8x8 map']:.3f}"))
     return rows
+
+
+def plot_cam_comparison(data: PreprocessedCohort, saliency: SaliencyStudy, n_show: int = 4):
+    """Fig. 3A-B: the painful knee's top-CAM slice of test subjects with the VGG16-CAM and the
+    Siamese map, and the planted lesions of the Siamese slice (colour per lesion, legend)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from kneelib.explain.cam import normalize_cam, upsample_cam
+
+    colours = ["#00bcd4", "#ff9800", "#e91e63", "#8bc34a", "#9c27b0"]
+    labels = data.cohort["label"].to_numpy()
+    n_show = min(n_show, len(saliency.test))
+    fig, axes = plt.subplots(3, n_show, figsize=(2.4 * n_show, 7.8), squeeze=False)
+    size = data.images.shape[-1]
+    for i in range(n_show):
+        subject = saliency.test[i]
+        knee = int(labels[subject])
+        correct = (saliency.probability["siamese"][i] >= 0.5) == bool(knee)
+        for row, architecture in enumerate(("vgg16_cam", "siamese")):
+            s = int(saliency.top_slice[architecture][i])
+            cam = normalize_cam(upsample_cam(saliency.cams[architecture][i, knee, s], size))
+            axes[row, i].imshow(data.images[subject, knee, s], cmap="gray")
+            axes[row, i].imshow(cam, cmap="jet", alpha=0.4)
+            axes[row, i].set_title(f"{'VGG16-CAM' if row == 0 else 'Siamese'}, slice {s}", fontsize="small")
+        s = int(saliency.top_slice["siamese"][i])
+        code = data.lesions[subject, knee, s].astype(int)
+        first = np.full(code.shape, -1)
+        for bit in reversed(range(len(LESION_NAMES))):  # highest priority drawn last
+            first[(code >> bit) & 1 == 1] = bit
+        axes[2, i].imshow(data.images[subject, knee, s], cmap="gray")
+        axes[2, i].imshow(np.ma.masked_less(first, 0), cmap=ListedColormap(colours), vmin=0,
+                          vmax=len(colours) - 1, alpha=0.7, interpolation="nearest")
+        axes[2, i].set_title(f"{data.cohort['participant_id'].iloc[subject]} "
+                             f"({'LR'[knee]} knee, {'correct' if correct else 'wrong'})", fontsize="small")
+    for ax in axes.flat:
+        ax.set_axis_off()
+    fig.legend([Patch(color=c) for c in colours], [LESION_LABELS[n] for n in LESION_NAMES], loc="lower center",
+               ncol=3, fontsize="small", frameon=False)
+    fig.suptitle("CAMs of the painful knee (top slice)\nand the planted lesions", fontsize="medium")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
