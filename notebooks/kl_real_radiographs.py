@@ -215,7 +215,10 @@ display(graded.round(3))
 
 # %%
 n_val = len(val_grades)
-comparisons = study.kl_comparisons(agreement, data=f"real: Chen KL val, n={n_val} knees")
+trained = (f"single {backbone} ({'ImageNet' if imagenet else 'random init'}, {schedule} schedule, "
+           f"{image_size} px, {max_epochs} epochs)")
+comparisons = study.kl_comparisons(agreement, data=f"real: Chen KL val, n={n_val} knees",
+                                   model_description=trained)
 display(comparison_table(comparisons))
 metrics_file = save_metrics(study.REAL_STUDY, comparisons, params)
 by_model = {name: part.set_index("metric") for name, part in agreement.groupby("model")}

@@ -204,12 +204,17 @@ def evaluate_kl(y_true, kl_probabilities: np.ndarray, y_train, n_boot: int = 100
             "confusion_low": low, "confusion_high": high}
 
 
-def kl_comparisons(table: pd.DataFrame, data: str, study: str = REAL_STUDY) -> list:
-    """Paper-vs-reproduced rows for the KL head (:class:`kneelib.report.Comparison`)."""
+def kl_comparisons(table: pd.DataFrame, data: str, model_description: str = "single model",
+                   study: str = REAL_STUDY) -> list:
+    """Paper-vs-reproduced rows for the KL head (:class:`kneelib.report.Comparison`).
+
+    ``model_description`` says what was trained (e.g. ``"single efficientnet_lite0, ImageNet,
+    128 px, 5 epochs"``); it goes into each row's note.
+    """
     from kneelib.report import Comparison
 
     model_rows = table[table["model"] == "model"].set_index("metric")
-    note_val = ("val is class-balanced (paper: MOST natural mix); single EfficientNet-Lite0, "
+    note_val = (f"val is class-balanced (paper: MOST natural mix); {model_description}, "
                 "not the SE-ResNet/SE-ResNeXt ensemble")
     rows = []
 
