@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,13 +16,13 @@
 # %% [markdown]
 # # KL grading of real knee radiographs with the multi-task network of Tiulpin & Saarakkala (2020)
 #
-# **Question.** Does the grading network of {cite}`tiulpin2020` -- an ImageNet-initialised CNN
+# **Question.** Does the grading network of {footcite}`tiulpin2020` -- an ImageNet-initialised CNN
 # with average pooling and one dropout + linear head per grade -- learn to assign
 # Kellgren-Lawrence (KL) grades to *real* knee radiographs, clearly better than chance and than
 # always predicting the most common grade?
 #
 # This chapter applies the code of the synthetic OARSI chapter to 2,978 real knee-joint crops
-# from the Osteoarthritis Initiative (OAI) published by {cite}`chen2019`, which carry the OAI
+# from the Osteoarthritis Initiative (OAI) published by {footcite}`chen2019`, which carry the OAI
 # central-reading KL grade but no OARSI grades, so only the KL head is trained.
 
 # %% tags=["parameters"]
@@ -84,7 +86,7 @@ figure_dir.mkdir(parents=True, exist_ok=True)
 # ## Data
 #
 # Knee crops of 224 x 224 px from baseline bilateral PA fixed-flexion OAI radiographs with the
-# OAI central-reading KL grade {cite}`chen2019` (CC BY 4.0; attribution to Chen et al. and the OAI).
+# OAI central-reading KL grade {footcite}`chen2019` (CC BY 4.0; attribution to Chen et al. and the OAI).
 # The data set's own subject-level `train` and `val` splits are used; its `test` split is kept
 # elsewhere and never touched. Model selection (the epoch) uses an internal validation split
 # carved off `train` by subject, so the reported `val` numbers never steer training.
@@ -268,6 +270,5 @@ print(f"metrics saved to {metrics_file}; notebook wall time {wall_minutes:.1f} m
 #
 # ## References
 #
-# ```{bibliography}
-# :filter: docname in docnames
+# ```{footbibliography}
 # ```
