@@ -24,7 +24,7 @@ install: $(STAMP)
 data: install
 	$(PY) -m kneelib synth --preset default
 
-book: install
+book: data
 	$(PY) -m kneelib book --params default
 
 smoke: install
@@ -34,7 +34,7 @@ test: install
 	$(PY) -m pytest
 
 bench: install
-	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=min,mean,max,rounds -s
+	$(PY) -m pytest benchmarks -o python_files='bench_*.py' --benchmark-only --benchmark-columns=min,mean,max,rounds -s
 
 sync-notebooks: install
 	$(VENV)/bin/jupytext --sync notebooks/*.ipynb
