@@ -1,0 +1,108 @@
+"""Knee localisation and the 140 mm knee crop (paper 004, Data Pre-processing) on tiny synthetic images."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kneelib.preprocess import knee_localisation as kl
+
+torch.set_num_threads(1)
+
+
+def test_crop_points_centre_and_plateau_become_horizontal():
+    centre = (100.0, 120.0)
+    lateral, medial = np.array([95.0, 90.0]), np.array([105.0, 150.0])  # R knee, plateau slopes down to the right
+    angle = kl.plateau_angle_deg(lateral, medial, "R")
+    assert angle == pytest.approx(np.degrees(np.arctan2(10, 60)))
+    crop = kl.crop_points([centre, lateral, medial], centre, angle, "R", pixel_spacing_mm=0.5, size_mm=140,
+                          out_size=101, mirror_side="L")
+    assert crop[0] == pytest.approx([50.0, 50.0])
+    assert crop[1, 0] == pytest.approx(crop[2, 0])          # plateau horizontal in the crop
+    assert crop[1, 1] < crop[2, 1]                          # lateral stays on the left for a right knee
+    # 60.8 mm between the points -> 60.8 * 101 / 140 crop pixels
+    assert crop[2, 1] - crop[1, 1] == pytest.approx(np.hypot(10, 60) * 0.5 * 101 / 140)
+
+
+def test_left_knee_is_mirrored_so_lateral_is_on_the_left():
+    centre = (100.0, 300.0)
+    lateral, medial = np.array([100.0, 330.0]), np.array([100.0, 270.0])  # L knee: lateral on the image right
+    angle = kl.plateau_angle_deg(lateral, medial, "L")
+    assert angle == pytest.approx(0.0)
+    crop = kl.crop_points([lateral, medial], centre, angle, "L", 0.5, out_size=101, mirror_side="L")
+    assert crop[0, 1] < crop[1, 1]
+    unmirrored = kl.crop_points([lateral, medial], centre, angle, "L", 0.5, out_size=101, mirror_side=None)
+    assert unmirrored[0, 1] > unmirrored[1, 1]
+
+
+def test_knee_crop_resamples_where_crop_points_says():
+    image = np.zeros((300, 400), dtype=np.float32)
+    image[148:153, 218:223] = 1.0                           # a bright dot at (150, 220)
+    geometry = dict(centre_rc=(140.0, 200.0), angle_deg=12.0, side="R", pixel_spacing_mm=0.5,
+                    size_mm=140.0, out_size=140, mirror_side="L")
+    crop = kl.knee_crop(image, **geometry)
+    assert crop.shape == (140, 140) and crop.dtype == np.float32
+    expected = kl.crop_points([(150.0, 220.0)], **geometry)[0]
+    found = np.unravel_index(np.argmax(crop), crop.shape)
+    assert np.hypot(*(np.array(found) - expected)) <= 1.5
+
+
+def test_half_image_grid_mirrors_the_left_knee():
+    image = np.zeros((100, 200), dtype=np.float32)
+    image[:, 100:110] = 1.0                                 # a band at the inner edge of the left half
+    right, left = kl.half_image_on_grid(image, "R", 1.0, 1.0, (100, 100)), \
+        kl.half_image_on_grid(image, "L", 1.0, 1.0, (100, 100))
+    assert left[:, 95:].mean() > 0.9 and left[:, :80].mean() == 0   # mirrored: inner edge on the grid's right
+    assert right.max() == 0
+    with pytest.raises(ValueError, match="side"):
+        kl.half_image_on_grid(image, "X", 1.0)
+
+
+def _blob_images(n, seed):
+    """Bilateral images with one bright horizontal 'joint line' per knee at a random height."""
+    rng = np.random.default_rng(seed)
+    images, spacings, sides, points = [], [], [], []
+    for _ in range(n):
+        image = rng.normal(0, 0.05, size=(96, 192)).astype(np.float32)
+        for side, offset in (("R", 0), ("L", 96)):
+            row, col = rng.uniform(30, 66), offset + rng.uniform(35, 61)
+            image[int(row) - 2:int(row) + 3, int(col) - 20:int(col) + 21] += 1.0
+            images.append(image)
+            spacings.append(2.0)
+            sides.append(side)
+            points.append([[row, col], [row, col - 20], [row, col + 20]] if side == "R"
+                          else [[row, col], [row, col + 20], [row, col - 20]])
+    return images, spacings, sides, np.array(points)
+
+
+def test_localiser_learns_better_than_the_mean_position():
+    images, spacings, sides, points = _blob_images(24, seed=0)
+    localiser = kl.train_knee_localiser(images, spacings, sides, points, grid_mm=4.0, grid_shape=(48, 48),
+                                        n_epochs=25, batch_size=16, max_shift_px=2, seed=0, progress=False)
+    test_images, test_spacings, test_sides, test_points = _blob_images(6, seed=1)
+    errors = kl.localisation_errors_mm(localiser, test_images, test_spacings, test_sides, test_points)
+    assert {"joint_centre_error_mm", "plateau_angle_error_deg"} <= set(errors.columns)
+    # the joint-line height varies by +-36 mm: a constant guess is off by ~18 mm on average
+    mean_row = points[:, 0, 0].mean()
+    constant_error = np.abs(test_points[:, 0, 0] - mean_row).mean() * 2.0
+    assert errors["joint_centre_error_mm"].median() < 0.6 * constant_error
+    again = kl.train_knee_localiser(images, spacings, sides, points, grid_mm=4.0, grid_shape=(48, 48),
+                                    n_epochs=2, batch_size=16, seed=0, progress=False)
+    twice = kl.train_knee_localiser(images, spacings, sides, points, grid_mm=4.0, grid_shape=(48, 48),
+                                    n_epochs=2, batch_size=16, seed=0, progress=False)
+    assert again.history.equals(twice.history)              # same seed, same training
+
+
+def test_landmark_table_to_points_and_bad_input():
+    rows = [{"participant_id": 1, "visit_month": 0, "side": "R", "folder": "f", "pixel_spacing_mm": 0.7,
+             "landmark": name, "row_px": float(i), "col_px": float(10 * i)}
+            for i, name in enumerate(kl.LOCALISER_LANDMARKS)]
+    wide = kl.landmark_table_to_points(pd.DataFrame(rows))
+    assert len(wide) == 1 and wide.loc[0, "plateau_medial_col"] == 20.0
+    with pytest.raises(KeyError, match="columns"):
+        kl.landmark_table_to_points(pd.DataFrame(rows).drop(columns="row_px"))
+    with pytest.raises(KeyError, match="plateau_medial"):
+        kl.landmark_table_to_points(pd.DataFrame(rows[:2]))
+    with pytest.raises(ValueError, match="points_rc"):
+        kl.train_knee_localiser([np.zeros((10, 20))], [1.0], ["R"], np.zeros((2, 3, 2)), progress=False)
