@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -29,8 +31,8 @@
 # %% tags=["parameters"]
 seed = 0
 cohort_preset = "smoke"  # synthetic cohort preset ("smoke", "default", "paper")
-n_subjects = 12  # training (OAI-role) participants; None: the preset's number
-n_test_subjects = 6  # participants of the independent 'most' cohort
+n_subjects = None  # training (OAI-role) participants; None: the preset's number (smoke: 8)
+n_test_subjects = 4  # participants of the independent 'most' cohort
 n_folds = 2
 max_epochs = 1
 image_size = 64  # network input (random crop of a 310/300 larger knee crop)

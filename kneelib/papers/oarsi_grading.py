@@ -552,11 +552,13 @@ def load_synthetic_knees(root, visits=(0, 12)) -> pd.DataFrame:
     landmark_file = root / "ground_truth" / "radiograph_landmarks.csv"
     if not landmark_file.is_file():
         raise FileNotFoundError(f"no landmark ground truth at {landmark_file} (is {root} a synthetic cohort?)")
-    grades = knee_table(root, list(TASK_LABELS), visits=tuple(visits))
+    variables = ["kl_grade" if task == "kl" else task for task in TASK_LABELS]
+    grades = knee_table(root, variables, visits=tuple(visits))
     grades = grades.rename(columns={"ID": "participant_id", "VISIT": "visit_month"})
+    grades["kl"] = grades["kl_grade"]
     grades["side"] = grades.pop("SIDE").map({1: "R", 2: "L"})
     grades["participant_id"] = grades["participant_id"].astype(str)
-    for task in TASK_LABELS:
+    for task in [*TASK_LABELS, "kl_grade"]:
         grades[task] = pd.to_numeric(grades[task], errors="coerce").fillna(-1).astype(int)
     points = landmark_table_to_points(pd.read_csv(landmark_file), names=_ALL_LANDMARKS)
     points["participant_id"] = points["participant_id"].astype(str)
