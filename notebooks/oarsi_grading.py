@@ -264,8 +264,11 @@ print(f"metrics saved to {metrics_file}; notebook wall time {wall_minutes:.1f} m
 #   transfer backbone is `efficientnet_lite0` (paper: SE-ResNet-50 and SE-ResNeXt50-32x4d from
 #   ImageNet); the second backbone is trained from scratch (`resnet18` at `default`, SE-ResNet-50
 #   in `paper`). The "two best" backbones of the ensemble are the two trained here.
-# - **Compute.** CPU: `default` trains 3 epochs at 64 px instead of 20 epochs at 300 px; each
-#   fold keeps its last epoch (no selection on the held-out fold).
+# - **Compute.** CPU: `default` trains 3 epochs at 64 px (0.47 mm -> 2.2 mm per pixel) instead of
+#   20 epochs at 300 px; each fold keeps its last epoch (no selection on the held-out fold). Times
+#   were measured on 2 CPU cores shared with other jobs, so they are pessimistic.
+# - **Cohort size.** `default`: 300 training participants (both visits, 1,200 knee images) and
+#   80 independent participants, instead of 19,704 OAI and 11,743 MOST knees; the CIs are wide.
 # - **Attention.** The paper did not analyse attention maps; the pointing game uses site boxes
 #   derived from landmarks, not lesion outlines.
 #
