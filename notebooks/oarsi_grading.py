@@ -112,22 +112,21 @@ print("excluded (QC):", len(knees.attrs["qc"]) + len(test_knees.attrs["qc"]))
 # ## Method
 #
 # **Knee localisation** (paper: BoneFinder). A small CNN is trained on the landmark ground truth
-# of the training cohort to predict the joint centre and the lateral and medial plateau points
-# on each half of the bilateral image (resampled to 2 mm per pixel). Its error is measured on the
-# held-out fold-0 subjects and on the independent cohort; the model used for the crops is then
-# retrained on all training subjects (test images are never used).
+# of the training subjects outside fold 0 to predict the joint centre and the lateral and medial
+# plateau points on each half of the bilateral image (resampled to 3 mm per pixel). Its error is
+# measured on the held-out fold-0 subjects and on the independent cohort (never trained on); the
+# same localiser then crops every knee.
 
 # %%
 folds = study.subject_folds(knees, n_folds=n_folds, seed=seed)
-development = study.fit_localiser(knees[folds != 0], radiographs, n_epochs=localiser_epochs, seed=seed)
-errors = pd.concat([study.localisation_error_table(development, knees[folds == 0], radiographs)
+localiser = study.fit_localiser(knees[folds != 0], radiographs, n_epochs=localiser_epochs, seed=seed)
+errors = pd.concat([study.localisation_error_table(localiser, knees[folds == 0], radiographs)
                     .assign(evaluated_on="held-out training subjects (fold 0)"),
-                    study.localisation_error_table(development, test_knees, radiographs)
+                    study.localisation_error_table(localiser, test_knees, radiographs)
                     .assign(evaluated_on="independent cohort")])
 error_columns = [c for c in errors.columns if c.endswith(("_mm", "_deg"))]
 error_summary = errors.groupby("evaluated_on")[error_columns].describe(percentiles=[0.5, 0.95]).T
 display(error_summary.round(2))
-localiser = study.fit_localiser(knees, radiographs, n_epochs=localiser_epochs, seed=seed)
 
 # %% [markdown]
 # **Pre-processing** (*Data Pre-processing*): a 140 x 140 mm crop around the predicted joint

@@ -13,7 +13,7 @@ How it works
 1. Each bilateral image is split into its two halves (one knee each; the patient's
    right knee is on the image's left). Left-knee halves are mirrored so that both
    sides look alike (lateral on the image's left).
-2. Each half is resampled to a fixed grid of ``grid_mm`` millimetres per pixel
+2. Each half is resampled to a fixed grid of ``grid_mm`` millimetres per pixel (default 3 mm)
    (:func:`half_image_on_grid`), so the localiser sees the same physical scale
    whatever the detector pixel size (the MOST-like cohort has other spacings).
 3. :func:`LandmarkCNN` predicts one heat map per point and takes its centre of
@@ -88,8 +88,8 @@ def _grid_matrix(half: KneeHalf, spacing_mm: float, grid_mm: float) -> tuple[np.
     return matrix, offset
 
 
-def half_image_on_grid(image: np.ndarray, side: str, spacing_mm: float, grid_mm: float = 2.0,
-                       grid_shape: tuple[int, int] = (96, 96)) -> np.ndarray:
+def half_image_on_grid(image: np.ndarray, side: str, spacing_mm: float, grid_mm: float = 3.0,
+                       grid_shape: tuple[int, int] = (64, 64)) -> np.ndarray:
     """One knee's half of a bilateral image resampled to ``grid_mm`` per pixel (left mirrored).
 
     The grid starts at the half's top-left corner (after mirroring); rows or columns
@@ -245,8 +245,8 @@ def _training_arrays(images, spacings, sides, points_rc, grid_mm, grid_shape):
     return np.stack(grids).astype(np.float32), np.stack(targets).astype(np.float32)
 
 
-def train_knee_localiser(images, spacings, sides, points_rc, grid_mm: float = 2.0,
-                         grid_shape: tuple[int, int] = (96, 96), n_epochs: int = 30, batch_size: int = 32,
+def train_knee_localiser(images, spacings, sides, points_rc, grid_mm: float = 3.0,
+                         grid_shape: tuple[int, int] = (64, 64), n_epochs: int = 30, batch_size: int = 32,
                          lr: float = 3e-3, max_shift_px: int = 8, seed: int = 0,
                          progress: bool = True) -> KneeLocaliser:
     """Train the landmark CNN on knees with ground-truth landmarks.
@@ -261,7 +261,7 @@ def train_knee_localiser(images, spacings, sides, points_rc, grid_mm: float = 2.
     points_rc : array, shape (n, n_points, 2)
         Ground-truth (row, col) in bilateral-image pixels, ordered as :data:`LOCALISER_LANDMARKS`.
     grid_mm, grid_shape : float, tuple
-        The localiser's input grid (default 2 mm, 96 x 96 = 192 mm square per half).
+        The localiser's input grid (default 3 mm, 64 x 64 = 192 mm square per half).
     n_epochs, batch_size, lr : training settings (Adam, cosine-annealed LR).
     max_shift_px : int
         Random translation of image and targets (grid pixels) in training.
