@@ -617,12 +617,6 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
     FileExistsError
         If ``out_dir`` holds a cohort made with other parameters (a folder outside the
         cache is never wiped).
-
-    Notes
-    -----
-    Workers are started with the ``spawn`` method, which re-imports the calling module: call
-    this from a script only under ``if __name__ == "__main__":`` (notebooks and
-    ``python -m kneelib synth`` need nothing).
     """
     from tqdm.auto import tqdm
 
