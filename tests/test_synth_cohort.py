@@ -186,3 +186,13 @@ def test_real_smoke_cohort_is_byte_identical_and_readable(tmp_path):
             volume = read_dicom_series(first / row.Folder)
             assert volume.laterality == ("R" if row.SeriesDescription.endswith("RIGHT") else "L")
     _check_tables_against_truth(first, n_subjects=2)
+
+
+def test_cache_key_ignores_docstrings_and_comments():
+    from kneelib.synth.cohort import _code_without_docs
+
+    plain = "def f(x):\n    return x + 1\n"
+    documented = 'def f(x):\n    """Add one."""\n    # a comment\n    return x + 1\n'
+    changed = "def f(x):\n    return x + 2\n"
+    assert _code_without_docs(plain) == _code_without_docs(documented)
+    assert _code_without_docs(plain) != _code_without_docs(changed)

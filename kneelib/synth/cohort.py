@@ -133,12 +133,29 @@ def cohort_parameters(preset: str = "default", seed: int = 0, n_subjects: int | 
     }
 
 
+def _code_without_docs(source: str) -> str:
+    """The syntax tree of ``source`` with docstrings dropped (comments never reach the tree)."""
+    import ast
+
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
 def _generator_code_hash() -> str:
-    """Hash of the generator's source files: a cached cohort made by other code is not reused."""
+    """Hash of the generator's code: a cached cohort made by other code is not reused.
+
+    Docstrings and comments are left out, so documentation edits keep caches valid.
+    """
     digest = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode())
-        digest.update(path.read_bytes())
+        digest.update(_code_without_docs(path.read_text()).encode())
     return digest.hexdigest()[:16]
 
 
@@ -617,6 +634,12 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
     FileExistsError
         If ``out_dir`` holds a cohort made with other parameters (a folder outside the
         cache is never wiped).
+
+    Notes
+    -----
+    Workers are started with the ``spawn`` method, which re-imports the calling module: call
+    this from a script only under ``if __name__ == "__main__":`` (notebooks and
+    ``python -m kneelib synth`` need nothing).
     """
     from tqdm.auto import tqdm
 
