@@ -374,48 +374,38 @@ def book_dir() -> Path:
     return repo_root() / "book"
 
 
+def _toc_entries(toc_path: str | os.PathLike | None) -> list[dict]:
+    """Every mapping of the table of contents, in document order."""
+    toc_path = Path(toc_path) if toc_path is not None else book_dir() / "_toc.yml"
+    entries: list[dict] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            entries.append(node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(yaml.safe_load(Path(toc_path).read_text()))
+    return entries
+
+
 def toc_notebooks(toc_path: str | os.PathLike | None = None) -> list[str]:
     """Names of the notebooks the book's table of contents lists, in order.
 
     A chapter entry is ``file: _executed/<notebook>``; ``notebooks/<notebook>.ipynb``
     is its source.
     """
-    toc_path = Path(toc_path) if toc_path is not None else book_dir() / "_toc.yml"
-    names: list[str] = []
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            entry = node.get("file")
-            if isinstance(entry, str) and entry.startswith("_executed/"):
-                names.append(Path(entry).name.removesuffix(".ipynb"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load(Path(toc_path).read_text()))
-    return names
+    return [Path(entry["file"]).name.removesuffix(".ipynb") for entry in _toc_entries(toc_path)
+            if isinstance(entry.get("file"), str) and entry["file"].startswith("_executed/")]
 
 
 def toc_pages(toc_path: str | os.PathLike | None = None) -> list[str]:
     """Every document of the table of contents (root first), without extension."""
-    toc_path = Path(toc_path) if toc_path is not None else book_dir() / "_toc.yml"
-    pages: list[str] = []
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            for key in ("root", "file"):
-                if isinstance(node.get(key), str):
-                    pages.append(str(Path(node[key]).with_suffix("")))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(yaml.safe_load(Path(toc_path).read_text()))
-    return pages
+    return [str(Path(entry[key]).with_suffix("")) for entry in _toc_entries(toc_path)
+            for key in ("root", "file") if isinstance(entry.get(key), str)]
 
 
 def _format_number(value) -> str:
