@@ -92,3 +92,32 @@ def test_preprocess_smoke_cohort_is_cached_and_carries_lesions(tmp_path):
         study.preprocess_cohort(root, cohort.head(1),
                                 study.PreprocessConfig(image_size=24, n_each_side=1, center_slice="manual"),
                                 cache_dir=tmp_path / "other", progress=False)
+
+
+def test_out_of_fold_hot_spots_explain_each_subject_once_with_the_model_that_did_not_see_it():
+    from kneelib.train.siamese import TrainConfig
+
+    rng = np.random.default_rng(0)
+    n, size = 12, 16
+    images = rng.normal(size=(n, 2, 3, size, size)).astype(np.float32)
+    lesions = np.zeros((n, 2, 3, size, size), dtype=np.uint8)
+    lesions[:, :, :, 4:8, 4:8] = 1  # effusion-synovitis (bit 0) on every slice of both knees
+    cohort = pd.DataFrame({"participant_id": [f"90000{i:02d}" for i in range(n)], "label": np.arange(n) % 2,
+                           "sex": 1 + np.arange(n) % 2, "age": 60.0, "bmi": 28.0,
+                           "kl_painful_knee": np.arange(n) % 3})
+    data = study.PreprocessedCohort(images, lesions, cohort, pd.DataFrame())
+    config = TrainConfig(epochs=1, lr=0.05, batch_size=4, valid_fraction=0.0, seed=0)
+    model = study.cross_validated_auc("Model A", data, np.arange(n), 2, config, (4, 8), seed=0,
+                                      show_progress=False, keep_models=True)
+    assert sorted(model.result.models) == [0, 1]
+    hits = study.out_of_fold_hot_spots(data, model, seed=0)
+    assert sorted(hits["participant_id"]) == sorted(cohort["participant_id"])
+    assert hits["lesion_area_fraction"].to_numpy() == pytest.approx(16 / size**2)
+    # the probability comes from the fold model that held the subject out: the CV's own prediction
+    by_id = hits.set_index("participant_id")["probability_right"]
+    np.testing.assert_allclose(by_id[model.cohort["participant_id"]].to_numpy(), model.result.probability,
+                               rtol=1e-5)
+    without = study.cross_validated_auc("Model A", data, np.arange(n), 2, config, (4, 8), seed=0,
+                                        show_progress=False)
+    with pytest.raises(ValueError, match="keep_models"):
+        study.out_of_fold_hot_spots(data, without)

@@ -526,10 +526,12 @@ class CrossValidatedModel:
     auc: object  # kneelib.stats.roc.AucResult
     per_fold: pd.DataFrame
     subgroups: pd.DataFrame
+    subjects: np.ndarray | None = None  # rows of the PreprocessedCohort, in ``cohort`` order
 
 
 def cross_validated_auc(name: str, data: PreprocessedCohort, subjects: np.ndarray, n_folds: int, config,
-                        widths=None, seed: int = 0, show_progress: bool = True) -> CrossValidatedModel:
+                        widths=None, seed: int = 0, show_progress: bool = True,
+                        keep_models: bool = False) -> CrossValidatedModel:
     """Subject-level stratified k-fold CV (strata: side x sex x age >= 60 x BMI >= 30), pooled and per-fold AUC.
 
     Paper 000, Methods: 10-fold cross-validation stratified on the risk factors; AUC of the
@@ -546,10 +548,10 @@ def cross_validated_auc(name: str, data: PreprocessedCohort, subjects: np.ndarra
     fold = stratified_kfold(labels, n_folds, strata=strata, seed=seed)
     images = data.images[subjects]
     result = cross_validate(images, labels, fold, model_factory(images.shape[2], widths), config, strata=strata,
-                            show_progress=show_progress)
+                            show_progress=show_progress, keep_models=keep_models)
     return CrossValidatedModel(name, cohort, result, auc_with_ci(labels, result.probability),
                                per_fold_auc(labels, result.probability, fold),
-                               subgroup_auc_table(labels, result.probability, cohort))
+                               subgroup_auc_table(labels, result.probability, cohort), subjects)
 
 
 # ------------------------------------------------------------------------------------------
@@ -614,7 +616,6 @@ def saliency_study(data: PreprocessedCohort, config, widths=None, seed: int = 0,
     random 8 x 8 map on the same slice.
     """
     from kneelib.explain.cam import painful_knee_cams, siamese_cams, top_cam_slice
-    from kneelib.explain.pointing import lesion_under_hot_spot, pointing_hit
     from kneelib.stats.roc import auc_with_ci
     from kneelib.train.siamese import predict_probability, train_siamese
     from kneelib.train.splits import make_strata, stratified_train_val_test_split
@@ -639,22 +640,59 @@ def saliency_study(data: PreprocessedCohort, config, widths=None, seed: int = 0,
         cams[architecture] = maps.cams
         painful = painful_knee_cams(maps.cams, labels[split.test])
         top[architecture] = top_cam_slice(painful)
-        for i, subject in enumerate(split.test):
-            knee, s = int(labels[subject]), int(top[architecture][i])
-            masks = data.lesion_masks(subject, knee, s)
-            union = np.logical_or.reduce(list(masks.values()))
-            random_map = rng.random(painful.shape[-2:])
-            rows.append({
-                "model": architecture, "participant_id": cohort["participant_id"].iloc[subject],
-                "label": knee, "probability_right": float(maps.probability_right[i]),
-                "correct": bool((maps.probability_right[i] >= 0.5) == bool(knee)), "top_slice": s,
-                "lesion": lesion_under_hot_spot(painful[i, s], masks),
-                "hit": bool(union.any() and pointing_hit(painful[i, s], union)),
-                "lesion_area_fraction": float(union.mean()),
-                "random_map_hit": bool(union.any() and pointing_hit(random_map, union)),
-                "any_lesion_on_knee": bool(data.lesions[subject, knee].any()),
-            })
+        rows += _hot_spot_rows(architecture, data, split.test, painful, top[architecture], maps.probability_right,
+                               rng)
     return SaliencyStudy(split.test, probability, cams, top, pd.DataFrame(rows), validation_auc)
+
+
+def _hot_spot_rows(model: str, data: PreprocessedCohort, subjects: np.ndarray, painful_cams: np.ndarray,
+                   top_slice: np.ndarray, probability_right: np.ndarray, rng: np.random.Generator) -> list:
+    """One row per subject: the planted lesion under the CAM maximum of the painful knee's top slice."""
+    from kneelib.explain.pointing import lesion_under_hot_spot, pointing_hit
+
+    labels = data.cohort["label"].to_numpy()
+    rows = []
+    for i, subject in enumerate(subjects):
+        knee, s = int(labels[subject]), int(top_slice[i])
+        masks = data.lesion_masks(subject, knee, s)
+        union = np.logical_or.reduce(list(masks.values()))
+        random_map = rng.random(painful_cams.shape[-2:])
+        rows.append({
+            "model": model, "participant_id": data.cohort["participant_id"].iloc[subject],
+            "label": knee, "probability_right": float(probability_right[i]),
+            "correct": bool((probability_right[i] >= 0.5) == bool(knee)), "top_slice": s,
+            "lesion": lesion_under_hot_spot(painful_cams[i, s], masks),
+            "hit": bool(union.any() and pointing_hit(painful_cams[i, s], union)),
+            "lesion_area_fraction": float(union.mean()),
+            "random_map_hit": bool(union.any() and pointing_hit(random_map, union)),
+            "any_lesion_on_knee": bool(data.lesions[subject, knee].any()),
+        })
+    return rows
+
+
+def out_of_fold_hot_spots(data: PreprocessedCohort, model: CrossValidatedModel, seed: int = 0,
+                          name: str = "siamese, out-of-fold") -> pd.DataFrame:
+    """Score every subject's CAM with the cross-validation fold model that never saw the subject.
+
+    The paper's review covered a 15% test split (n = 107 of 710); a small synthetic cohort
+    leaves only a handful of subjects there, so the same scoring is also run out-of-fold over
+    the whole cross-validated cohort (``cross_validated_auc(..., keep_models=True)``). No
+    subject is explained by a model trained on it.
+    """
+    from kneelib.explain.cam import painful_knee_cams, siamese_cams, top_cam_slice
+
+    if not model.result.models or model.subjects is None:
+        raise ValueError(f"{model.name} was cross-validated without keep_models=True: no fold models to explain with")
+    labels = data.cohort["label"].to_numpy()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, (network, standardization) in sorted(model.result.models.items()):
+        subjects = model.subjects[model.result.fold == k]
+        maps = siamese_cams(network, data.images[subjects], target_class=labels[subjects],
+                            standardization=standardization)
+        painful = painful_knee_cams(maps.cams, labels[subjects])
+        rows += _hot_spot_rows(name, data, subjects, painful, top_cam_slice(painful), maps.probability_right, rng)
+    return pd.DataFrame(rows)
 
 
 def lesion_table(hits: pd.DataFrame, model: str = "siamese") -> pd.DataFrame:
@@ -700,8 +738,13 @@ def pointing_table(hits: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.
 # 7. paper vs reproduced
 # ------------------------------------------------------------------------------------------
 def comparisons(models: dict, saliency: SaliencyStudy | None, pointing: pd.DataFrame | None,
-                table1_by_model: dict, data_label: str) -> list:
-    """The :class:`kneelib.report.Comparison` rows of the chapter."""
+                table1_by_model: dict, data_label: str, out_of_fold_hits: pd.DataFrame | None = None) -> list:
+    """The :class:`kneelib.report.Comparison` rows of the chapter.
+
+    ``pointing`` may hold test-split and out-of-fold rows (:func:`pointing_table` of both);
+    ``out_of_fold_hits`` (:func:`out_of_fold_hot_spots`) adds the lesion-under-hot-spot
+    percentages over the whole cross-validated cohort.
+    """
     from kneelib.report import Comparison
 
     rows = []
@@ -733,16 +776,21 @@ def comparisons(models: dict, saliency: SaliencyStudy | None, pointing: pd.DataF
                                f"{paper['left'][4]} / {paper['right'][4]}",
                                f"{values['bmi'][0]:.2f} / {values['bmi'][1]:.2f}", source="Table 1",
                                data=f"{data_label}, n={n}"))
+    lesion_sources = []
     if saliency is not None:
-        table = lesion_table(saliency.hits)
-        n_test = int(table["subjects"].sum())
+        lesion_sources.append(("Test subjects", "test", lesion_table(saliency.hits)))
+    if out_of_fold_hits is not None and len(out_of_fold_hits):
+        lesion_sources.append(("Subjects (out-of-fold)", "out-of-fold",
+                               lesion_table(out_of_fold_hits, model=out_of_fold_hits["model"].iloc[0])))
+    for who, where, table in lesion_sources:
+        n_scored = int(table["subjects"].sum())
         for _, row in table.iterrows():
             key = next((k for k, v in LESION_LABELS.items() if v == row["lesion"]), None)
             paper = PAPER_LESIONS.get(key)
-            rows.append(Comparison(STUDY, f"Test subjects with {row['lesion']} under the Siamese CAM hot spot (%)",
+            rows.append(Comparison(STUDY, f"{who} with {row['lesion']} under the Siamese CAM hot spot (%)",
                                    None if paper is None else round(100 * paper[0] / 107, 1),
                                    float(row["percent"]), source="Fig. 3I",
-                                   data=f"{data_label}, test n={n_test}",
+                                   data=f"{data_label}, {where} n={n_scored}",
                                    note="planted masks instead of a radiologist review"))
     if pointing is not None:
         for _, row in pointing.iterrows():
@@ -750,7 +798,9 @@ def comparisons(models: dict, saliency: SaliencyStudy | None, pointing: pd.DataF
                 continue
             rows.append(Comparison(STUDY, f"Pointing game, {row['model']} CAM (hot spot in a planted lesion)", None,
                                    float(row["pointing game"]), float(row["ci_low"]), float(row["ci_high"]),
-                                   "(not in the paper)", f"{data_label}, test n={int(row['n scored'])}",
+                                   "(not in the paper)",
+                                   f"{data_label}, {'out-of-fold' if 'out-of-fold' in row['model'] else 'test'} "
+                                   f"n={int(row['n scored'])}",
                                    f"chance {row['chance (lesion area fraction)']:.3f} (lesion area), "
                                    f"random map {row['random 8x8 map']:.3f}"))
     return rows

@@ -119,7 +119,7 @@ class EffectSizes:
     jsw_healthy_sd_mm: float = field(default=0.55, metadata={"doc": "between-knee SD of healthy JSW"})
     jsw_loss_per_severity_mm: float = field(default=1.55, metadata={"doc": "JSW lost per unit compartment severity (power 1.4)"})
     jsn_fraction_thresholds: tuple[float, float, float] = field(
-        default=(0.17, 0.38, 0.90),
+        default=(0.17, 0.38, 0.95),
         metadata={"doc": "narrowing (1 - JSW/healthy JSW) at which OARSI JSN reaches 1, 2, 3 (3 = bone on bone)"})
     osteophyte_per_severity: float = field(default=1.35, metadata={"doc": "osteophyte liability per unit compartment severity"})
     osteophyte_noise_sd: float = field(default=0.45, metadata={"doc": "site-level noise of osteophyte liability"})
@@ -155,7 +155,7 @@ class EffectSizes:
     frequent_pain_threshold: float = field(default=1.55, metadata={"doc": "pain liability above which pain occurs on most days of a month (calibrated: unilateral in ~1/3 of subjects)"})
     any_pain_threshold: float = field(default=0.85, metadata={"doc": "pain liability above which any knee pain occurred in the past 12 months"})
     pain_months_per_unit: float = field(default=7.0, metadata={"doc": "months of frequent pain per unit liability above the frequent threshold"})
-    womac_per_unit: float = field(default=2.0, metadata={"doc": "WOMAC pain points (0-20) per unit liability above the WOMAC threshold"})
+    womac_per_unit: float = field(default=1.4, metadata={"doc": "WOMAC pain points (0-20) per unit liability above the WOMAC threshold (calibrated: WOMAC differs by >= 3 in 47 % of unilateral-pain subjects, paper 000 Table 1a 721/1529)"})
     womac_threshold: float = field(default=0.55, metadata={"doc": "pain liability at WOMAC pain 0"})
     womac_noise_sd: float = field(default=1.0, metadata={"doc": "SD of the past-week fluctuation behind WOMAC"})
 

@@ -238,7 +238,7 @@ def xr_protocol(preset: str = "default", site: str = "oai") -> XRProtocol:
                           rows=int(round(height_mm / spacing)), cols=int(round(width_mm / spacing)))
     if site == "most":
         spacing_most = spacing * 1.1
-        protocol = replace(protocol, alignment_sd_deg=2.5, pixel_spacing_mm=spacing_most,
+        protocol = replace(protocol, alignment_sd_deg=1.5, pixel_spacing_mm=spacing_most,
                            rows=int(round(height_mm / spacing_most)), cols=int(round(width_mm / spacing_most)),
-                           tube_kvp=60.0, contrast=1.2, noise_fraction=0.018, scatter_fraction=0.25)
+                           tube_kvp=65.0, contrast=1.08, noise_fraction=0.015, scatter_fraction=0.19)
     return protocol

@@ -325,28 +325,33 @@ class CrossValidationResult:
     labels : ndarray of int, shape (n_subjects,)
     history : DataFrame
         Per fold and epoch: train loss, monitoring loss and AUC.
+    models : dict of int to (nn.Module, Standardization)
+        Each fold's trained network and input standardisation, kept when
+        ``cross_validate(..., keep_models=True)`` (for out-of-fold saliency maps).
     """
 
     probability: np.ndarray
     fold: np.ndarray
     labels: np.ndarray
     history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    models: dict = field(default_factory=dict)
 
 
 def cross_validate(images, labels, fold, model_factory: Callable[[], nn.Module],
                    config: TrainConfig = TrainConfig(), strata=None,
-                   show_progress: bool = True) -> CrossValidationResult:
+                   show_progress: bool = True, keep_models: bool = False) -> CrossValidationResult:
     """k-fold cross-validation: train on ``fold != k``, predict ``fold == k`` (paper 000, 10 folds).
 
     Fold ``k`` is trained with seed ``config.seed + k``; the same inputs and seed give
-    the same out-of-fold predictions on CPU.
+    the same out-of-fold predictions on CPU. With ``keep_models`` each fold's network is
+    returned, so that every subject can be explained by the model that never saw it.
     """
     images, labels = _check_images(images, labels)
     fold = np.asarray(fold, dtype=int)
     if len(fold) != len(labels):
         raise ValueError(f"fold has {len(fold)} entries but there are {len(labels)} subjects")
     probability = np.full(len(labels), np.nan)
-    histories = []
+    histories, models = [], {}
     folds = np.unique(fold)
     for k in tqdm(folds, desc="folds", disable=not show_progress):
         train_indices, test_indices = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
@@ -360,4 +365,6 @@ def cross_validate(images, labels, fold, model_factory: Callable[[], nn.Module],
         table.insert(0, "epoch", np.arange(len(table)))
         table.insert(0, "fold", int(k))
         histories.append(table)
-    return CrossValidationResult(probability, fold, labels, pd.concat(histories, ignore_index=True))
+        if keep_models:
+            models[int(k)] = (learner.model.eval(), learner.dls.standardization)
+    return CrossValidationResult(probability, fold, labels, pd.concat(histories, ignore_index=True), models)
