@@ -235,7 +235,8 @@ display(study.paper_fisher_check().round(3))
 #
 # - **Data.** The default run uses the book's synthetic OAI-format cohort (the 300 participants
 #   of the `default` preset, about a third with unilateral frequent pain, so Model A has about
-#   100 subjects instead of 1,505 and Model B about half of them instead of 710), not the 4,796
+#   100 subjects instead of 1,505 and Model B about half of them, as in the paper, instead of
+#   710), not the 4,796
 #   OAI participants. The pain labels follow the causal model's planted lesions, so the AUCs
 #   measure whether the pipeline recovers a known signal, not the paper's clinical claim. With
 #   a fifteenth of the paper's subjects, confidence intervals are wide and the AUCs sit below

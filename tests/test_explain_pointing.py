@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from kneelib.explain.pointing import hot_spot, lesion_under_hot_spot, pointing_game, pointing_hit
+from kneelib.explain.pointing import (cell_pointing_hit, hot_spot, lesion_under_hot_spot, mask_on_grid,
+                                      pointing_game, pointing_hit)
 
 
 def _blob_map(size, centre):
@@ -40,3 +41,22 @@ def test_lesion_under_hot_spot_names_first_matching_mask():
 def test_pointing_game_needs_a_mask():
     with pytest.raises(ValueError, match="non-empty"):
         pointing_game([np.ones((4, 4))], [np.zeros((4, 4), bool)])
+
+
+def test_mask_on_grid_pools_any_pixel_and_handles_uneven_splits():
+    mask = np.zeros((7, 9), dtype=bool)
+    mask[6, 8] = True  # bottom-right pixel only
+    cells = mask_on_grid(mask, (2, 3))
+    assert cells.shape == (2, 3) and cells.sum() == 1 and cells[1, 2]
+    with pytest.raises(ValueError, match="finer"):
+        mask_on_grid(mask, (8, 3))
+
+
+def test_cell_pointing_hit_judges_a_coarse_map_by_its_hottest_cell():
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[28:36, 10:18] = True  # a small box near the joint line, left half
+    left_hot = np.array([[0.2, 0.1], [1.0, 0.3]])   # hottest cell: lower left, overlaps the box
+    right_hot = np.array([[0.2, 0.1], [0.3, 1.0]])  # hottest cell: lower right, does not
+    assert cell_pointing_hit(left_hot, mask) and not cell_pointing_hit(right_hot, mask)
+    # upsampled, the 2 x 2 peak sits at a cell centre (row 48) and misses the box
+    assert not pointing_hit(left_hot, mask)

@@ -96,6 +96,7 @@ def test_pointing_game_counts_hits_inside_the_site_box():
     table, examples = study.pointing_game_table(run.snapshots[0], prepared, image_size=32)
     row = table.set_index("head").loc["FO L"]
     assert row["knees"] == 6 and row["pointing_accuracy"] == 1.0 and row["chance"] == 1.0
+    assert row["cell_pointing_accuracy"] == 1.0 and row["cell_chance"] == 1.0
     assert "osteophyte_fl" in examples
     matplotlib.pyplot.close(study.plot_pointing_examples(examples))
 
