@@ -50,3 +50,14 @@ def test_tests_drop_missing_values_and_reject_bad_groups():
         fisher_exact_test(np.array([1, 2, 3, 1, 2, 3]), groups)
     with pytest.raises(KeyError, match="weight"):
         table1_by_group(pd.DataFrame({"g": [0, 1], "sex": [1, 2]}), "g", continuous=("weight",))
+
+
+def test_fisher_keeps_an_unobserved_boolean_value_and_gives_p_one():
+    all_female = np.array([True, True, True, True, True])
+    groups = np.array([0, 0, 1, 1, 1])
+    _, p = fisher_exact_test(all_female, groups, "female")
+    assert p == pytest.approx(1.0)
+    cohort = pd.DataFrame({"g": [0, 0, 1, 1, 1], "sex": [2] * 5, "age": [50.0, 60, 55, 65, 70],
+                           "bmi": [25.0, 27, 30, 28, 26]})
+    table = table1_by_group(cohort, "g")
+    assert table.loc["Percent female", "p-value"] == "1.000"

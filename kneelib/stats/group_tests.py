@@ -46,11 +46,15 @@ def unpaired_t_test(values, groups, name: str = "values") -> tuple[float, float]
 def fisher_exact_test(categories, groups, name: str = "categories") -> tuple[float, float]:
     """Fisher's exact test of a binary variable between two groups (2 x 2 table).
 
-    Returns ``(odds ratio, two-sided p)``.
+    Returns ``(odds ratio, two-sided p)``. A boolean variable keeps both of its columns
+    even when one value never occurs (e.g. no men in a small subgroup): the table then
+    has a zero column and the test gives p = 1, as it should with no variation.
     """
     levels, categories, groups = _two_groups(categories, groups, name)
     keep = pd.notna(categories)
     table = pd.crosstab(pd.Series(groups[keep], name="group"), pd.Series(categories[keep], name=name))
+    if np.asarray(categories).dtype == bool:
+        table = table.reindex(columns=[False, True], fill_value=0)
     if table.shape != (2, 2):
         raise ValueError(f"Fisher's exact test needs a binary {name} in both groups; got table {table.shape}")
     result = stats.fisher_exact(table.to_numpy())
