@@ -64,7 +64,8 @@ from kneelib.synth.cohort import generate_cohort
 notebook_start = time.perf_counter()
 params = dict(seed=seed, cohort_preset=cohort_preset, n_subjects=n_subjects, n_test_subjects=n_test_subjects,
               n_folds=n_folds, max_epochs=max_epochs, image_size=image_size, transfer_backbone=transfer_backbone,
-              scratch_backbone=scratch_backbone, scratch_lr=scratch_lr, batch_size=batch_size, localiser_epochs=localiser_epochs,
+              scratch_backbone=scratch_backbone, scratch_lr=scratch_lr, batch_size=batch_size,
+              localiser_epochs=localiser_epochs,
               noise_std=noise_std, gamma_low=gamma_low, gamma_high=gamma_high, n_boot=n_boot,
               torch_threads=torch_threads)
 study.set_determinism(seed, threads=torch_threads)
@@ -224,7 +225,7 @@ display(pd.concat({m: study.wide_table(both, m) for m in ("quadratic_kappa", "ba
 # approximated by a box at the plateau margin from the landmark ground truth (12 mm towards the
 # femur or the tibia, 10 mm either side; white outline). Chance = the box's share of the input.
 # A small input gives a coarse map (`map_cells`; 2 x 2 for ResNet-18 at 64 px), whose upsampled
-# peak sits at a cell centre and can miss a small box inside the right cell; the `cell_` columns
+# peak sits at an image corner of its hottest cell and misses a small box inside it; the `cell_` columns
 # therefore also score the hottest cell of the map itself (hit if it overlaps the box; chance =
 # share of cells that overlap it). At 64 px that asks little more than "the right side of the
 # knee"; `paper` (300 px, 10 x 10 maps) makes the test sharp.

@@ -57,17 +57,17 @@ def mask_on_grid(mask: np.ndarray, grid_shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"mask_on_grid needs a 2-D mask and a 2-D grid, got {mask.shape} and {grid_shape}")
     if grid_shape[0] > mask.shape[0] or grid_shape[1] > mask.shape[1]:
         raise ValueError(f"grid {grid_shape} is finer than the mask {mask.shape}")
-    rows = np.array_split(np.arange(mask.shape[0]), grid_shape[0])
-    cols = np.array_split(np.arange(mask.shape[1]), grid_shape[1])
-    return np.array([[mask[np.ix_(r, c)].any() for c in cols] for r in rows])
+    row_starts = [part[0] for part in np.array_split(np.arange(mask.shape[0]), grid_shape[0])]
+    col_starts = [part[0] for part in np.array_split(np.arange(mask.shape[1]), grid_shape[1])]
+    return np.logical_or.reduceat(np.logical_or.reduceat(mask, row_starts, axis=0), col_starts, axis=1)
 
 
 def cell_pointing_hit(saliency: np.ndarray, mask: np.ndarray) -> bool:
     """Pointing game at the map's own resolution: does the hottest cell overlap ``mask``?
 
     A coarse map (Grad-CAM of a small input can be 2 x 2) cannot point finer than its
-    cells: after upsampling its peak sits at a cell centre, which may miss a small
-    region inside the right cell. Chance for this test is the share of cells that
+    cells: upsampled by :func:`hot_spot` its peak sits at the image corner of the hottest
+    cell, which misses a small region inside that cell. Chance for this test is the share of cells that
     overlap the mask (:func:`mask_on_grid`).
     """
     saliency = np.asarray(saliency)

@@ -975,6 +975,7 @@ def plot_pointing_examples(examples: dict):
     import matplotlib.pyplot as plt
 
     from kneelib.explain.gradcam import upsample_cams
+    from kneelib.explain.pointing import hot_spot
 
     n_cols = max((len(v[0]) for v in examples.values()), default=1)
     fig, axes = plt.subplots(max(1, len(examples)), n_cols, figsize=(2.7 * n_cols, 2.9 * max(1, len(examples))),
@@ -988,7 +989,7 @@ def plot_pointing_examples(examples: dict):
             ax.imshow(inputs[col], cmap="gray")
             ax.imshow(up[col], cmap="jet", alpha=0.4, vmin=0, vmax=1)
             ax.contour(masks[col], levels=[0.5], colors="white", linewidths=1)
-            peak = np.unravel_index(np.argmax(up[col]), up[col].shape)
+            peak = hot_spot(cams[col], inputs.shape[1:])  # the point the pointing game scored
             ax.plot(peak[1], peak[0], "w+", ms=10, mew=2)
             ax.set_title(titles[col], fontsize=8)
     fig.tight_layout()
