@@ -149,3 +149,94 @@ def test_variable_config_documents_best_guesses():
     assert config["kl_grade"].table_for(12) == "kXR_SQ_BU01"
     for name in ("knee_pain_months_12m", "widespread_pain_axial"):
         assert not config[name].confirmed and config[name].note
+
+
+# --------------------------------------------------------------------------------------
+# Issue 9, items 6 and 7: reading projects, coded-value variants, encodings, table search
+# --------------------------------------------------------------------------------------
+
+def _two_project_root(tmp_path):
+    """kXR_SQ_BU00 read by projects 37 (listed first, 2 knees) and 15 (3 knees); they disagree."""
+    find_table.cache_clear()
+    ids = ["9000001", "9000002", "9000003"]
+    write_oai_table(pd.DataFrame({"ID": ids, "P02SEX": [2, 1, 2]}), tmp_path / "Enrollees.txt")
+    write_oai_table(pd.DataFrame({
+        "ID": ["9000001", "9000003", "9000001", "9000001", "9000002"],
+        "SIDE": [1, 2, 1, 2, 1],
+        "READPRJ": [37, 37, 15, 15, 15],
+        "V00XRKL": [3, 4, 2, 0, 1],
+    }), tmp_path / "kXR_SQ_BU00.txt", value_labels={"SIDE": SIDE_LABELS})
+    return tmp_path
+
+
+def test_knee_table_takes_each_variable_from_one_reading_project(tmp_path):
+    root = _two_project_root(tmp_path)
+    table = knee_table(root, ["kl_grade"], visits=[0])
+    kl = table.set_index(["ID", "SIDE"])["kl_grade"]
+    # Default rule: the project with the most readings (15: 3 knees) and only that project.
+    assert table.attrs["reading_project"] == {"kl_grade": {0: 15}}
+    assert kl.loc[("9000001", 1)] == 2          # project 15, not 37's 3 (first in the file)
+    assert kl.loc[("9000002", 1)] == 1
+    assert np.isnan(kl.loc[("9000003", 2)])     # read by 37 only: not mixed in
+    preferred = knee_table(root, ["kl_grade"], visits=[0], reading_projects=[37])
+    kl37 = preferred.set_index(["ID", "SIDE"])["kl_grade"]
+    assert preferred.attrs["reading_project"] == {"kl_grade": {0: 37}}
+    assert kl37.loc[("9000001", 1)] == 3 and kl37.loc[("9000003", 2)] == 4
+    assert np.isnan(kl37.loc[("9000001", 2)])
+    per_variable = knee_table(root, ["kl_grade"], visits=[0], reading_projects={"kl_grade": [99, 37]})
+    assert per_variable.attrs["reading_project"] == {"kl_grade": {0: 37}}
+
+
+def test_choose_reading_project_ties_and_absent_column():
+    from kneelib.data.clinical import choose_reading_project
+
+    frame = pd.DataFrame({"READPRJ": [42, 42, 15, 15, 37], "V00XRKL": [1, 2, 3, 4, np.nan]})
+    assert choose_reading_project(frame, "V00XRKL") == 15        # tie 2 vs 2: smallest code
+    assert choose_reading_project(frame, "V00XRKL", [37, 42]) == 42  # 37 read nothing
+    assert choose_reading_project(frame.drop(columns="READPRJ"), "V00XRKL") is None
+
+
+def test_coded_value_variants_parse():
+    decoded = decode_oai_column(pd.Series(["1:Yes", "0 : No", "2:", " 1: Yes ", ".:Missing Form/Incomplete Workbook",
+                                           ".A:Not Expected", ". : Missing", ".B: Don't Know/Unknown/Uncertain"]))
+    assert decoded.iloc[:4].tolist() == [1, 0, 2, 1] and decoded.iloc[4:].isna().all()
+    assert decoded.dtype.kind == "f"
+
+
+def test_latin1_table_is_read_with_a_warning_and_binary_is_a_typed_error(tmp_path):
+    from kneelib.data.errors import KneelibDataWarning
+
+    path = tmp_path / "AllClinical00.txt"
+    path.write_bytes("ID|V00AGE|V00COMMENT\n9000001|61|caf\xe9\n9000002|1: Yes|ok\n".encode("latin-1"))
+    with pytest.warns(KneelibDataWarning, match=r"AllClinical00\.txt is not UTF-8.*Latin-1"):
+        table = read_oai_table(path)
+    assert table["V00COMMENT"].tolist() == ["caf\xe9", "ok"] and table["V00AGE"].tolist() == [61, 1]
+    binary = tmp_path / "Enrollees.txt"
+    binary.write_bytes(b"ID|P02SEX\n9000001|\x00\x01\x02\n")
+    with pytest.raises(TableFormatError, match=r"Enrollees\.txt.*binary content"):
+        read_oai_table(binary)
+
+
+def test_find_table_searches_clinical_folders_not_the_image_tree(tmp_path, monkeypatch):
+    import os
+
+    find_table.cache_clear()
+    real = tmp_path / "X-Ray Image Assessments_ASCII" / "Semi-Quant Scoring_ASCII" / "kxr_sq_bu00.txt"
+    real.parent.mkdir(parents=True)
+    real.write_text("ID|SIDE\n9000001|1\n")
+    # An image release tree (0.E.1/<participant>/<date>/<barcode>/...) with a decoy of the same name.
+    image_folder = tmp_path / "0.E.1" / "9000001" / "20050101" / "10000001"
+    image_folder.mkdir(parents=True)
+    (image_folder / "kXR_SQ_BU00.txt").write_text("decoy")
+    (tmp_path / "0.E.1" / "kXR_SQ_BU00.txt").write_text("decoy")
+    visited = []
+    original = os.scandir
+
+    def recording_scandir(path="."):
+        visited.append(str(path))
+        return original(path)
+
+    monkeypatch.setattr(os, "scandir", recording_scandir)
+    assert find_table(tmp_path, "kXR_SQ_BU00") == real
+    assert visited and not [v for v in visited if "0.E.1" in v]
+    find_table.cache_clear()

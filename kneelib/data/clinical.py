@@ -15,7 +15,10 @@ The writer counterpart is :func:`kneelib.synth.oai_writer.write_oai_table`.
 """
 from __future__ import annotations
 
+import codecs
+import os
 import re
+import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -23,7 +26,12 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from kneelib.data.errors import MissingTableError, MissingVariableError, TableFormatError
+from kneelib.data.errors import (
+    KneelibDataWarning,
+    MissingTableError,
+    MissingVariableError,
+    TableFormatError,
+)
 from kneelib.data.oai_layout import SIDE_CODE, visit_code
 from kneelib.data.variables import StudyVariable, load_variable_config
 
@@ -35,22 +43,34 @@ __all__ = [
     "knee_table",
     "widespread_pain",
     "chronic_pain",
+    "choose_reading_project",
+    "TABLE_SEARCH_DEPTH",
 ]
 
-#: OAI missing-value strings: "." alone, or ".<letter(s)>: <reason>" (".: Missing Form/...",
-#: ".A: Not Expected", ".B: Don't Know/Unknown/Uncertain", ...).
-_MISSING_RE = re.compile(r"^\.[A-Za-z]?(:.*)?$")
-#: Categorical value "<code>: <label>".
-_CODED_RE = re.compile(r"^(-?\d+(?:\.\d+)?)\s*:\s.*$|^(-?\d+(?:\.\d+)?):$")
+#: OAI missing-value strings: "." alone, or ".<letter>: <reason>" with or without spaces
+#: around the colon (".: Missing Form/Incomplete Workbook", ".A:Not Expected",
+#: ". : Missing", ".B: Don't Know/Unknown/Uncertain", ...).
+_MISSING_RE = re.compile(r"^\.[A-Za-z]?\s*(:.*)?$")
+#: Categorical value "<code>:<label>", "<code>: <label>", "<code> : <label>" or "<code>:".
+_CODED_RE = re.compile(r"^(-?\d+(?:\.\d+)?)\s*:(.*)$")
 #: Columns always kept as text.
 _TEXT_COLUMNS = {"ID", "VERSION", "READPRJ_TEXT"}
+#: Columns kept in every read when the file has them (besides ID).
+_ALWAYS_KEPT = ("SIDE", "VERSION", "READPRJ")
+#: Folder levels below the OAI root searched by :func:`find_table`.
+TABLE_SEARCH_DEPTH = 3
+#: Folder names that belong to an OAI image tree and are never searched for tables:
+#: an image release folder (``0.C.2``, ``1.E.1``) and the all-digit participant, date and
+#: barcode folders below it.
+_IMAGE_FOLDER_RE = re.compile(r"^\d+\.[A-Za-z]\.\d+$|^\d+$")
 
 
 def decode_oai_column(values: pd.Series) -> pd.Series:
     """Decode one column of OAI text values.
 
     Missing codes (``"."``, ``".: Missing Form/Incomplete Workbook"``, ``".A: Not
-    Expected"``...) and empty cells become NaN; ``"1: Yes"`` becomes ``1``; the
+    Expected"``, ``".A:Not Expected"``...) and empty cells become NaN; ``"1: Yes"``,
+    ``"1:Yes"`` and ``"1 : Yes"`` become ``1``; the
     column becomes numeric when every remaining value is a number, else it stays
     text (with missing codes as ``None``).
 
@@ -64,8 +84,7 @@ def decode_oai_column(values: pd.Series) -> pd.Series:
     """
     text = values.astype("string").str.strip()
     missing = text.isna() | (text == "") | text.str.match(_MISSING_RE).fillna(False).astype(bool)
-    codes = text.str.extract(_CODED_RE)
-    coded = codes[0].fillna(codes[1])
+    coded = text.str.extract(_CODED_RE)[0]
     decoded = coded.where(coded.notna(), text).mask(missing)
     numeric = pd.to_numeric(decoded, errors="coerce")
     if numeric.notna().sum() == decoded.notna().sum():
@@ -75,8 +94,41 @@ def decode_oai_column(values: pd.Series) -> pd.Series:
     return decoded.astype(object).where(decoded.notna(), None)
 
 
-def _read_header(path: Path) -> list[str]:
-    with open(path, "r", encoding="utf-8", errors="replace", newline="") as handle:
+def _table_encoding(path: Path) -> str:
+    """``"utf-8"`` when the file decodes as UTF-8, else ``"latin-1"`` with a warning.
+
+    The OAI ASCII tables are plain ASCII, but free-text columns of some releases carry
+    Windows/Latin-1 accented letters. Latin-1 maps every byte to a character, so such
+    a table is still read (the odd letters may be wrong); a file with NUL bytes is not
+    text at all and raises :class:`TableFormatError`.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    position = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            nul = block.find(b"\0")
+            if nul >= 0:
+                raise TableFormatError(path, f"binary content (NUL byte at offset {position + nul}); "
+                                             "not a text table")
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                warnings.warn(f"OAI table {path} is not UTF-8 (undecodable byte near offset "
+                              f"{position + max(error.start, 0)}); decoded as Latin-1",
+                              KneelibDataWarning, stacklevel=3)
+                return "latin-1"
+            position += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        warnings.warn(f"OAI table {path} is not UTF-8 (truncated character at its end); decoded as Latin-1",
+                      KneelibDataWarning, stacklevel=3)
+        return "latin-1"
+    return "utf-8"
+
+
+def _read_header(path: Path, encoding: str) -> list[str]:
+    with open(path, "r", encoding=encoding, newline="") as handle:
         first = handle.readline()
     if "|" not in first:
         raise TableFormatError(path, "header row has no '|' separator; not an OAI ASCII table")
@@ -91,8 +143,8 @@ def read_oai_table(path: str | Path, variables: Sequence[str] | None = None) -> 
     path : str or Path
         The table file.
     variables : sequence of str, optional
-        Variables to keep (case-insensitive). ``ID`` and, when present, ``SIDE`` and
-        ``VERSION`` are always kept. Default: every column.
+        Variables to keep (case-insensitive). ``ID`` and, when present, ``SIDE``,
+        ``VERSION`` and ``READPRJ`` (reading project) are always kept. Default: every column.
 
     Returns
     -------
@@ -105,16 +157,24 @@ def read_oai_table(path: str | Path, variables: Sequence[str] | None = None) -> 
     MissingVariableError
         If a requested variable is not a column of the file (names both).
     TableFormatError
-        If the file cannot be parsed (no ``|`` header, ragged rows, no ``ID``).
+        If the file cannot be parsed (no ``|`` header, ragged rows, no ``ID``,
+        binary content).
     FileNotFoundError
         If the file does not exist.
+
+    Warns
+    -----
+    KneelibDataWarning
+        When the file is not UTF-8; it is then decoded as Latin-1 (every byte a
+        character), naming the file and the first offending byte.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"OAI table {path} does not exist")
     if path.suffix.lower() == ".sas7bdat":
         return _read_sas_table(path, variables)
-    header = _read_header(path)
+    encoding = _table_encoding(path)
+    header = _read_header(path, encoding)
     upper = [name.upper() for name in header]
     if len(set(upper)) != len(upper):
         raise TableFormatError(path, "duplicate column names (case-insensitive)")
@@ -123,9 +183,9 @@ def read_oai_table(path: str | Path, variables: Sequence[str] | None = None) -> 
         frame = pd.read_csv(
             path, sep="|", dtype=str, keep_default_na=False, na_values=[], header=0,
             usecols=[header[upper.index(c)] for c in usecols], engine="c", quoting=3,
-            encoding="utf-8", encoding_errors="replace",
+            encoding=encoding,
         )
-    except pd.errors.ParserError as error:
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise TableFormatError(path, f"rows do not match the header ({error})") from error
     frame.columns = [c.upper() for c in frame.columns]
     frame = frame[usecols]
@@ -142,7 +202,7 @@ def _select_columns(upper: list[str], variables: Sequence[str] | None, path: Pat
         raise TableFormatError(path, "no ID column")
     if variables is None:
         return upper
-    wanted = ["ID"] + [c for c in ("SIDE", "VERSION") if c in upper]
+    wanted = ["ID"] + [c for c in _ALWAYS_KEPT if c in upper]
     for name in variables:
         key = str(name).upper()
         if key not in upper:
@@ -176,20 +236,45 @@ def _read_sas_table(path: Path, variables: Sequence[str] | None) -> pd.DataFrame
 
 
 @lru_cache(maxsize=32)
-def _table_files(root: str) -> dict[str, str]:
-    """Map lower-case ``stem.suffix`` -> path for every table file under ``root``."""
+def _table_files(root: str, max_depth: int = TABLE_SEARCH_DEPTH) -> dict[str, str]:
+    """Map lower-case ``stem.suffix`` -> path for the table files of an OAI root.
+
+    Searches ``root`` and its folders down to ``max_depth`` levels, in sorted order,
+    never entering an image tree (:data:`_IMAGE_FOLDER_RE`: ``0.C.2``-style release
+    folders and all-digit participant/date/barcode folders) or a hidden folder: a
+    real download holds hundreds of thousands of DICOM files there and no table.
+    """
     found: dict[str, str] = {}
-    for path in sorted(Path(root).rglob("*")):
-        if path.suffix.lower() in (".txt", ".sas7bdat") and path.is_file():
-            found.setdefault(path.name.lower(), str(path))
+    level = [Path(root)]
+    for depth in range(max_depth + 1):
+        below: list[Path] = []
+        for folder in level:
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    if depth < max_depth and not _IMAGE_FOLDER_RE.match(entry.name):
+                        below.append(Path(entry.path))
+                elif Path(entry.name).suffix.lower() in (".txt", ".sas7bdat") and entry.is_file():
+                    found.setdefault(entry.name.lower(), entry.path)
+        level = below
     return found
 
 
 def find_table(root: str | Path, table: str) -> Path:
-    """Locate an OAI table file by stem, case-insensitively, anywhere under ``root``.
+    """Locate an OAI table file by stem, case-insensitively, in the clinical folders of ``root``.
 
-    ``.txt`` wins over ``.sas7bdat`` when both exist. The directory listing is
-    cached per root; call ``find_table.cache_clear()`` after adding files.
+    Searches ``root`` and its sub-folders down to :data:`TABLE_SEARCH_DEPTH` levels
+    (the OAI releases put tables at most two levels down, e.g.
+    ``X-Ray Image Assessments_ASCII/Semi-Quant Scoring_ASCII/kxr_sq_bu00.txt``),
+    shallower files first, and never walks an image tree (``0.C.2/9000099/...``
+    folders), which in a real download holds the DICOM files. ``.txt`` wins over
+    ``.sas7bdat`` when both exist. The listing is cached per root; call
+    ``find_table.cache_clear()`` after adding files.
 
     Raises
     ------
@@ -223,14 +308,68 @@ def _per_subject(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame.set_index("ID")
 
 
-def _per_knee(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+def choose_reading_project(frame: pd.DataFrame, variable: str,
+                           preference: Sequence[int] | None = None) -> int | None:
+    """The one OAI reading project (``READPRJ``) whose readings of ``variable`` are used.
+
+    OAI X-ray and MRI reading tables hold one row per knee *and reading project*
+    (e.g. ``kXR_SQ_BU00``: the central readings of projects 15, 37, 42, ...), and the
+    projects differ in which knees they read and, for a knee read twice, sometimes in
+    the grade. Mixing projects knee by knee would give a variable two definitions, so
+    one project is chosen per variable (and visit) by this rule:
+
+    1. the projects in ``preference``, in that order: the first with at least one
+       non-missing reading of ``variable`` is used;
+    2. otherwise (no preference given, or none of the preferred projects read it) the
+       project with the most non-missing readings of ``variable``; ties go to the
+       smallest project code.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        A per-knee table with a ``READPRJ`` column (as from :func:`read_oai_table`).
+    variable : str
+        The OAI variable (upper case).
+    preference : sequence of int, optional
+        Preferred projects, most preferred first.
+
+    Returns
+    -------
+    int or None
+        The project code; ``None`` when the table has no ``READPRJ`` column or no
+        project read the variable.
+    """
+    if "READPRJ" not in frame.columns:
+        return None
+    read = frame.loc[frame[variable].notna() & frame["READPRJ"].notna(), "READPRJ"]
+    if read.empty:
+        return None
+    counts = read.astype(int).value_counts()
+    for project in preference or ():
+        if int(project) in counts.index:
+            return int(project)
+    best = counts.max()
+    return int(min(p for p, n in counts.items() if n == best))
+
+
+def _per_knee(frame: pd.DataFrame, path: Path, variable: str,
+              preference: Sequence[int] | None = None) -> tuple[pd.Series, int | None]:
+    """One value of ``variable`` per knee, from one reading project (see :func:`choose_reading_project`)."""
     if "SIDE" not in frame.columns:
         raise MissingVariableError("SIDE", path, "per-knee table needs a SIDE column (1 right, 2 left)")
     frame = frame.dropna(subset=["SIDE"]).copy()
     frame["SIDE"] = frame["SIDE"].astype(int)
-    # Several reading projects may grade one knee (OAI READPRJ); keep the first
-    # non-missing value per knee, in file order, and say so in the docstring of knee_table.
-    return frame.groupby(["ID", "SIDE"], sort=False).first()
+    project = choose_reading_project(frame, variable, preference)
+    if project is not None:
+        frame = frame[frame["READPRJ"].astype(float) == project]
+    rows = frame.dropna(subset=[variable])
+    twice = rows.duplicated(["ID", "SIDE"], keep=False)
+    if twice.any():
+        first = rows.loc[twice].iloc[0]
+        which = "" if project is None else f" within reading project {project}"
+        raise TableFormatError(path, f"knee ID {first['ID']} SIDE {first['SIDE']} has several non-missing "
+                                     f"{variable} readings{which}; cannot choose one")
+    return rows.set_index(["ID", "SIDE"])[variable], project
 
 
 def knee_table(
@@ -239,6 +378,7 @@ def knee_table(
     visits: Sequence[int] = (0,),
     *,
     config: Mapping[str, StudyVariable] | None = None,
+    reading_projects: Sequence[int] | Mapping[str, Sequence[int]] | None = None,
 ) -> pd.DataFrame:
     """One tidy row per knee and visit with the requested study variables.
 
@@ -255,6 +395,11 @@ def knee_table(
         visit row; a templated one (``V{VV}WOMKPR``) is read per visit.
     config : mapping, optional
         Variable definitions (default :func:`kneelib.data.variables.load_variable_config`).
+    reading_projects : sequence of int, or mapping of study variable -> sequence of int, optional
+        Preferred OAI reading projects (``READPRJ``) for per-knee reading tables, most
+        preferred first; a mapping sets them per study variable. Default: none, so
+        each variable comes from the project with the most non-missing readings
+        (:func:`choose_reading_project` states the rule).
 
     Returns
     -------
@@ -263,8 +408,11 @@ def knee_table(
         column per requested variable in request order. Rows: every participant
         in the first subject-level table read (``Enrollees`` when requested, else
         the first table) x both sides x visits, sorted by ID, SIDE, VISIT. Knees
-        absent from a per-knee table get NaN. When several rows grade one knee
-        (OAI reading projects), the first non-missing value in file order is used.
+        absent from a per-knee table get NaN. When several reading projects grade
+        the knees, each variable comes from ONE project (never a knee-by-knee mix);
+        ``table.attrs["reading_project"]`` records it as
+        ``{study variable: {visit month: READPRJ code or None}}`` (``None``: the
+        table has no ``READPRJ`` column).
 
     Raises
     ------
@@ -286,6 +434,7 @@ def knee_table(
     columns: dict[tuple[str, int], pd.Series] = {}
     ids: set[str] = set()
     cache: dict[tuple[str, tuple[str, ...]], tuple[pd.DataFrame, Path]] = {}
+    chosen_projects: dict[str, dict[int, int | None]] = {}
 
     def load(table: str, oai_names: list[str]) -> tuple[pd.DataFrame, Path]:
         key = (table, tuple(oai_names))
@@ -320,8 +469,13 @@ def knee_table(
             elif spec.level == "knee":
                 oai_name = spec.variables_for(visit)[0]
                 frame, path = load(table, [oai_name])
-                per_knee = _per_knee(frame, path)[oai_name]
-                ids.update(per_knee.index.get_level_values(0))
+                if isinstance(reading_projects, Mapping):
+                    preference = reading_projects.get(name)
+                else:
+                    preference = reading_projects
+                per_knee, project = _per_knee(frame, path, oai_name, preference)
+                chosen_projects.setdefault(name, {})[visit] = project
+                ids.update(frame["ID"].dropna())  # every participant of the table, whichever project
                 for side in (1, 2):
                     try:
                         value = per_knee.xs(side, level="SIDE")
@@ -348,6 +502,7 @@ def knee_table(
             converted = pd.to_numeric(tidy[name], errors="coerce")
             if converted.notna().sum() == tidy[name].notna().sum():
                 tidy[name] = converted
+    tidy.attrs["reading_project"] = chosen_projects
     return tidy
 
 

@@ -24,6 +24,8 @@ __all__ = [
     "LateralityError",
     "MissingTableError",
     "AmbiguousSeriesError",
+    "RadiographReadError",
+    "KneelibDataWarning",
 ]
 
 
@@ -146,3 +148,14 @@ class AmbiguousSeriesError(KneelibDataError):
     def __init__(self, index_path: str | Path, reason: str):
         super().__init__(f"ambiguous series in image index {index_path}: {reason}",
                          path=index_path, reason=reason)
+
+
+class RadiographReadError(KneelibDataError):
+    """A radiograph file (DICOM or PNG/JPEG/TIFF) cannot be turned into a 2-D grey image."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"cannot read radiograph {path}: {reason}", path=path, reason=reason)
+
+
+class KneelibDataWarning(UserWarning):
+    """Data that could be read, but not as the OAI format promises (e.g. a non-UTF-8 table)."""
