@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["Comparison", "save_metrics", "load_metrics", "comparison_table", "metrics_dir"]
+__all__ = ["Comparison", "save_metrics", "load_metrics", "comparison_table", "metrics_dir",
+           "published_path", "published_values"]
 
 
 @dataclass
@@ -52,6 +53,47 @@ class Comparison:
     source: str = ""
     data: str = ""
     note: str = ""
+
+
+def published_path() -> Path:
+    """``book/published.yml``: the one place where published values are written down."""
+    from kneelib.config import repo_root
+
+    return repo_root() / "book" / "published.yml"
+
+
+def published_values(study: str, path: str | Path | None = None):
+    """The published values one chapter compares against, from ``book/published.yml``.
+
+    Every number a paper printed that the code compares with lives once, under
+    ``values: <study>:`` in ``book/published.yml``; modules and notebooks read it here
+    instead of restating it.
+
+    Parameters
+    ----------
+    study : str
+        Chapter key, e.g. ``"siamese_pain"``.
+    path : path, optional
+        Default :func:`published_path`.
+
+    Returns
+    -------
+    dict
+        The YAML mapping of that chapter (nested as written there).
+
+    Raises
+    ------
+    KeyError
+        When ``published.yml`` has no values for ``study``.
+    """
+    import yaml
+
+    source = Path(path) if path is not None else published_path()
+    document = yaml.safe_load(source.read_text()) or {}
+    values = (document.get("values") or {})
+    if study not in values:
+        raise KeyError(f"{source} has no published values for {study!r} (known: {sorted(values)})")
+    return values[study]
 
 
 def metrics_dir() -> Path:

@@ -79,3 +79,21 @@ def test_roc_plot_has_a_curve_per_model_and_the_papers_value_in_the_legend():
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert len(labels) == 2 and "paper 0.808" in labels[0] and "paper 0.853" in labels[1]
     assert len(ax.lines) == 3 + 2 + 1  # fold curves, pooled curves, chance line
+
+
+def test_auc_ci_states_its_unit_and_refuses_delong_on_repeated_subjects():
+    import numpy as np
+    import pytest as _pytest
+
+    from kneelib.stats.roc import auc_with_ci
+
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], 30)
+    s = y + rng.normal(size=60)
+    assert auc_with_ci(y, s).unit == "observations"
+    assert auc_with_ci(y, s, groups=np.arange(60)).unit == "subjects"
+    knees = np.repeat(np.arange(30), 2)
+    with _pytest.raises(ValueError, match="DeLong"):
+        auc_with_ci(y, s, groups=knees)
+    result = auc_with_ci(y, s, method="bootstrap", groups=knees, n_boot=200)
+    assert result.unit == "subjects" and result.ci_low < result.auc < result.ci_high

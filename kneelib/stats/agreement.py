@@ -16,9 +16,13 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from kneelib.stats.bootstrap import bootstrap_ci
+from kneelib.stats.bootstrap import bootstrap_ci, resample_indices
+
+#: Grades 0..4 of the Kellgren-Lawrence scale; OARSI atlas grades use 0..3.
+KL_GRADES = tuple(range(5))
 
 __all__ = [
+    "KL_GRADES",
     "quadratic_kappa",
     "balanced_accuracy",
     "accuracy",
@@ -45,15 +49,32 @@ def _as_labels(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     return y_true.astype(int), y_pred.astype(int)
 
 
-def quadratic_kappa(y_true, y_pred) -> float:
+def quadratic_kappa(y_true, y_pred, grades=None) -> float:
     """Cohen's kappa with quadratic weights (paper 004's main agreement measure).
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int
+    grades : sequence of int, optional
+        The full grade scale. The quadratic weight of a disagreement is
+        ``(i - j)**2 / (K - 1)**2`` over the positions of the grades on this scale,
+        so a grade that neither rater used (common in small OARSI folds) must still
+        be on it: otherwise a 1-vs-3 disagreement would weigh like 1-vs-2. Default:
+        ``0 .. max(grade)``, i.e. every integer grade from 0 to the largest one seen.
 
     Defined as 0 when both raters give one and the same constant grade.
     """
     y_true, y_pred = _as_labels(y_true, y_pred)
-    if np.unique(np.concatenate([y_true, y_pred])).size == 1:
+    seen = np.concatenate([y_true, y_pred])
+    if np.unique(seen).size == 1:
         return 0.0
-    return float(skm.cohen_kappa_score(y_true, y_pred, weights="quadratic"))
+    if grades is None:
+        grades = range(int(min(0, seen.min())), int(seen.max()) + 1)
+    grades = [int(g) for g in grades]
+    outside = sorted(set(np.unique(seen).tolist()) - set(grades))
+    if outside:
+        raise ValueError(f"grades {outside} are not on the scale {grades}")
+    return float(skm.cohen_kappa_score(y_true, y_pred, weights="quadratic", labels=grades))
 
 
 def balanced_accuracy(y_true, y_pred) -> float:
@@ -116,7 +137,8 @@ AGREEMENT_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
 
 
 def agreement_table(y_true, y_pred, metrics: Iterable[str] | None = None, n_boot: int = 1000,
-                    stratify: bool = True, seed: int = 0, label: str | None = None) -> pd.DataFrame:
+                    stratify: bool = True, seed: int = 0, label: str | None = None,
+                    groups=None, grades=None) -> pd.DataFrame:
     """Every agreement metric with a percentile bootstrap 95% CI.
 
     Parameters
@@ -133,23 +155,38 @@ def agreement_table(y_true, y_pred, metrics: Iterable[str] | None = None, n_boot
         Seed of the resampling.
     label : str, optional
         Value of a leading ``model`` column (e.g. ``"majority grade"``).
+    groups : array-like, optional
+        Subject of each row: the CIs resample subjects (cluster bootstrap), as every
+        CI of the book does; ``None`` resamples rows as if independent.
+    grades : sequence of int, optional
+        The grade scale of the kappa weights (e.g. :data:`KL_GRADES`); default
+        ``0 .. max`` over both raters on the full data, so that a bootstrap resample
+        missing the top grade keeps the same weights.
 
     Returns
     -------
     DataFrame
-        Columns ``[model,] metric, estimate, ci_low, ci_high, n``.
+        Columns ``[model,] metric, estimate, ci_low, ci_high, n, unit`` (``unit``:
+        what the bootstrap resampled, ``"subjects"`` or ``"observations"``).
     """
     y_true, y_pred = _as_labels(y_true, y_pred)
     names = list(metrics) if metrics is not None else list(AGREEMENT_METRICS)
     unknown = [m for m in names if m not in AGREEMENT_METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; known: {list(AGREEMENT_METRICS)}")
+    if grades is None:
+        grades = range(0, int(max(y_true.max(), y_pred.max())) + 1)
+    grades = tuple(int(g) for g in grades)
     rows = []
     for name in names:
-        result = bootstrap_ci(AGREEMENT_METRICS[name], y_true, y_pred, n_boot=n_boot,
-                              stratify=stratify, seed=seed)
+        metric = AGREEMENT_METRICS[name]
+        if metric is quadratic_kappa:
+            def metric(a, b, _scale=grades):  # noqa: E306 -- one fixed scale for every resample
+                return quadratic_kappa(a, b, grades=_scale)
+        result = bootstrap_ci(metric, y_true, y_pred, n_boot=n_boot,
+                              stratify=stratify, seed=seed, groups=groups)
         row = {"metric": name, "estimate": result.estimate, "ci_low": result.ci_low,
-               "ci_high": result.ci_high, "n": len(y_true)}
+               "ci_high": result.ci_high, "n": len(y_true), "unit": result.unit}
         if label is not None:
             row = {"model": label, **row}
         rows.append(row)
@@ -157,8 +194,11 @@ def agreement_table(y_true, y_pred, metrics: Iterable[str] | None = None, n_boot
 
 
 def confusion_with_ci(y_true, y_pred, n_grades: int, n_boot: int = 1000, stratify: bool = True,
-                      seed: int = 0, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      seed: int = 0, level: float = 0.95,
+                      groups=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row-percent confusion matrix with a per-cell percentile bootstrap interval.
+
+    ``groups`` (subject of each row) makes the bootstrap resample subjects.
 
     Returns
     -------
@@ -166,16 +206,14 @@ def confusion_with_ci(y_true, y_pred, n_grades: int, n_boot: int = 1000, stratif
         Point estimate and interval bounds in percent (rows of absent grades are NaN).
     """
     y_true, y_pred = _as_labels(y_true, y_pred)
-    rng = np.random.default_rng(seed)
-    groups = ([np.flatnonzero(y_true == g) for g in np.unique(y_true)] if stratify
-              else [np.arange(len(y_true))])
-    draws = np.empty((n_boot, n_grades, n_grades))
-    for b in range(n_boot):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        draws[b] = confusion_percent(y_true[idx], y_pred[idx], n_grades)
-    alpha = (1 - level) / 2
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    draws = np.empty((n_boot, n_grades, n_grades))
+    resamples = resample_indices(len(y_true), n_boot, groups=groups,
+                                 strata_of=y_true if stratify else None, seed=seed)
+    for b, idx in enumerate(resamples):
+        draws[b] = confusion_percent(y_true[idx], y_pred[idx], n_grades)
+    alpha = (1 - level) / 2
     with warnings.catch_warnings():  # rows of grades absent from y_true are all-NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         low = np.nanquantile(draws, alpha, axis=0)

@@ -42,6 +42,7 @@ class AucResult:
     n_positive: int
     method: str
     level: float = 0.95
+    unit: str = "observations"
 
     def __str__(self) -> str:
         return f"{self.auc:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}]"
@@ -83,7 +84,7 @@ def delong_auc_variance(y_true, y_score) -> tuple[float, float]:
 
 
 def auc_with_ci(y_true, y_score, method: str = "delong", level: float = 0.95, n_boot: int = 2000,
-                seed: int = 0) -> AucResult:
+                seed: int = 0, groups=None) -> AucResult:
     """ROC AUC with a confidence interval.
 
     Parameters
@@ -97,22 +98,44 @@ def auc_with_ci(y_true, y_score, method: str = "delong", level: float = 0.95, n_
     level : float
     n_boot, seed : int
         Bootstrap resamples and seed.
+    groups : array-like, optional
+        Subject of each row. DeLong's variance assumes independent rows, so with
+        ``groups`` in which a subject has several rows the DeLong method is refused
+        (use ``method="bootstrap"``, which then resamples subjects); when every
+        subject has one row (e.g. paper 000's one prediction per participant) both
+        methods hold and the unit is ``"subjects"``.
 
     Returns
     -------
     AucResult
+        With ``unit``: what an independent observation is (``"subjects"`` or, when
+        no ``groups`` are given, ``"observations"``).
     """
     y_true, y_score = _check(y_true, y_score)
+    unit = "observations"
+    if groups is not None:
+        groups = np.asarray(groups)
+        if len(groups) != len(y_true):
+            raise ValueError(f"groups has {len(groups)} entries but y_true has {len(y_true)}")
+        unit = "subjects"
+        repeated = len(np.unique(groups)) < len(groups)
+        if repeated and method == "delong":
+            raise ValueError("DeLong's CI assumes independent rows but some subjects have several; "
+                             "use method='bootstrap' (resamples subjects)")
+        if not repeated:
+            groups = None  # one row per subject: the row bootstrap is the subject bootstrap
     if method == "delong":
         auc, variance = delong_auc_variance(y_true, y_score)
         half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(variance)
         low, high = max(0.0, auc - half), min(1.0, auc + half)
     elif method == "bootstrap":
-        result = bootstrap_ci(roc_auc_score, y_true, y_score, n_boot=n_boot, level=level, seed=seed)
+        result = bootstrap_ci(roc_auc_score, y_true, y_score, n_boot=n_boot, level=level, seed=seed,
+                              groups=groups)
         auc, low, high = result.estimate, result.ci_low, result.ci_high
     else:
         raise ValueError(f"method must be 'delong' or 'bootstrap', got {method!r}")
-    return AucResult(float(auc), float(low), float(high), len(y_true), int(y_true.sum()), method, level)
+    return AucResult(float(auc), float(low), float(high), len(y_true), int(y_true.sum()), method, level,
+                     unit)
 
 
 def per_fold_auc(y_true, y_score, fold, method: str = "delong", level: float = 0.95) -> pd.DataFrame:

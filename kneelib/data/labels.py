@@ -1,0 +1,219 @@
+"""Label definitions shared by the studies, named after the OAI variables they read.
+
+One definition per label (chronic pain, 12-month JSN progressor, unilateral pain, ...),
+used by every chapter that needs it, and the exclusion of subjects with missing
+covariates (recorded, never a crash).
+"""
+from __future__ import annotations
+
+
+# ------------------------------------------------------------------------------------------
+# Unilateral frequent knee pain (paper 000, Chang et al. 2020, Methods "Data")
+# ------------------------------------------------------------------------------------------
+#: Covariates every study of the book stratifies or adjusts on; a subject missing one is
+#: excluded (with its reason) by :func:`exclude_missing_covariates`.
+REQUIRED_COVARIATES: tuple[str, ...] = ("age", "bmi", "sex")
+_COVARIATE_NAMES = {"age": "age", "bmi": "BMI", "sex": "sex"}
+#: Absolute tolerance of a WOMAC difference compared with a threshold: WOMAC pain is a sum of
+#: answers in steps of 0.5 at most, so differences within 1e-6 of the threshold are equal to it.
+WOMAC_TOLERANCE = 1e-6
+
+
+def womac_difference_exceeds(difference, threshold: float) -> "np.ndarray":
+    """``difference > threshold``, float-safe: a difference equal to the threshold up to rounding is not above it.
+
+    Paper 000 (Chang et al. 2020), Methods "Data": Model B keeps subjects whose knees
+    differ in WOMAC pain by "greater than 2". OAI WOMAC pain can be fractional (2.5
+    points), and ``5.1 - 3.1`` is ``1.9999999999999996`` in floating point, so the
+    comparison allows :data:`WOMAC_TOLERANCE`.
+
+    Parameters
+    ----------
+    difference : array-like of float
+        Absolute WOMAC pain difference between the knees (NaN: not above).
+    threshold : float
+        The paper's 2.
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    import numpy as np
+
+    values = np.asarray(difference, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(values, nan=-np.inf) - float(threshold) > WOMAC_TOLERANCE
+
+
+def unilateral_pain_cohort(root, womac_difference_above: float = 2.0):
+    """Subjects with frequent pain in exactly one knee (paper 000, Methods "Data"; Table 1a).
+
+    Read with :func:`kneelib.data.knee_table` from the OAI baseline tables (P01KPNREV /
+    P01KPNLEV frequent pain, V00WOMKPR / V00WOMKPL, V00XRKL, V00AGE, P01BMI, P02SEX).
+    Unilateral frequent pain: "yes" in one knee and "no" in the other; a subject with a
+    missing pain answer is not unilateral. Covariates are returned as read (possibly
+    missing): :func:`exclude_missing_covariates` removes subjects that lack one, with a
+    recorded reason.
+
+    Parameters
+    ----------
+    root : path
+        OAI root (real or synthetic).
+    womac_difference_above : float
+        Model B keeps subjects whose knees differ by strictly more than this in WOMAC pain
+        (the paper: "difference greater than 2"; compared by :func:`womac_difference_exceeds`).
+
+    Returns
+    -------
+    DataFrame
+        One row per subject, sorted by ``participant_id``: ``participant_id``, ``label``
+        (0 left knee painful, 1 right), ``painful_side``, ``womac_left``, ``womac_right``,
+        ``age``, ``bmi``, ``sex`` (1 male, 2 female), ``kl_left``, ``kl_right``,
+        ``womac_difference``, ``kl_painful_knee``, ``model_b`` (bool).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from kneelib.data import knee_table
+
+    knees = knee_table(root, ["frequent_pain", "womac_pain", "kl_grade", "age_years", "bmi_kg_m2", "sex"],
+                       visits=(0,))
+    wide = knees.pivot(index="ID", columns="SIDE")
+    right, left = wide["frequent_pain"][1], wide["frequent_pain"][2]
+    unilateral = ((right == 1) & (left == 0)) | ((right == 0) & (left == 1))
+    wide = wide[unilateral.fillna(False).astype(bool)]
+    label = (wide["frequent_pain"][1] == 1).astype(int)
+    cohort = pd.DataFrame({
+        "participant_id": wide.index.astype(str),
+        "label": label.to_numpy(),
+        "painful_side": np.where(label == 1, "R", "L"),
+        "womac_left": wide["womac_pain"][2].to_numpy(float),
+        "womac_right": wide["womac_pain"][1].to_numpy(float),
+        "age": wide["age_years"][1].to_numpy(float),
+        "bmi": wide["bmi_kg_m2"][1].to_numpy(float),
+        "sex": wide["sex"][1].to_numpy(),
+        "kl_left": wide["kl_grade"][2].to_numpy(float),
+        "kl_right": wide["kl_grade"][1].to_numpy(float),
+    })
+    cohort["womac_difference"] = (cohort["womac_left"] - cohort["womac_right"]).abs()
+    cohort["kl_painful_knee"] = np.where(cohort["label"] == 1, cohort["kl_right"], cohort["kl_left"])
+    cohort["model_b"] = womac_difference_exceeds(cohort["womac_difference"], womac_difference_above)
+    return cohort.sort_values("participant_id", kind="stable").reset_index(drop=True)
+
+
+def exclude_missing_covariates(cohort, covariates=REQUIRED_COVARIATES, id_column: str = "participant_id"):
+    """Drop subjects missing a covariate and say why (never a crash further down).
+
+    Stratified cross-validation (paper 000: strata by sex, age and BMI), Table 1 and the
+    subgroup AUCs all need every covariate; a subject with a missing age, BMI or sex is
+    therefore excluded here, once, with a recorded reason, instead of stopping the
+    stratification with an error.
+
+    Parameters
+    ----------
+    cohort : DataFrame
+        One row per subject with ``id_column`` and the ``covariates`` columns.
+    covariates : sequence of str
+        Columns that must be present and finite.
+    id_column : str
+
+    Returns
+    -------
+    kept : DataFrame
+        The rows with every covariate, index reset.
+    exclusions : DataFrame
+        One row per excluded subject: ``participant_id``, ``side`` (empty: the whole
+        subject), ``step`` (``"covariates"``) and ``reason`` (e.g. ``"missing BMI"``).
+
+    Raises
+    ------
+    kneelib.data.errors.KneelibDataError
+        When a covariate column is absent from the table altogether.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from kneelib.data.errors import KneelibDataError
+
+    absent = [c for c in (id_column, *covariates) if c not in cohort.columns]
+    if absent:
+        raise KneelibDataError(f"cohort table has no column(s) {absent}: cannot check covariates "
+                               f"(columns: {list(cohort.columns)})", reason=f"missing columns {absent}")
+    values = cohort[list(covariates)].apply(pd.to_numeric, errors="coerce")
+    missing = ~np.isfinite(values.to_numpy(float))
+    rows = []
+    for position in np.flatnonzero(missing.any(axis=1)):
+        names = [_COVARIATE_NAMES.get(c, c) for c, m in zip(covariates, missing[position]) if m]
+        rows.append({"participant_id": str(cohort[id_column].iloc[position]), "side": "",
+                     "step": "covariates", "reason": f"missing {', '.join(names)}"})
+    kept = cohort[~missing.any(axis=1)].reset_index(drop=True)
+    return kept, pd.DataFrame(rows, columns=["participant_id", "side", "step", "reason"])
+
+
+# ------------------------------------------------------------------------------------------
+# Chronic pain (paper 001) and 12-month JSN progression (paper 002), per knee and visit
+# ------------------------------------------------------------------------------------------
+#: Radiographic progression threshold of paper 002 (Schiratti et al. 2021, Methods): a knee
+#: whose medial minimum joint space width changes by at most this (mm) in 12 months progresses.
+PROGRESSION_THRESHOLD_MM = -0.5
+
+
+def jsw_change_12m(table):
+    """12-month change of the medial minimum JSW per knee (paper 002, Methods).
+
+    ``JSN(12 months) = JSW(12) - JSW(0)`` from the ``min_medial_jsw_mm`` column of a
+    per-knee table (:func:`kneelib.data.knee_table`: ``ID``, ``SIDE``, ``VISIT``), put on
+    every row of that knee (both visits). NaN when either visit is missing.
+
+    Returns
+    -------
+    ndarray of float, one value per row of ``table``.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from kneelib.data.errors import KneelibDataError
+
+    absent = [c for c in ("ID", "SIDE", "VISIT", "min_medial_jsw_mm") if c not in table.columns]
+    if absent:
+        raise KneelibDataError(f"knee table has no column(s) {absent}: cannot compute the 12-month JSW change",
+                               reason=f"missing columns {absent}")
+    jsw = table.pivot_table(index=["ID", "SIDE"], columns="VISIT", values="min_medial_jsw_mm", aggfunc="first")
+    change = (jsw[12] - jsw[0]) if {0, 12} <= set(jsw.columns) else pd.Series(np.nan, index=jsw.index)
+    return change.reindex(pd.MultiIndex.from_frame(table[["ID", "SIDE"]])).to_numpy(float)
+
+
+def progressor_12m(jsw_change_mm, threshold_mm: float = PROGRESSION_THRESHOLD_MM):
+    """12-month JSN progressor (paper 002, Methods): JSW change ``<= threshold_mm``.
+
+    Returns 1.0 / 0.0 per knee, NaN where the change is unknown.
+    """
+    import numpy as np
+
+    change = np.asarray(jsw_change_mm, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(change), np.nan, (change <= threshold_mm).astype(float))
+
+
+def add_derived_labels(table, threshold_mm: float = PROGRESSION_THRESHOLD_MM):
+    """A copy of a per-knee table with the derived study labels added.
+
+    - ``chronic_pain`` (paper 001, Methods): :func:`kneelib.data.chronic_pain`;
+    - ``jsw_change_12m_mm`` and ``progressor`` (paper 002, Methods):
+      :func:`jsw_change_12m` and :func:`progressor_12m`.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``ID``, ``SIDE``, ``VISIT``, ``knee_pain_months_12m``, ``knee_pain_any_12m`` and
+        ``min_medial_jsw_mm`` (as :func:`kneelib.data.knee_table` names them).
+    threshold_mm : float
+        Progression threshold (:data:`PROGRESSION_THRESHOLD_MM`).
+    """
+    from kneelib.data.clinical import chronic_pain
+
+    table = table.copy()
+    table["chronic_pain"] = chronic_pain(table)
+    table["jsw_change_12m_mm"] = jsw_change_12m(table)
+    table["progressor"] = progressor_12m(table["jsw_change_12m_mm"], threshold_mm)
+    return table
