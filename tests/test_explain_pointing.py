@@ -58,5 +58,7 @@ def test_cell_pointing_hit_judges_a_coarse_map_by_its_hottest_cell():
     left_hot = np.array([[0.2, 0.1], [1.0, 0.3]])   # hottest cell: lower left, overlaps the box
     right_hot = np.array([[0.2, 0.1], [0.3, 1.0]])  # hottest cell: lower right, does not
     assert cell_pointing_hit(left_hot, mask) and not cell_pointing_hit(right_hot, mask)
-    # upsampled, the 2 x 2 peak sits at the image corner of its cell (63, 0) and misses the box
+    # upsampled, the 2 x 2 peak sits at its cell's centre (48, 15), away from the box at the
+    # cell's upper edge: a coarse map cannot point finer than its cells
+    assert hot_spot(left_hot, mask.shape) == (48, 15)
     assert not pointing_hit(left_hot, mask)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from kneelib.explain.upsample import upsample_saliency
 
 __all__ = [
     "class_activation_map",
@@ -178,15 +179,12 @@ def top_cam_slice(cams: np.ndarray) -> np.ndarray:
 
 
 def upsample_cam(cam: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of CAMs ``(..., h, w)`` to the image grid ``size`` (as Zhou et al.)."""
-    cam = np.asarray(cam, dtype=np.float32)
-    if cam.ndim < 2:
-        raise ValueError(f"cam must have at least 2 dimensions; got shape {cam.shape}")
-    size = (size, size) if isinstance(size, int) else tuple(size)
-    lead = cam.shape[:-2]
-    flat = torch.from_numpy(cam.reshape(-1, 1, *cam.shape[-2:]))
-    up = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-    return up.reshape(*lead, *size).numpy()
+    """CAMs ``(..., h, w)`` on the image grid ``size``, as ``float32``.
+
+    Bilinear, as Zhou et al.; the same resampling as the pointing game
+    (:func:`kneelib.explain.upsample.upsample_saliency`, half-pixel centres).
+    """
+    return upsample_saliency(np.asarray(cam, dtype=np.float32), size)
 
 
 def normalize_cam(cam: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kneelib.explain.upsample import upsample_saliency
+
 __all__ = ["grad_cam", "upsample_cams", "plot_grad_cams"]
 
 
@@ -75,9 +77,12 @@ def grad_cam(model, images: torch.Tensor, task: str, target_grades=None
 
 
 def upsample_cams(cams: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear upsampling of ``(batch, h, w)`` maps to the image grid ``size``."""
-    tensor = torch.as_tensor(np.asarray(cams, dtype=np.float32))[:, None]
-    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False)[:, 0].numpy()
+    """``(batch, h, w)`` maps on the image grid ``size``, as ``float32``.
+
+    The same resampling as the pointing game
+    (:func:`kneelib.explain.upsample.upsample_saliency`, half-pixel centres).
+    """
+    return upsample_saliency(np.asarray(cams, dtype=np.float32), size)
 
 
 def plot_grad_cams(images: np.ndarray, cams: np.ndarray, titles=None, alpha: float = 0.45,

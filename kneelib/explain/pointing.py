@@ -9,22 +9,21 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from kneelib.explain.upsample import saliency_on_image
+
 __all__ = ["hot_spot", "pointing_hit", "pointing_game", "lesion_under_hot_spot", "mask_on_grid",
            "cell_pointing_hit"]
 
 
-def _upsample(saliency: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    saliency = np.asarray(saliency, dtype=np.float64)
-    if saliency.shape == tuple(shape):
-        return saliency
-    zoom = [s / t for s, t in zip(shape, saliency.shape)]
-    return ndimage.zoom(saliency, zoom, order=1)
-
-
 def hot_spot(saliency: np.ndarray, shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """Index of the saliency maximum, after bilinear upsampling to ``shape``."""
-    sal = _upsample(saliency, shape) if shape is not None else np.asarray(saliency)
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(sal)), sal.shape))
+    """``(row, col)`` of the saliency maximum on the image grid ``shape`` (default: the map's own).
+
+    The map is upsampled by :func:`kneelib.explain.upsample.upsample_saliency` (the
+    resampling figures draw) and the hot spot is that of
+    :func:`kneelib.explain.upsample.saliency_on_image`: a maximum of the drawn map,
+    among tied pixels the one nearest the centre of the hottest feature cell.
+    """
+    return saliency_on_image(saliency, shape).hot_spot
 
 
 def pointing_hit(saliency: np.ndarray, mask: np.ndarray, tolerance_px: int = 0) -> bool:
@@ -33,7 +32,8 @@ def pointing_hit(saliency: np.ndarray, mask: np.ndarray, tolerance_px: int = 0) 
     Parameters
     ----------
     saliency : ndarray
-        Saliency map at any resolution (e.g. 28x28 CAM); upsampled to ``mask.shape``.
+        Saliency map at any resolution (e.g. 28x28 CAM); upsampled to ``mask.shape``
+        as figures draw it (:func:`kneelib.explain.upsample.saliency_on_image`).
     mask : ndarray of bool
         Ground-truth region on the image grid.
     tolerance_px : int
@@ -65,10 +65,13 @@ def mask_on_grid(mask: np.ndarray, grid_shape: tuple[int, int]) -> np.ndarray:
 def cell_pointing_hit(saliency: np.ndarray, mask: np.ndarray) -> bool:
     """Pointing game at the map's own resolution: does the hottest cell overlap ``mask``?
 
-    A coarse map (Grad-CAM of a small input can be 2 x 2) cannot point finer than its
-    cells: upsampled by :func:`hot_spot` its peak sits at the image corner of the hottest
-    cell, which misses a small region inside that cell. Chance for this test is the share of cells that
-    overlap the mask (:func:`mask_on_grid`).
+    A coarse map cannot point finer than its cells. Upsampled (:func:`hot_spot`), a
+    2 x 2 Grad-CAM of a 64-pixel input points at the centre of its hottest cell, one of
+    only four possible points, so a small region elsewhere in that cell is missed and
+    the share of the image covered by the region is not the chance level of a hit.
+    This test asks only what such a map can answer -- which cell -- and its chance is
+    the share of cells that overlap the mask (:func:`mask_on_grid`). For fine maps
+    (e.g. 28 x 28 CAMs) :func:`pointing_hit` is the test.
     """
     saliency = np.asarray(saliency)
     cells = mask_on_grid(mask, saliency.shape)
@@ -90,7 +93,16 @@ def lesion_under_hot_spot(saliency: np.ndarray, lesion_masks: dict[str, np.ndarr
     ``lesion_masks`` maps lesion names to masks on one image grid; the order of the
     dict is the priority when masks overlap.
     """
-    for name, mask in lesion_masks.items():
-        if np.any(mask) and pointing_hit(saliency, mask, tolerance_px):
+    masks = {name: np.asarray(mask, dtype=bool) for name, mask in lesion_masks.items()}
+    shapes = {mask.shape for mask in masks.values()}
+    if len(shapes) > 1:
+        raise ValueError(f"lesion masks must share one image grid; got shapes {sorted(shapes)}")
+    if not masks:
+        return "none"
+    spot = hot_spot(saliency, shapes.pop())  # one hot spot for all lesions
+    for name, mask in masks.items():
+        if tolerance_px > 0 and mask.any():
+            mask = ndimage.binary_dilation(mask, iterations=tolerance_px)
+        if mask[spot]:
             return name
     return "none"
