@@ -1,0 +1,172 @@
+"""Whole-cohort quality control: load every expected series, record what fails and why.
+
+:func:`load_every_series` walks every MR series and bilateral radiograph a cohort's
+participants should have (the OAI knee-exam protocol, :data:`kneelib.data.oai_layout.SERIES_DESCRIPTIONS`)
+through :func:`kneelib.data.iter_series_volumes`; what does not load is excluded with its
+reason in one :class:`kneelib.data.QCLog` and loading carries on. :func:`planted_artefacts_vs_qc`
+puts the scan artefacts a synthetic cohort's generator planted next to what the QC caught.
+
+Paths in the returned tables are relative to the cohort root, so that a chapter page does
+not show the folder it was built in.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from kneelib.data.oai_layout import SERIES_DESCRIPTIONS
+
+__all__ = ["RADIOGRAPH_DESCRIPTION", "expected_mr_descriptions", "load_every_series", "planted_artefacts_vs_qc",
+           "relative_to_root"]
+
+#: Description of the bilateral radiograph in the OAI image index.
+RADIOGRAPH_DESCRIPTION = SERIES_DESCRIPTIONS["xr_pa_knee"]
+
+
+def expected_mr_descriptions() -> list[str]:
+    """Every MR series of one OAI knee-exam visit (both knees; MSME T2 right only)."""
+    found = []
+    for key, template in SERIES_DESCRIPTIONS.items():
+        if key.startswith("xr"):
+            continue
+        for side in ("RIGHT", "LEFT"):
+            description = template.format(side=side)
+            if description not in found:
+                found.append(description)
+    return found
+
+
+def relative_to_root(table: pd.DataFrame, root: str | Path, columns=("path", "reason"),
+                     placeholder: str = "<cohort>") -> pd.DataFrame:
+    """A copy of ``table`` whose text ``columns`` name files relative to ``root``.
+
+    Every occurrence of the absolute ``root`` (resolved or as given) becomes
+    ``placeholder``; a chapter page then shows ``<cohort>/1.C.2/...`` instead of the
+    builder's local folder.
+    """
+    table = table.copy()
+    prefixes = sorted({str(Path(root)), str(Path(root).resolve())}, key=len, reverse=True)
+    for column in columns:
+        if column not in table.columns:
+            continue
+        values = table[column].astype(str)
+        for prefix in prefixes:
+            values = values.str.replace(prefix, placeholder, regex=False)
+        table[column] = values
+    return table
+
+
+def load_every_series(cohort_root: str | Path, n_participants: int | None = None, visits=(0, 12),
+                      progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load every expected series of every participant; return the QC table and an inventory.
+
+    MR series go through :func:`kneelib.data.iter_series_volumes` with
+    :func:`kneelib.data.read_dicom_series`, the bilateral radiographs through the same
+    iterator with :func:`kneelib.data.read_radiograph`. Whatever fails to load (series
+    missing from the index, unreadable files, slice gaps, mixed geometry) is recorded in
+    one :class:`kneelib.data.QCLog` and loading carries on. One volume is held at a time.
+
+    Parameters
+    ----------
+    cohort_root : path
+        OAI root (``contents.csv`` and the image folders).
+    n_participants : int, optional
+        Only the first participants of the index (sorted IDs); default all.
+    visits : sequence of int
+        Visit months.
+    progress : bool
+        tqdm bars.
+
+    Returns
+    -------
+    qc : pandas.DataFrame
+        The QC exclusion table (:data:`kneelib.data.cohort.QC_COLUMNS`), file names
+        relative to the cohort root (:func:`relative_to_root`).
+    inventory : pandas.DataFrame
+        Per series description: requested, loaded, excluded, matrix (rows x columns x
+        slices), voxel size (mm), echo times.
+    """
+    from kneelib.data import QCLog, iter_series_volumes, read_dicom_series, read_image_index, read_radiograph
+    from kneelib.data import requests_for
+
+    index = read_image_index(cohort_root)
+    participants = sorted(index.table["ParticipantID"].unique())
+    if n_participants is not None:
+        participants = participants[:int(n_participants)]
+    qc = QCLog()
+    counts = defaultdict(Counter)
+    mr_requests = requests_for(participants, visits, expected_mr_descriptions())
+    xr_requests = requests_for(participants, visits, [RADIOGRAPH_DESCRIPTION])
+    for request, volume in iter_series_volumes(index, mr_requests, qc=qc, loader=read_dicom_series,
+                                               progress=progress):
+        cols, rows, slices = volume.shape[:3]
+        spacing = volume.spacing_mm
+        counts[request.series_description].update({
+            ("matrix", f"{rows}x{cols}x{slices}"): 1,
+            ("voxel mm", f"{spacing[1]:.3g}x{spacing[0]:.3g}x{spacing[2]:.3g}"): 1,
+            ("echo times ms", ", ".join(f"{t:g}" for t in volume.echo_times_ms)): 1,
+            ("loaded", ""): 1})
+    for request, film in iter_series_volumes(index, xr_requests, qc=qc, loader=read_radiograph,
+                                             progress=progress):
+        rows, cols = film.pixels.shape
+        counts[request.series_description].update({
+            ("matrix", f"{rows}x{cols}"): 1,
+            ("voxel mm", f"{film.pixel_spacing_mm[0]:.3g}x{film.pixel_spacing_mm[1]:.3g}"): 1,
+            ("echo times ms", ""): 1, ("loaded", ""): 1})
+    qc_frame = relative_to_root(qc.to_frame(), index.root)
+    requested = Counter(r.series_description for r in mr_requests + xr_requests)
+    inventory = []
+    for description, n_requested in requested.items():
+        seen = counts[description]
+
+        def most_common(field):
+            values = Counter({k[1]: v for k, v in seen.items() if k[0] == field})
+            if not values:
+                return "-"
+            text = values.most_common(1)[0][0]
+            return text if len(values) == 1 else f"{text} (+{len(values) - 1} other)"
+
+        inventory.append({"series": description, "requested": n_requested,
+                          "loaded": seen[("loaded", "")],
+                          "excluded": int((qc_frame["series"] == description).sum()),
+                          "matrix": most_common("matrix"), "voxel / pixel mm": most_common("voxel mm"),
+                          "echo times ms": most_common("echo times ms")})
+    return qc_frame, pd.DataFrame(inventory).set_index("series")
+
+
+def planted_artefacts_vs_qc(truth_knees: pd.DataFrame, qc: pd.DataFrame, participants=None) -> pd.DataFrame:
+    """Each planted scan artefact next to what the QC caught.
+
+    One row per knee visit with a planted artefact and one per QC exclusion of a knee
+    visit without one: participant, side, visit, planted artefact, MR series excluded by
+    the loader and the error types.
+
+    Parameters
+    ----------
+    truth_knees : pandas.DataFrame
+        ``ID``, ``SIDE`` (1/2), ``VISIT`` and ``artefact`` per knee visit
+        (:func:`kneelib.synth.ground_truth.truth_knee_table` of a synthetic cohort).
+    qc : pandas.DataFrame
+        From :func:`load_every_series`.
+    participants : iterable of str, optional
+        Restrict the planted list to these participants (those that were loaded).
+    """
+    side_letter = {1: "R", 2: "L"}
+    planted = truth_knees[truth_knees["artefact"].fillna("") != ""]
+    if participants is not None:
+        planted = planted[planted["ID"].isin(set(map(str, participants)))]
+    keys = {(str(r.ID), side_letter[int(r.SIDE)], int(r.VISIT)): r.artefact for r in planted.itertuples()}
+    mr = qc[qc["side"].isin(["R", "L"])]
+    for row in mr.itertuples():
+        keys.setdefault((str(row.participant_id), row.side, int(row.visit_month)), "")
+    rows = []
+    for (pid, side, visit), artefact in sorted(keys.items()):
+        hits = mr[(mr["participant_id"].astype(str) == pid) & (mr["side"] == side) & (mr["visit_month"] == visit)]
+        rows.append({"participant_id": pid, "side": side, "visit_month": visit,
+                     "planted artefact": artefact or "(none)",
+                     "series excluded": ", ".join(hits["series"]) or "none",
+                     "QC reason": "; ".join(sorted(set(hits["error_type"]))) or "loaded: not caught by the reader"})
+    return pd.DataFrame(rows, columns=["participant_id", "side", "visit_month", "planted artefact",
+                                       "series excluded", "QC reason"])
