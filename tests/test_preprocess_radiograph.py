@@ -4,10 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from kneelib.preprocess.radiograph import (RadiographReadError, clip_histogram, crop_around, crop_centre,
-                                           crop_mm, global_contrast_normalise, mirror, prepare_image_stack,
-                                           prepare_knee_image, read_knee_image, resize, rotate,
-                                           standardise_side)
+from kneelib.data.errors import RadiographReadError
+from kneelib.data.radiograph import read_knee_image
+from kneelib.preprocess.radiograph import (clip_histogram, crop_around, crop_centre, crop_mm,
+                                           global_contrast_normalise, mirror, prepare_image_stack,
+                                           prepare_knee_image, resize, rotate, standardise_side)
 
 
 def _ramp(size=50):

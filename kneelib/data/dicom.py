@@ -54,14 +54,15 @@ from kneelib.data.errors import (
     MixedGeometryError,
     SliceGapError,
 )
+# The one radiograph reader lives in kneelib.data.radiograph; re-exported here for old imports.
+from kneelib.data.radiograph import Radiograph, read_radiograph  # noqa: F401
 
 __all__ = [
     "Volume",
-    "Radiograph",
     "LPS_TO_RAS",
     "read_dicom_series",
-    "read_radiograph",
     "list_dicom_files",
+    "read_dicom_pixels",
     "group_series_folders",
     "to_common_orientation",
     "laterality_of",
@@ -153,26 +154,6 @@ class Volume:
         return image
 
 
-@dataclass(frozen=True)
-class Radiograph:
-    """A projection radiograph.
-
-    Attributes
-    ----------
-    pixels : (rows, cols) ndarray
-        Displayed values, bone bright (``MONOCHROME1`` images are inverted).
-    pixel_spacing_mm : (float, float)
-        Row spacing, column spacing (``ImagerPixelSpacing`` else ``PixelSpacing``).
-    metadata : dict
-        ``PatientID``, ``StudyDate``, ``Modality``, ``ViewPosition``, ``SeriesDescription``,
-        ``PatientOrientation``, ``path``.
-    """
-
-    pixels: np.ndarray
-    pixel_spacing_mm: tuple[float, float]
-    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
 # --------------------------------------------------------------------------------------
 # File reading
 # --------------------------------------------------------------------------------------
@@ -197,7 +178,20 @@ def list_dicom_files(folder: str | Path) -> list[Path]:
     return files
 
 
-def _read_file(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
+def read_dicom_pixels(path: str | Path) -> tuple[pydicom.Dataset, np.ndarray]:
+    """Read one DICOM file and decode its pixel data (stored values, no LUT applied).
+
+    Compressed transfer syntaxes are decoded by the plugins pinned in
+    ``requirements.txt`` (pylibjpeg + libjpeg/openjpeg/rle, pyjpegls).
+
+    Raises
+    ------
+    DicomReadError
+        Not DICOM, truncated header or pixel data, no ``PixelData``, a malformed
+        image description (rows, columns, bits), or pixel data that cannot be
+        decoded (names the transfer syntax and pydicom's reason).
+    """
+    path = Path(path)
     try:
         dataset = pydicom.dcmread(path)
     except InvalidDicomError as error:
@@ -206,19 +200,29 @@ def _read_file(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
         raise DicomReadError(path, f"truncated or corrupt header ({type(error).__name__}: {error})") from error
     if "PixelData" not in dataset:
         raise DicomReadError(path, "no pixel data (PixelData element missing)")
-    rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
-    bits = int(dataset.get("BitsAllocated", 16))
-    expected = rows * columns * int(dataset.get("SamplesPerPixel", 1)) * bits // 8
     transfer = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-    compressed = bool(transfer is not None and transfer.is_compressed)
-    found = len(dataset.PixelData) if dataset.get("PixelData") is not None else 0
+    try:
+        rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+        bits = int(dataset.get("BitsAllocated", 16))
+        samples = int(dataset.get("SamplesPerPixel", 1))
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        compressed = bool(transfer is not None and transfer.is_compressed)
+        found = len(dataset.PixelData) if dataset.get("PixelData") is not None else 0
+    except Exception as error:  # a corrupt element value (wrong VR, bad number, truncated value)
+        raise DicomReadError(path, f"corrupt image description ({type(error).__name__}: {error})") from error
+    if rows <= 0 or columns <= 0 or bits not in (1, 8, 16, 32, 64) or samples not in (1, 3) or frames < 1:
+        raise DicomReadError(path, f"malformed image description: Rows {rows}, Columns {columns}, "
+                                   f"BitsAllocated {bits}, SamplesPerPixel {samples}, NumberOfFrames {frames}")
+    expected = (rows * columns * samples * frames * bits + 7) // 8
     if not compressed and found < expected:
         raise DicomReadError(path, f"truncated pixel data: {found} bytes, {rows}x{columns}x{bits} bits "
                                    f"needs {expected}")
     try:
         pixels = dataset.pixel_array
-    except Exception as error:
-        raise DicomReadError(path, f"pixel data cannot be decoded ({type(error).__name__}: {error})") from error
+    except Exception as error:  # no decoder for the transfer syntax, corrupt codestream, ...
+        name = getattr(transfer, "name", str(transfer)) if transfer is not None else "unknown transfer syntax"
+        raise DicomReadError(path, f"pixel data ({name}) cannot be decoded "
+                                   f"({type(error).__name__}: {error})") from error
     return dataset, pixels
 
 
@@ -250,7 +254,7 @@ def _load_slices(folders: Sequence[Path]) -> list[_Slice]:
     slices = []
     for folder in folders:
         for path in list_dicom_files(folder):
-            dataset, pixels = _read_file(path)
+            dataset, pixels = read_dicom_pixels(path)
             if pixels.ndim != 2:
                 raise DicomReadError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
             slices.append(_Slice(
@@ -572,39 +576,6 @@ def group_series_folders(folders: Iterable[str | Path]) -> dict[tuple[str, str],
         key = (str(header.get("FrameOfReferenceUID", "")), str(header.get("SeriesDescription", "")))
         groups[key].append(folder)
     return {k: sorted(v) for k, v in groups.items()}
-
-
-def read_radiograph(path: str | Path) -> Radiograph:
-    """Read a projection radiograph (CR or DX, one frame).
-
-    ``MONOCHROME1`` pixels are inverted so that bone is bright; the rescale is
-    applied when present.
-
-    Raises
-    ------
-    DicomReadError
-        Unreadable/truncated file or no pixel data.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = list_dicom_files(path)[0]
-    dataset, pixels = _read_file(path)
-    if pixels.ndim != 2:
-        raise DicomReadError(path, f"expected a single-frame grey image, got shape {pixels.shape}")
-    slope = float(dataset.get("RescaleSlope", 1) or 1)
-    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
-    if (slope, intercept) != (1.0, 0.0):
-        pixels = pixels.astype(np.float32) * slope + intercept
-    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        pixels = pixels.max() - pixels
-    spacing = dataset.get("ImagerPixelSpacing") or dataset.get("PixelSpacing")
-    if spacing is None:
-        raise DicomReadError(path, "no ImagerPixelSpacing or PixelSpacing: physical size unknown")
-    metadata = {k: str(dataset.get(k, "")) for k in (
-        "PatientID", "StudyDate", "StudyDescription", "SeriesDescription", "Modality", "ViewPosition")}
-    metadata["PatientOrientation"] = [str(v) for v in (dataset.get("PatientOrientation") or [])]
-    metadata["path"] = str(path)
-    return Radiograph(pixels=pixels, pixel_spacing_mm=(float(spacing[0]), float(spacing[1])), metadata=metadata)
 
 
 # --------------------------------------------------------------------------------------

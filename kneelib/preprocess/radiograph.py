@@ -6,15 +6,23 @@ side is mirrored so that all knees share one orientation, *histogram clipping an
 global contrast normalisation* are applied "as proposed in" Tiulpin et al. 2018, and
 the crop is resized to 310 x 310 pixels (0.45 mm) with bilinear interpolation.
 
+Reading is not done here: :func:`kneelib.data.radiograph.read_radiograph` (re-exported
+pixel-only as :func:`read_knee_image`) is the one radiograph reader; this module only
+transforms pixels.
+
 Histogram clipping follows Tiulpin et al. 2018 (DeepKnee): intensities are clipped
 to their 5th and 99th percentiles and rescaled to [0, 1]. Global contrast
 normalisation subtracts the image mean and divides by its standard deviation.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
+
+# Reading lives in kneelib.data.radiograph (one reader for DICOM and image files); these
+# names are re-exported so that ``from kneelib.preprocess.radiograph import read_knee_image``
+# keeps working.
+from kneelib.data.errors import RadiographReadError
+from kneelib.data.radiograph import IMAGE_SUFFIXES, read_knee_image
 
 __all__ = [
     "RadiographReadError",
@@ -32,64 +40,6 @@ __all__ = [
     "prepare_knee_image",
     "prepare_image_stack",
 ]
-
-#: File endings read as ordinary images; everything else is tried as DICOM.
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-class RadiographReadError(ValueError):
-    """An image file could not be read as a 2-D grey-level radiograph."""
-
-
-def read_knee_image(path: str | Path) -> np.ndarray:
-    """Read a PNG/JPEG/TIFF or DICOM knee image as a 2-D float32 array.
-
-    Colour images are converted to grey (luminance). DICOM pixel data get the
-    modality rescale and, for ``MONOCHROME1``, are inverted so that bone is bright,
-    as in ``MONOCHROME2`` radiographs.
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` does not exist.
-    RadiographReadError
-        If the file is neither a readable image nor a DICOM file with 2-D pixel data.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                image.load()
-                if image.mode not in ("L", "I", "I;16", "F"):
-                    image = image.convert("L")
-                pixels = np.asarray(image, dtype=np.float32)
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise RadiographReadError(f"{path}: not a readable image ({err})") from err
-    else:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-
-        try:
-            dataset = pydicom.dcmread(path)
-            pixels = dataset.pixel_array.astype(np.float32)
-        except (InvalidDicomError, AttributeError, ValueError, OSError, TypeError) as err:
-            raise RadiographReadError(f"{path}: not a readable DICOM image ({err})") from err
-        slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
-        pixels = pixels * slope + intercept
-        if str(getattr(dataset, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-            pixels = pixels.max() - pixels
-    if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    if pixels.ndim != 2 or min(pixels.shape) < 8:
-        raise RadiographReadError(f"{path}: expected a 2-D grey image, got shape {pixels.shape}")
-    if not np.all(np.isfinite(pixels)):
-        raise RadiographReadError(f"{path}: pixel data contain NaN or infinity")
-    return pixels
 
 
 def clip_histogram(image: np.ndarray, low_percentile: float = 5.0,
