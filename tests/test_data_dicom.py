@@ -245,3 +245,27 @@ def test_radiograph_round_trip(tmp_path):
     again = write_radiograph(tmp_path / "xr2" / "001", image, 0.14,
                              {"PatientID": "9000001", "StudyDescription": "OAI^XR^ENROLLMENT"}, uid_seed=1)
     assert path.read_bytes() == again.read_bytes()
+
+
+def test_cache_key_follows_content_not_mtime_name_or_place(tmp_path):
+    """Issue 9, item 11: the 'content-addressed' key hashes the bytes, not name/size/mtime."""
+    import os
+
+    files = write(tmp_path / "s")
+    key = series_cache_key(tmp_path / "s")
+    for path in files:  # touch: new modification time, same bytes
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    assert series_cache_key(tmp_path / "s") == key
+    shutil.copytree(tmp_path / "s", tmp_path / "elsewhere")  # moved/copied data keep their entry
+    assert series_cache_key(tmp_path / "elsewhere") == key
+    # One pixel byte changed, same size, and the old modification time restored.
+    target = files[2]
+    stat = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size
+    assert series_cache_key(tmp_path / "s") != key
+    assert series_cache_key(tmp_path / "s", laterality="R") != series_cache_key(tmp_path / "s")
