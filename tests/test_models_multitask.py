@@ -8,9 +8,9 @@ from kneelib.models.multitask import (KL_ONLY, TASK_CLASSES, MultiTaskNet, build
                                       load_checkpoint, save_checkpoint)
 from kneelib.models.pretrained import (PretrainedWeightsUnavailable, imagenet_classifier,
                                        imagenet_state_dict)
-from kneelib.train.multitask import (MultiTaskLoss, RadiographDataset, build_learner, fit_phases,
-                                     make_dataloaders, predict_probabilities, scratch_phases,
-                                     transfer_phases)
+from kneelib.train.multitask import (MultiTaskLoss, Phase, RadiographDataset, SelectBestEpoch,
+                                     build_learner, fit_phases, make_dataloaders, predict_probabilities,
+                                     scratch_phases, transfer_phases)
 
 torch.set_num_threads(1)
 
@@ -120,21 +120,26 @@ def test_paper_schedules():
     assert sum(p.n_epochs for p in scratch_phases(3)) == 3
 
 
-def _tiny_run(seed=0):
-    from fastai.torch_core import set_seed
-
-    set_seed(seed, reproducible=True)
+def _tiny_data():
     rng = np.random.default_rng(0)
     grades = rng.integers(0, 5, size=(24, 1))
     images = (rng.random((24, 36, 36)) * 120).astype(np.uint8)
     for i, g in enumerate(grades[:, 0]):
         images[i, 8:8 + 4 * (g + 1), 10:26] = 250  # brighter area grows with the grade
+    return images, grades
+
+
+def _tiny_run(seed=0, phases=None):
+    from fastai.torch_core import set_seed
+
+    set_seed(seed, reproducible=True)
+    images, grades = _tiny_data()
     model = build_multitask_model("resnet18", KL_ONLY)
     dls = make_dataloaders(RadiographDataset(images[:16], grades[:16], 32, augment=True),
                            RadiographDataset(images[16:], grades[16:], 32, augment=False), batch_size=8)
     learn = build_learner(model, dls)
     with learn.no_logging(), learn.no_mbar():
-        history = fit_phases(learn, transfer_phases(3))
+        history = fit_phases(learn, transfer_phases(3) if phases is None else phases)
     return history, predict_probabilities(model, images[16:], 32)["kl"], learn
 
 
@@ -148,6 +153,38 @@ def test_training_is_deterministic_and_selects_best_epoch():
     best = learn.select_best
     assert best.best_value == pytest.approx(np.nanmax(history_a["kl_kappa"]))
     assert all(p.requires_grad for p in learn.model.parameters())  # unfrozen after training
+
+
+#: Paper 004's transfer schedule, then one epoch at a learning rate that wrecks the model, so
+#: that the best epoch is not the last one and restoring its weights changes the model.
+WRECKED_LAST_EPOCH = [*transfer_phases(3), Phase("wrecked", 1, 1.0, True)]
+
+
+def _check_restored_weights_score_the_best_epoch(history, probabilities, learn):
+    """Recompute the validation metrics with the model as it ends and compare with the best row."""
+    from kneelib.stats.agreement import balanced_accuracy, quadratic_kappa
+
+    _, grades = _tiny_data()
+    reference, predicted = grades[16:, 0], probabilities.argmax(axis=1)
+    best_row = history.set_index("epoch").loc[learn.select_best.best_epoch]
+    assert best_row["kl_kappa"] == history["kl_kappa"].max()
+    # the last epoch scored worse: keeping its weights would not reproduce the best row
+    assert history["kl_kappa"].iloc[-1] < best_row["kl_kappa"] - 0.05
+    assert quadratic_kappa(reference, predicted, grades=range(5)) == pytest.approx(best_row["kl_kappa"])
+    assert balanced_accuracy(reference, predicted) == pytest.approx(best_row["kl_bacc"])
+
+
+def test_restored_weights_give_the_best_epochs_validation_scores():
+    history, probabilities, learn = _tiny_run(phases=WRECKED_LAST_EPOCH)
+    assert list(history["phase"])[-1] == "wrecked"
+    _check_restored_weights_score_the_best_epoch(history, probabilities, learn)
+
+
+def test_the_restoration_check_fails_when_the_best_weights_are_not_restored(monkeypatch):
+    monkeypatch.setattr(SelectBestEpoch, "restore_best", lambda self: None)
+    history, probabilities, learn = _tiny_run(phases=WRECKED_LAST_EPOCH)
+    with pytest.raises(AssertionError):
+        _check_restored_weights_score_the_best_epoch(history, probabilities, learn)
 
 
 def test_dataset_crops_and_normalises():
