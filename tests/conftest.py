@@ -5,6 +5,9 @@
 - Numeric libraries use one thread (the test machine has two cores shared by many jobs).
 - Notebook tests run first, then the book build, then the browser check, so the book
   fixture reuses the notebooks the notebook tests executed instead of running them again.
+- Under ``CI=true`` a test marked ``realdata`` that skips (data absent, an optional
+  import missing, any ``pytest.skip``) FAILS instead: CI must run the real-data checks
+  (:func:`pytest_runtest_makereport`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,24 @@ try:  # keep torch (when a test imports it) on one thread as well
     torch.set_num_threads(1)
 except ImportError:  # pragma: no cover - torch is a dependency
     pass
+
+def running_in_ci() -> bool:
+    """True when the ``CI`` environment variable says so (``true``, ``1``, ``yes``; any case)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI, a skipped ``realdata`` test is reported as failed, with the skip reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and running_in_ci() and item.get_closest_marker("realdata") is not None \
+            and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"CI=true: real-data test {item.nodeid} must run, but it skipped ({reason}); "
+                           f"set KNEELIB_DATA to the public data (KNEELIB_DATA={os.environ.get('KNEELIB_DATA')})")
+
 
 # Tests that need the session's smoke book run after the notebook tests that feed it.
 _ORDER = {"notebook": 0, "book": 1, "browser": 2}
@@ -57,7 +78,7 @@ def real_data_root() -> Path:
 
     root = data_root()
     if not (root / "chen_kl_radiographs").is_dir():
-        if os.environ.get("CI"):
+        if running_in_ci():
             pytest.fail(f"CI: KNEELIB_DATA={root} lacks the public real data sets")
         pytest.skip(f"public real data not found under KNEELIB_DATA={root}")
     return root

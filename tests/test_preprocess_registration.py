@@ -101,3 +101,28 @@ def test_preprocess_knee_gives_aligned_slices_and_qc():
     shared = preprocess_knee(moving, (1.0, 1.0), 3, template, (1.0, 1.0), (47.5, 47.5), 3,
                              n_each_side=1, output_size=32, crop_mm=80, per_slice=False, iterations=60)
     assert shared.qc["angle_deg"].nunique() == 1
+
+
+def test_labels_follow_the_registration_not_the_identity():
+    """Issue 9, item 13: a lesion planted in the template frame and moved like the image must come
+    back onto the template's lesion; carrying labels with an identity transform fails (negative control)."""
+    template = np.stack([knee_like_image(seed=s) for s in range(7)])
+    angle, shift = -10.0, (6.0, 5.0)
+    moving = np.stack([moved(t, angle, shift) for t in template])
+    lesion_template = np.zeros(template.shape, dtype=np.uint8)
+    lesion_template[:, 60:72, 36:56] = 7
+    lesion_moving = np.stack([ndimage.shift(ndimage.rotate(lesion, angle, reshape=False, order=0), shift, order=0)
+                              for lesion in lesion_template])
+    result = preprocess_knee(moving, (1.0, 1.0), 3, template, (1.0, 1.0), (47.5, 47.5), 3, n_each_side=1,
+                             output_size=32, crop_mm=80, iterations=60, label_volumes={"bml": lesion_moving})
+
+    def crop(stack):
+        return np.stack([resample_square(s.astype(np.float32), (1.0, 1.0), None, (47.5, 47.5), 80, 32, nearest=True)
+                         for s in stack[2:5]]) == 7
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    expected = crop(lesion_template)
+    assert dice(result.labels["bml"] == 7, expected) > 0.85
+    assert dice(crop(lesion_moving), expected) < 0.7  # what an identity transform would give
