@@ -42,6 +42,7 @@ kl_split = "train"  # split of the real radiographs shown: train or val
 # %%
 import pandas as pd
 from IPython.display import Markdown, display
+from myst_nb import glue
 
 from kneelib.papers import cohort
 from kneelib.report import comparison_table, save_metrics
@@ -75,11 +76,11 @@ inventory
 # below is read back with `kneelib.data`, as a real OAI download would be.
 
 # %%
-cohort_root = cohort.synthetic_cohort(preset, seed=seed, n_subjects=n_subjects)
+cohort_root = cohort.synthetic_cohort(preset, seed=seed, n_subjects=n_subjects, progress=False)
 knees = cohort.cohort_knee_table(cohort_root)
 n_participants = knees["ID"].nunique()
 cohort_label = f"image cohort ({preset}, n = {n_participants})"
-display(Markdown(f"Cohort root: `{cohort_root}` -- {n_participants} participants, "
+display(Markdown(f"Cohort root: `{cohort.cohort_location(cohort_root)}` -- {n_participants} participants, "
                  f"{len(knees)} knee time points."))
 
 # %% [markdown]
@@ -123,7 +124,8 @@ cohort.effect_sizes_by_block(cohort_root)
 model_knees = cohort.causal_model_knee_table(n_model_sample, seed=seed)
 model_label = f"causal model sample (n = {n_model_sample}, no images)"
 sources = {cohort_label: knees, model_label: model_knees}
-cohort.demographics_table(sources)
+display(cohort.demographics_table(sources))
+kl_figure = cohort.plot_kl_distribution(sources, cohort.published()["kl_counts"]["counts"])
 
 # %% [markdown]
 # ### Label prevalences
@@ -131,10 +133,26 @@ cohort.demographics_table(sources)
 # The studies' labels with their own definitions: unilateral frequent pain and the
 # WOMAC-difference subgroup (paper 000), chronic pain after the widespread-pain exclusion
 # (paper 001), 12-month progression (paper 002); then how often the lesions behind them are
-# planted (ground truth).
+# planted (ground truth). Each share has a 95 % CI: a Wilson interval for shares of
+# participants, a cluster bootstrap over participants for shares of knees (a participant's
+# knees and visits are not independent).
 
 # %%
-cohort.prevalence_table(sources)
+prevalences = cohort.label_prevalences_by_source({"image": knees, "model": model_knees})
+display(cohort.prevalence_table(sources))
+prevalence_figure = cohort.plot_label_prevalences(
+    {cohort_label: prevalences["image"], model_label: prevalences["model"]},
+    cohort.published_prevalence_percent())
+for name, value in cohort.headline_numbers(prevalences, knees).items():
+    glue(name, value, display=False)
+
+# %% [markdown]
+# In the causal-model sample, {glue:text}`model_unilateral_frequent_pain_percent:.1f` % of
+# participants have unilateral frequent pain (95 % CI
+# {glue:text}`model_unilateral_frequent_pain_ci_low:.1f`-{glue:text}`model_unilateral_frequent_pain_ci_high:.1f` %;
+# published {glue:text}`published_unilateral_frequent_pain_percent:.1f` %) and
+# {glue:text}`model_progressor_12m_percent:.1f` % of knees progress within 12 months
+# (published {glue:text}`published_progressor_12m_percent:.1f` %).
 
 # %% [markdown]
 # ### Every sequence with its ground truth
@@ -196,7 +214,8 @@ else:
 # not; the last table puts each artefact the generator planted next to what the QC caught.
 
 # %%
-qc_table, series_inventory = cohort.load_every_series(cohort_root, n_participants=qc_n_subjects)
+qc_table, series_inventory = cohort.load_every_series(cohort_root, n_participants=qc_n_subjects,
+                                                      progress=False)
 display(series_inventory)
 display(qc_table if len(qc_table) else Markdown("No series was excluded."))
 loaded_ids = sorted(knees["ID"].unique())[:qc_n_subjects]
@@ -282,9 +301,11 @@ comparison_table(comparisons)
 #   show); their shares scatter widely around the model's. Compare the model-sample column
 #   with the published figures.
 # - The published age and sex figures are the OAI baseline targets of the model; the closest
-#   numbers printed in the papers are those of paper 000's 1,505 subjects (60.7 +/- 9.1 years,
-#   56.9 % women). Paper 001's KL counts and chronic-pain share are over all its time points,
-#   ours over baseline and 12 months.
+#   numbers printed in the papers are those of paper 000's
+#   {glue:text}`paper000_n_subjects:,.0f` subjects ({glue:text}`paper000_age_mean:.1f` ±
+#   {glue:text}`paper000_age_sd:.1f` years, {glue:text}`paper000_female_percent:.1f` % women).
+#   Paper 001's KL counts and chronic-pain share are over all its time points, ours over
+#   baseline and 12 months.
 # - The loader's QC catches what breaks reading (missing series, slice gaps, unreadable
 #   files). Motion ghosts and foreign objects load as valid volumes: finding them needs image
 #   QC, which the studies did by eye; the last QC table shows which planted artefacts pass.

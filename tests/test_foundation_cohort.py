@@ -1,11 +1,15 @@
-"""kneelib.papers.cohort: real-data tables, causal-model tables, prevalences, QC join, label grids."""
+"""The data chapter's stages: real-data inventory (kneelib.data.inventory), labels and prevalences
+(kneelib.data.labels, kneelib.data.summary), ground truth (kneelib.synth.ground_truth), QC join
+(kneelib.data.qc), the DAG figure, and their composition in kneelib.papers.cohort."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from kneelib.data import KneelibDataError, inventory, labels, qc, summary
 from kneelib.papers import cohort
+from kneelib.synth import ground_truth
 
 
 def _labels(tmp_path):
@@ -17,39 +21,41 @@ def _labels(tmp_path):
 
 def test_kl_label_counts(tmp_path):
     _labels(tmp_path)
-    counts = cohort.kl_label_counts(tmp_path)
+    counts = inventory.kl_label_counts(tmp_path)
     assert counts.loc["train", "KL 0"] == 3 and counts.loc["train", "KL 2"] == 2
     assert counts.loc["total", "all"] == 7 and counts.loc["val", "KL 4"] == 1
 
 
 def test_sample_is_seeded_and_capped(tmp_path):
     _labels(tmp_path)
-    first = cohort.sample_kl_images(tmp_path, per_grade=2, seed=1)
-    assert first.equals(cohort.sample_kl_images(tmp_path, per_grade=2, seed=1))
+    first = inventory.sample_kl_images(tmp_path, per_grade=2, seed=1)
+    assert first.equals(inventory.sample_kl_images(tmp_path, per_grade=2, seed=1))
     assert first.groupby("kl_grade").size().to_dict() == {0: 2, 2: 2}
-    with pytest.raises(ValueError, match="split 'test'"):
-        cohort.sample_kl_images(tmp_path, per_grade=1, split="test")
+    with pytest.raises(KneelibDataError, match="split 'test'"):
+        inventory.sample_kl_images(tmp_path, per_grade=1, split="test")
 
 
 def test_missing_dataset_is_reported_not_raised(tmp_path):
-    inventory = cohort.dataset_inventory(tmp_path)
-    assert not inventory["present"].any()
-    message = cohort.missing_dataset_message("chen_kl_radiographs", tmp_path)
+    table = inventory.dataset_inventory(tmp_path)
+    assert not table["present"].any()
+    assert not table["location"].str.contains(str(tmp_path)).any()
+    message = inventory.missing_dataset_message("chen_kl_radiographs", tmp_path)
+    assert str(tmp_path) not in message
     assert "not found" in message and "KNEELIB_DATA" in message
     assert all(c.reproduced is None for c in cohort.cohort_comparisons(None))
 
 
 @pytest.mark.realdata
 def test_real_data_tables(real_data_root):
-    counts = cohort.kl_label_counts(real_data_root / "chen_kl_radiographs")
+    counts = inventory.kl_label_counts(real_data_root / "chen_kl_radiographs")
     assert counts.loc["total", "all"] == 2978
-    tables = cohort.load_deep_pain_tables(real_data_root / "deep_pain_regression")
+    tables = inventory.load_deep_pain_tables(real_data_root / "deep_pain_regression")
     assert {b: len(t) for b, t in tables.items()} == {"femur": 2149, "tibia": 2141, "patella": 2131}
-    summary = cohort.deep_pain_summary(tables)
+    summary = inventory.deep_pain_summary(tables)
     assert 25 < summary.loc["femur", "chronic pain (%)"] < 40
     comparisons = cohort.cohort_comparisons(tables)
     assert [c.reproduced for c in comparisons] == [2149, 2141, 2131]
-    selection = cohort.deep_pain_model_selection(real_data_root / "deep_pain_regression")
+    selection = inventory.deep_pain_model_selection(real_data_root / "deep_pain_regression")
     assert set(selection.index) == {"Femur", "Tibia", "Patella"}
 
 
@@ -57,7 +63,9 @@ def test_real_data_tables(real_data_root):
 def test_real_dess_and_t1rho_read_with_kneelib_data(real_data_root):
     import matplotlib
     matplotlib.use("Agg")
-    fig, info = cohort.plot_dess_and_t1rho(real_data_root / "pykneer_knee_mri")
+    from kneelib.figures import mri_sequences
+
+    fig, info = mri_sequences.plot_dess_and_t1rho(real_data_root / "pykneer_knee_mri")
     assert list(info["series"]) == ["DESS echo 1", "T1rho (4 spin locks)"]
     assert info.loc[1, "echo times ms"] == "1, 10, 30, 60"
     assert info.loc[0, "slices"] == 80
@@ -69,13 +77,13 @@ def test_effect_sizes_every_parameter_has_a_block(tmp_path):
 
     (tmp_path / "ground_truth").mkdir()
     effect_sizes_table().to_csv(tmp_path / "ground_truth" / "effect_sizes.csv", index=False)
-    table = cohort.effect_sizes_by_block(tmp_path)
+    table = ground_truth.effect_sizes_by_block(tmp_path)
     blocks = table.index.get_level_values("block")
     assert "other" not in set(blocks)
     assert table.loc[("12-month progression", "severity_per_mm_loss"), "value"] == "0.45"
     assert table.loc[("pain", "pain_effusion"), "value"] == "0.8"
-    with pytest.raises(FileNotFoundError, match="effect_sizes.csv"):
-        cohort.effect_sizes_by_block(tmp_path / "nowhere")
+    with pytest.raises(ground_truth.MissingGroundTruthError, match="effect_sizes.csv"):
+        ground_truth.effect_sizes_by_block(tmp_path / "nowhere")
 
 
 def _knee_rows(pid, pain_r, pain_l, womac_r, womac_l, jsw0, jsw12, widespread=0.0, months=(0, 0)):
@@ -95,21 +103,21 @@ def test_label_prevalences_follow_the_papers_definitions():
         + _knee_rows("2", 1, 1, 5, 5, 4.0, 3.9, months=(3, 3))     # bilateral pain: neither label
         + _knee_rows("3", 0, 1, 3, 4, 4.0, 4.0, widespread=1.0, months=(8, 8))  # unilateral, excluded
         + _knee_rows("4", 0, 0, 0, 0, 4.0, 3.5, months=(0, 0)))    # no pain; -0.5 mm counts
-    table = cohort._add_derived_labels(table)
-    found = cohort.label_prevalences(table).set_index("quantity")
-    assert (found.loc["unilateral frequent pain (paper 000)", ["count", "of"]] == [2, 4]).all()
-    assert (found.loc["WOMAC pain difference >= 3, of unilateral (paper 000 Model B)", ["count", "of"]]
+    table = labels.add_derived_labels(table)
+    found = summary.label_prevalences(table).set_index("key")
+    assert (found.loc["unilateral_frequent_pain", ["count", "of"]] == [2, 4]).all()
+    assert (found.loc["womac_difference_above_2", ["count", "of"]]
             == [1, 2]).all()
     # right knees, widespread pain excluded: subject 1 chronic (2 visits), subject 4 no pain (2), 2 unlabelled
-    chronic = found.loc["chronic pain, right knees, widespread pain excluded (paper 001)"]
+    chronic = found.loc["chronic_pain"]
     assert (chronic["count"], chronic["of"]) == (2, 4)
-    progress = found.loc["12-month progressor, JSW change <= -0.5 mm (paper 002)"]
+    progress = found.loc["progressor_12m"]
     assert (progress["count"], progress["of"]) == (4, 8)
 
 
 def test_causal_model_table_is_seeded_and_matches_the_reader_columns():
-    first = cohort.causal_model_knee_table(12, seed=3)
-    assert first.equals(cohort.causal_model_knee_table(12, seed=3))
+    first = ground_truth.causal_model_knee_table(12, seed=3)
+    assert first.equals(ground_truth.causal_model_knee_table(12, seed=3))
     assert len(first) == 12 * 4 and set(first["VISIT"]) == {0, 12} and set(first["SIDE"]) == {1, 2}
     for column in cohort.CLINICAL_VARIABLES:
         if not column.startswith("widespread_pain_"):
@@ -124,7 +132,7 @@ def test_causal_model_table_is_seeded_and_matches_the_reader_columns():
 
 
 def test_comparison_quantities_are_unique_and_tagged():
-    table = cohort.causal_model_knee_table(20, seed=0)
+    table = ground_truth.causal_model_knee_table(20, seed=0)
     comparisons = cohort.cohort_comparisons(None, table, "image", table, "model")
     quantities = [c.quantity for c in comparisons]
     assert len(quantities) == len(set(quantities))
@@ -164,13 +172,13 @@ def test_labels_written_in_reverse_slice_order_are_put_on_the_volume_grid(tmp_pa
     flipped[:3, 2] *= -1
     flipped[:3, 3] = affine[:3, 3] + affine[:3, 2] * 4  # last slice first
     nib.save(nib.Nifti1Image(array[:, :, ::-1].astype(np.int16), flipped), tmp_path / "labels.nii.gz")
-    on_grid = cohort._on_volume_grid(tmp_path / "labels.nii.gz", volume)
+    on_grid = ground_truth.on_volume_grid(tmp_path / "labels.nii.gz", volume)
     assert np.array_equal(on_grid, np.transpose(array, (2, 1, 0)))
     shifted = affine.copy()
     shifted[0, 3] += 5
     nib.save(nib.Nifti1Image(array.astype(np.int16), shifted), tmp_path / "shifted.nii.gz")
-    with pytest.raises(ValueError, match="not on the grid"):
-        cohort._on_volume_grid(tmp_path / "shifted.nii.gz", volume)
+    with pytest.raises(KneelibDataError, match="not on the grid"):
+        ground_truth.on_volume_grid(tmp_path / "shifted.nii.gz", volume)
 
 
 def test_dag_figure_has_every_node():
@@ -178,9 +186,11 @@ def test_dag_figure_has_every_node():
     matplotlib.use("Agg")
     from kneelib.synth.causal import DEFAULT_EFFECTS
 
-    nodes, edges = cohort._dag_layout(DEFAULT_EFFECTS)
+    from kneelib.figures import causal_dag
+
+    nodes, edges = causal_dag.dag_layout(DEFAULT_EFFECTS)
     assert all(e[0] in nodes and e[1] in nodes for e in edges)
-    fig = cohort.plot_causal_dag()
+    fig = causal_dag.plot_causal_dag()
     texts = {t.get_text() for t in fig.axes[0].texts}
     assert all(node[2] in texts for node in nodes.values())
     assert f"{DEFAULT_EFFECTS.pain_effusion:g}/grade" in texts
