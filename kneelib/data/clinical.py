@@ -179,15 +179,17 @@ def read_oai_table(path: str | Path, variables: Sequence[str] | None = None) -> 
     if len(set(upper)) != len(upper):
         raise TableFormatError(path, "duplicate column names (case-insensitive)")
     usecols = _select_columns(upper, variables, path)
+    # Columns by position, named from the header we parsed (pandas would compare raw
+    # names, which may differ from the stripped ones by odd whitespace).
+    positions = [upper.index(c) for c in usecols]
     try:
         frame = pd.read_csv(
-            path, sep="|", dtype=str, keep_default_na=False, na_values=[], header=0,
-            usecols=[header[upper.index(c)] for c in usecols], engine="c", quoting=3,
-            encoding=encoding,
+            path, sep="|", dtype=str, keep_default_na=False, na_values=[], header=None, skiprows=1,
+            names=list(range(len(header))), usecols=positions, engine="c", quoting=3, encoding=encoding,
         )
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise TableFormatError(path, f"rows do not match the header ({error})") from error
-    frame.columns = [c.upper() for c in frame.columns]
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise TableFormatError(path, f"rows do not match the header ({type(error).__name__}: {error})") from error
+    frame.columns = [upper[i] for i in frame.columns]
     frame = frame[usecols]
     for column in frame.columns:
         if column in _TEXT_COLUMNS:

@@ -178,6 +178,30 @@ def list_dicom_files(folder: str | Path) -> list[Path]:
     return files
 
 
+#: Numeric elements the readers use; each value must parse as a finite number.
+_NUMERIC_KEYWORDS = (
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "ImagerPixelSpacing",
+    "EstimatedRadiographicMagnificationFactor", "SliceThickness", "SpacingBetweenSlices", "EchoTime",
+    "EchoNumbers", "RepetitionTime", "FlipAngle", "MagneticFieldStrength", "RescaleSlope", "RescaleIntercept",
+    "WindowCenter", "WindowWidth",
+)
+
+
+def _check_numbers(dataset: pydicom.Dataset, path: Path) -> None:
+    """Raise :class:`DicomReadError` when a numeric element the readers use is not numbers."""
+    for keyword in _NUMERIC_KEYWORDS:
+        try:
+            value = dataset.get(keyword)
+            if value is None or value == "":
+                continue
+            values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+            numbers = [float(v) for v in values]
+        except Exception as error:  # a corrupt raw value: ValueError, TypeError, struct.error...
+            raise DicomReadError(path, f"{keyword} is not a number ({type(error).__name__}: {error})") from error
+        if not np.all(np.isfinite(numbers)):
+            raise DicomReadError(path, f"{keyword} {numbers} is not finite")
+
+
 def read_dicom_pixels(path: str | Path) -> tuple[pydicom.Dataset, np.ndarray]:
     """Read one DICOM file and decode its pixel data (stored values, no LUT applied).
 
@@ -200,6 +224,7 @@ def read_dicom_pixels(path: str | Path) -> tuple[pydicom.Dataset, np.ndarray]:
         raise DicomReadError(path, f"truncated or corrupt header ({type(error).__name__}: {error})") from error
     if "PixelData" not in dataset:
         raise DicomReadError(path, "no pixel data (PixelData element missing)")
+    _check_numbers(dataset, path)
     transfer = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     try:
         rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))

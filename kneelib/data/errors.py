@@ -40,10 +40,19 @@ class KneelibDataError(ValueError):
         Short, human-readable reason (also the end of the message).
     """
 
-    def __init__(self, message: str, *, path: str | Path | None = None, reason: str = ""):
+    def __init__(self, message: str, *, path: str | Path | Iterable[str | Path] | None = None, reason: str = ""):
         super().__init__(message)
+        if path is not None and not isinstance(path, (str, Path)):
+            path = next(iter([Path(p) for p in path]), None)  # several folders of one series: the first
         self.path = Path(path) if path is not None else None
         self.reason = reason or message
+
+
+def _describe(where: str | Path | Iterable[str | Path]) -> str:
+    """A folder, or several folders joined by commas, for a message."""
+    if isinstance(where, (str, Path)):
+        return str(where)
+    return ", ".join(str(w) for w in where)
 
 
 class DicomReadError(KneelibDataError):
@@ -62,12 +71,12 @@ class SliceGapError(KneelibDataError):
         Sorted slice positions projected on the slice normal (mm).
     """
 
-    def __init__(self, folder: str | Path, positions_mm: Sequence[float], reason: str):
+    def __init__(self, folder: str | Path | Iterable[str | Path], positions_mm: Sequence[float], reason: str):
         self.positions_mm = [float(p) for p in positions_mm]
         shown = ", ".join(f"{p:.3f}" for p in self.positions_mm[:40])
         more = "" if len(self.positions_mm) <= 40 else f", ... ({len(self.positions_mm)} in all)"
         super().__init__(
-            f"uneven slice spacing in {folder}: {reason}; slice positions along the normal (mm): "
+            f"uneven slice spacing in {_describe(folder)}: {reason}; slice positions along the normal (mm): "
             f"[{shown}{more}]",
             path=folder,
             reason=reason,
@@ -126,8 +135,8 @@ class TableFormatError(KneelibDataError):
 class LateralityError(KneelibDataError):
     """The side of a knee series cannot be determined or contradicts what was asked."""
 
-    def __init__(self, where: str | Path, reason: str):
-        super().__init__(f"laterality of {where}: {reason}", path=where, reason=reason)
+    def __init__(self, where: str | Path | Iterable[str | Path], reason: str):
+        super().__init__(f"laterality of {_describe(where)}: {reason}", path=where, reason=reason)
 
 
 class MissingTableError(KneelibDataError, FileNotFoundError):
