@@ -33,7 +33,12 @@ slab centre lies (LPS x < -20 mm: right; > +20 mm: left); ``Volume.laterality_so
 says which. Left/right mirroring to a common orientation is the pure function
 :func:`to_common_orientation`.
 
-Writer counterpart: :func:`kneelib.synth.oai_writer.write_dicom_series`.
+Writer counterpart: :func:`kneelib.synth.oai_writer.write_dicom_series`. Radiographs are
+read by :mod:`kneelib.data.radiograph` (re-exported here for old imports).
+
+Length: about 660 lines, over the ~600 guideline, because the five steps above share
+private helpers (``_Slice``, tolerances, ``_where``) that a split would have to expose;
+the radiograph reader already moved out.
 """
 from __future__ import annotations
 
