@@ -23,8 +23,8 @@
 # %% tags=["parameters"]
 seed = 0
 cohort_preset = "default"  # synthetic cohort preset (ignored when KNEELIB_DATA holds a real OAI download)
-n_subjects = 100  # participants of the synthetic cohort (None: the preset's count)
-min_womac_difference = 3  # Model B: WOMAC pain difference between the knees of at least this
+n_subjects = None  # participants of the synthetic cohort (None: the preset's count)
+womac_difference_above = 2.0  # Model B: WOMAC pain difference between the knees strictly greater than this
 image_size = 64  # network input (paper 224)
 n_each_side = 3  # slices each side of the centre slice (paper 11)
 slice_step = 3  # take every slice_step-th slice (paper 1)
@@ -44,11 +44,12 @@ import numpy as np
 import pandas as pd
 import torch
 from IPython.display import display
+from myst_nb import glue
 
 from kneelib.config import cache_root
 from kneelib.papers import siamese_pain as study
 from kneelib.report import comparison_table, save_metrics
-from kneelib.stats.roc import plot_roc
+from kneelib.synth.pain_ceiling import image_liability_ceiling_auc
 from kneelib.train.siamese import TrainConfig
 from kneelib.widgets import SubjectExplorer, render_subject_view
 
@@ -57,33 +58,50 @@ torch.set_num_threads(torch_threads)
 params = dict(seed=seed, cohort_preset=cohort_preset, n_subjects=n_subjects, image_size=image_size,
               n_each_side=n_each_side, slice_step=slice_step, center_slice=center_slice, widths=widths,
               n_folds=n_folds, max_epochs=max_epochs, batch_size=batch_size, lr=lr,
-              min_womac_difference=min_womac_difference)
+              womac_difference_above=womac_difference_above)
 figure_dir = cache_root() / "figures" / study.STUDY
 figure_dir.mkdir(parents=True, exist_ok=True)
+paper = study.published()  # book/published.yml, values: siamese_pain
+glue("paper_n_model_a", f"{paper['n_subjects']['Model A']:,}", display=False)
+glue("paper_n_model_b", paper["n_subjects"]["Model B"], display=False)
+glue("paper_auc_model_a", paper["auc"]["Model A"], display=False)
+glue("paper_auc_model_b", paper["auc"]["Model B"], display=False)
+glue("paper_womac_above", paper["model_b_womac_difference_above"], display=False)
+glue("paper_lesions_reviewed", paper["lesions_reviewed"], display=False)
+for lesion, counts in paper["lesions"].items():
+    glue(f"paper_{lesion}_percent", 100 * counts["subjects"] / paper["lesions_reviewed"], display=False)
+    glue(f"paper_{lesion}_subjects", counts["subjects"], display=False)
 
 # %% [markdown]
 # ## The paper's claim
 #
-# Chang et al. trained a Siamese network on the SAG IW TSE MRI of both knees of 1,505 OAI
+# Chang et al. trained a Siamese network on the SAG IW TSE MRI of both knees of {glue:text}`paper_n_model_a` OAI
 # participants with unilateral frequent knee pain. Ten-fold cross-validation gave an ROC AUC of
-# **0.808** (Model A) and **0.853** when only subjects whose knees differ by at least 3 WOMAC pain
-# points were kept (Model B, n = 710). A radiologist reading the CAMs of 107 test subjects found
-# effusion-synovitis under the hot spot in **88.8%** of them (BML 5.6%, Hoffa 3.7%, cartilage
-# loss 1.9%, meniscus 1 subject; Fig. 3I).
+# **{glue:text}`paper_auc_model_a:.3f`** (Model A) and **{glue:text}`paper_auc_model_b:.3f`** when only
+# subjects whose knees differ by more than {glue:text}`paper_womac_above` WOMAC pain points were kept
+# (Model B, n = {glue:text}`paper_n_model_b`). A radiologist reading the CAMs of
+# {glue:text}`paper_lesions_reviewed` test subjects found effusion-synovitis under the hot spot in
+# **{glue:text}`paper_effusion_synovitis_percent:.1f`%** of them (BML {glue:text}`paper_bml_percent:.1f`%,
+# Hoffa {glue:text}`paper_hoffa_synovitis_percent:.1f`%, cartilage loss
+# {glue:text}`paper_cartilage_loss_percent:.1f`%, meniscus {glue:text}`paper_meniscal_damage_subjects`
+# subject; Fig. 3I).
 #
 # ## Data
 #
 # The cohort comes from `kneelib.data` -- a real OAI download when `KNEELIB_DATA` holds one, else
 # the synthetic OAI-format cohort of this book, whose causal model plants the lesions that drive
 # pain (so the CAMs can be scored against the truth). Unilateral frequent pain: P01KPNREV /
-# P01KPNLEV yes in one knee and no in the other; label 1 = right knee.
+# P01KPNLEV yes in one knee and no in the other; label 1 = right knee
+# (`kneelib.data.labels.unilateral_pain_cohort`). Model B keeps the subjects whose WOMAC pain
+# differs between the knees by strictly more than `womac_difference_above` points (OAI WOMAC pain
+# can be fractional: a difference of two and a half points is kept).
 
 # %%
 root, data_label = study.cohort_root(cohort_preset, seed, n_subjects)
-cohort = study.unilateral_pain_cohort(root, min_womac_difference)
+cohort = study.unilateral_pain_cohort(root, womac_difference_above)
 print(f"{data_label}: {cohort.shape[0]} subjects with unilateral frequent pain "
       f"({(cohort.label == 0).sum()} left, {(cohort.label == 1).sum()} right), "
-      f"{cohort.model_b.sum()} with a WOMAC difference >= {min_womac_difference}")
+      f"{cohort.model_b.sum()} with a WOMAC difference above {womac_difference_above}")
 
 # %% [markdown]
 # ### Preprocessing (Fig. 1)
@@ -93,7 +111,9 @@ print(f"{data_label}: {cohort.shape[0]} subjects with unilateral frequent pain "
 # knees, every kept slice registered rigidly (SimpleITK, Euclidean) to the same slice of a
 # template knee, a 105 mm square crop around the joint resized to `image_size`, and
 # `2 * n_each_side + 1` slices every `slice_step`-th. Knees are cached as content-addressed
-# files, so an interrupted run resumes. Artefact QC excludes subjects automatically and records why.
+# files, so an interrupted run resumes. Subjects missing age, BMI or sex (needed for the
+# stratified folds) and knees failing the artefact QC are excluded automatically; the table below
+# records each reason.
 
 # %%
 config = study.PreprocessConfig(image_size=image_size, n_each_side=n_each_side, step=slice_step,
@@ -145,12 +165,7 @@ models = {
 # ### ROC curves (Fig. 4A-B) and per-fold AUC
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 5))
-for ax, (name, model) in zip(axes, models.items()):
-    plot_roc({name: (model.result.labels, model.result.probability)}, ax=ax, folds={name: model.result.fold},
-             paper_auc=study.PAPER_AUC)
-    ax.set_title(f"{name} (n = {len(model.cohort)}, {n_folds}-fold CV)")
-fig.tight_layout()
+fig = study.plot_roc_panels(models, paper_auc=paper["auc"], n_folds=n_folds)
 fig.savefig(figure_dir / "roc.png", dpi=100)
 plt.show()
 display(pd.concat({name: m.per_fold.round(3) for name, m in models.items()}, axis=1))
@@ -161,7 +176,7 @@ display(pd.concat({name: m.per_fold.round(3) for name, m in models.items()}, axi
 # %%
 subgroups = pd.concat({name: m.subgroups.set_index("subgroup") for name, m in models.items()}, axis=1)
 for name in models:
-    subgroups[(name, "paper")] = pd.Series(study.PAPER_SUBGROUP_AUC[name])
+    subgroups[(name, "paper")] = pd.Series(paper["subgroup_auc"][name])
 display(subgroups.sort_index(axis=1, level=0, sort_remaining=False).round(3))
 
 # %% [markdown]
@@ -228,21 +243,35 @@ print(f"Model A AUC {auc_a} (n = {auc_a.n}); Model B AUC {auc_b} (n = {auc_b.n})
       f"[{siamese_pointing['ci_low']:.2f}, {siamese_pointing['ci_high']:.2f}] vs chance "
       f"{siamese_pointing['chance (lesion area fraction)']:.2f} (n = {int(siamese_pointing['n scored'])}); "
       f"whole chapter {minutes:.1f} min with {torch_threads} threads")
-display(study.paper_fisher_check().round(3))
+fisher = study.paper_fisher_check().set_index("model")
+display(fisher.round(3))
+for name in ("Model A", "Model B"):
+    key = name.replace(" ", "_").lower()
+    glue(f"fisher_{key}_recomputed", float(fisher.loc[name, "recomputed p"]), display=False)
+    glue(f"fisher_{key}_printed", float(fisher.loc[name, "printed p"]), display=False)
+    glue(f"auc_{key}", float(models[name].auc.auc), display=False)
+    ceiling = image_liability_ceiling_auc(root, models[name].cohort)
+    glue(f"ceiling_auc_{key}", float("nan") if ceiling is None else ceiling.auc, display=False)
+glue("n_cohort", len(cohort), display=False)
+glue("n_model_a", len(models["Model A"].cohort), display=False)
+glue("n_model_b", len(models["Model B"].cohort), display=False)
 
 # %% [markdown]
 # ## Deviations
 #
-# - **Data.** The default run uses the book's synthetic OAI-format cohort (the 300 participants
-#   of the `default` preset, about a third with unilateral frequent pain, so Model A has about
-#   100 subjects instead of 1,505 and Model B about half of them, as in the paper, instead of
-#   710), not the 4,796
-#   OAI participants. The pain labels follow the causal model's planted lesions, so the AUCs
-#   measure whether the pipeline recovers a known signal, not the paper's clinical claim. With
-#   a fifteenth of the paper's subjects, confidence intervals are wide and the AUCs sit below
-#   the paper's: the images carry the left-right pain difference with an AUC of about 0.86 at
-#   best (the causal model's image-visible liability), and a network trained from scratch on
-#   about 90 pairs per fold recovers only part of it.
+# - **Data.** The default run uses the book's synthetic OAI-format cohort
+#   ({glue:text}`n_cohort` subjects with unilateral frequent pain, {glue:text}`n_model_a` of them in
+#   Model A after QC and {glue:text}`n_model_b` in Model B), not the OAI participants of the paper
+#   (Model A n = {glue:text}`paper_n_model_a`, Model B n = {glue:text}`paper_n_model_b`). The pain
+#   labels follow the causal model's planted lesions, so the AUCs measure whether the pipeline
+#   recovers a known signal, not the paper's clinical claim. With a fraction of the paper's subjects,
+#   confidence intervals are wide and the AUCs sit below the paper's: the images carry the left-right
+#   pain difference with an AUC of {glue:text}`ceiling_auc_model_a:.2f` at best in Model A (the
+#   right-minus-left image-visible pain liability of the causal model,
+#   `kneelib.synth.pain_ceiling`), and a network trained from scratch on a few dozen pairs per fold
+#   recovers only part of it (Model A {glue:text}`auc_model_a:.2f`, Model B {glue:text}`auc_model_b:.2f`).
+# - **Confidence intervals.** Each subject contributes one prediction, so every CI is over subjects
+#   (the `unit` columns): DeLong for the AUCs, a subject bootstrap for the pointing game.
 # - **Saliency scoring.** Besides the paper's 15% test split (a handful of subjects here), the
 #   lesion-under-hot-spot table and the pointing game are also computed out-of-fold over all
 #   of Model A, each subject explained by the fold model that never saw it.
@@ -254,12 +283,17 @@ display(study.paper_fisher_check().round(3))
 #   the paper's channel widths and batch 16; `paper.yaml` holds the published settings.
 # - **Optimisation.** The paper gives neither learning rate nor epochs; fastai one-cycle SGD
 #   with momentum, `lr` and `max_epochs` from the parameters.
+# - **Strata.** Folds are stratified on side, sex, age >= 60 and BMI >= 30; a stratum with fewer
+#   subjects than folds is merged into the largest stratum of its side (a small cohort cannot
+#   keep every risk-factor cell in every fold).
 # - **VGG16-CAM.** Trained from scratch at 1/8 width (no ImageNet weights offline; the paper
 #   fine-tuned an ImageNet VGG16).
 # - **Radiologist review.** Replaced by the planted lesion masks: the lesion under the CAM
 #   maximum of the top slice, and a pointing game against two chance levels.
 # - **Table 1 p-values.** The paper's Fisher p-values for percent female do not follow from its
-#   own percentages (recomputed above: Model A 0.435 vs printed 0.700, Model B 0.759 vs 0.854).
+#   own percentages (recomputed above: Model A {glue:text}`fisher_model_a_recomputed:.3f` vs printed
+#   {glue:text}`fisher_model_a_printed:.3f`, Model B {glue:text}`fisher_model_b_recomputed:.3f` vs
+#   {glue:text}`fisher_model_b_printed:.3f`).
 #
 # ## References
 #

@@ -31,7 +31,8 @@ def test_center_slice_accuracy_counts_exact_and_near_hits():
 
 def test_small_cohort_split_keeps_both_classes_in_every_part():
     labels = np.array([0] * 5 + [1] * 6)
-    split = study._train_val_test_split(labels, labels.astype(str), seed=0)
+    cohort = pd.DataFrame({"label": labels, "sex": 1, "age": 50.0, "bmi": 25.0})
+    split = study.train_val_test_split(cohort, seed=0)
     parts = [split.train, split.val, split.test]
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(labels)))
     for part in parts:
@@ -39,7 +40,8 @@ def test_small_cohort_split_keeps_both_classes_in_every_part():
 
 
 def _hits(model, lesions, correct, hit, area):
-    return pd.DataFrame({"model": model, "lesion": lesions, "correct": correct, "hit": hit,
+    return pd.DataFrame({"model": model, "participant_id": [f"9{i:06d}" for i in range(len(lesions))],
+                         "lesion": lesions, "correct": correct, "hit": hit,
                          "lesion_area_fraction": area, "random_map_hit": [False] * len(lesions)})
 
 
@@ -59,6 +61,17 @@ def test_lesion_and_pointing_tables():
     assert pointing.loc["siamese", "pointing game"] == pytest.approx(1.0)
     assert pointing.loc["vgg16_cam", "pointing game"] == pytest.approx(0.0)
     assert pointing.loc["siamese", "chance (lesion area fraction)"] == pytest.approx(0.4 / 3)
+    assert set(pointing["unit"]) == {"subjects"}
+
+
+def test_pointing_table_resamples_subjects_and_refuses_a_subject_scored_twice():
+    hits = _hits("siamese", ["bml"] * 6, [True] * 6, [True, False] * 3, [0.1] * 6)
+    table = study.pointing_table(hits, n_boot=200)
+    assert table.loc[0, "unit"] == "subjects"
+    assert table.loc[0, "ci_low"] < 0.5 < table.loc[0, "ci_high"]
+    hits.loc[1, "participant_id"] = hits.loc[0, "participant_id"]
+    with pytest.raises(ValueError, match="more than once"):
+        study.pointing_table(hits, n_boot=50)
 
 
 def test_model_factory_builds_both_architectures():
@@ -76,7 +89,7 @@ def test_preprocess_smoke_cohort_is_cached_and_carries_lesions(tmp_path):
     root = generate_cohort(preset="smoke", seed=3, n_subjects=24, progress=False)  # shared with the smoke chapter
     cohort = study.unilateral_pain_cohort(root)
     assert set(cohort["label"]) == {0, 1}
-    assert (cohort["model_b"] == (cohort["womac_difference"] >= 3)).all()
+    assert (cohort["model_b"] == (cohort["womac_difference"] > 2 + 1e-6)).all()
     painful_kl = np.where(cohort["label"] == 1, cohort["kl_right"], cohort["kl_left"])
     assert np.array_equal(cohort["kl_painful_knee"], painful_kl)
     config = study.PreprocessConfig(image_size=24, n_each_side=1, step=2, center_slice="middle")
@@ -110,6 +123,8 @@ def test_out_of_fold_hot_spots_explain_each_subject_once_with_the_model_that_did
     model = study.cross_validated_auc("Model A", data, np.arange(n), 2, config, (4, 8), seed=0,
                                       show_progress=False, keep_models=True)
     assert sorted(model.result.models) == [0, 1]
+    assert model.auc.unit == "subjects"
+    assert set(model.per_fold["unit"]) == {"subjects"} and set(model.subgroups["unit"]) == {"subjects"}
     hits = study.out_of_fold_hot_spots(data, model, seed=0)
     assert sorted(hits["participant_id"]) == sorted(cohort["participant_id"])
     assert hits["lesion_area_fraction"].to_numpy() == pytest.approx(16 / size**2)
@@ -121,3 +136,143 @@ def test_out_of_fold_hot_spots_explain_each_subject_once_with_the_model_that_did
                                         show_progress=False)
     with pytest.raises(ValueError, match="keep_models"):
         study.out_of_fold_hot_spots(data, without)
+
+
+# ------------------------------------------------------------------------------------------
+# issue 9, item 4: Model B keeps WOMAC differences strictly greater than 2 (float-safe)
+# ------------------------------------------------------------------------------------------
+def _knee_rows(participant, right_pain, left_pain, womac_right, womac_left, bmi=28.0):
+    common = {"ID": participant, "VISIT": 0, "kl_grade": 1.0, "age_years": 61.0, "bmi_kg_m2": bmi, "sex": 2}
+    return [{**common, "SIDE": 1, "frequent_pain": right_pain, "womac_pain": womac_right},
+            {**common, "SIDE": 2, "frequent_pain": left_pain, "womac_pain": womac_left}]
+
+
+def test_model_b_keeps_a_womac_difference_above_2_and_drops_2(monkeypatch):
+    import kneelib.data
+
+    rows = (_knee_rows("9000001", 1, 0, 4.5, 2.0)      # 2.5: kept (the old ">= 3" dropped it)
+            + _knee_rows("9000002", 0, 1, 1.0, 3.0)    # 2.0: dropped
+            + _knee_rows("9000003", 1, 0, 5.1, 3.1)    # 2.0 up to rounding (1.9999999999999996): dropped
+            + _knee_rows("9000004", 1, 0, 3.0 + 2 + 1e-12, 3.0)  # 2 + rounding: dropped
+            + _knee_rows("9000005", 0, 1, 0.0, 3.0)    # 3.0: kept
+            + _knee_rows("9000006", 1, 1, 9.0, 0.0))   # bilateral: not in the cohort
+    monkeypatch.setattr(kneelib.data, "knee_table", lambda root, variables, visits=(0,): pd.DataFrame(rows))
+    cohort = study.unilateral_pain_cohort("unused").set_index("participant_id")
+    assert list(cohort.index) == ["9000001", "9000002", "9000003", "9000004", "9000005"]
+    assert cohort["model_b"].to_dict() == {"9000001": True, "9000002": False, "9000003": False,
+                                           "9000004": False, "9000005": True}
+    assert cohort.loc["9000001", "womac_difference"] == pytest.approx(2.5)
+    stricter = study.unilateral_pain_cohort("unused", womac_difference_above=2.5)
+    assert stricter.set_index("participant_id").loc["9000001", "model_b"] == False  # noqa: E712
+
+
+def test_params_name_the_womac_threshold_for_what_it_is():
+    import yaml
+
+    from kneelib.config import repo_root
+
+    for path in sorted((repo_root() / "params" / "siamese_pain").glob("*.yaml")):
+        values = yaml.safe_load(path.read_text())
+        assert "min_womac_difference" not in values, path
+        assert values["womac_difference_above"] == 2, path
+
+
+# ------------------------------------------------------------------------------------------
+# issue 9, item 8: a missing covariate excludes the subject with a reason, never crashes CV
+# ------------------------------------------------------------------------------------------
+def test_exclude_missing_covariates_records_each_reason():
+    cohort = pd.DataFrame({"participant_id": ["1", "2", "3", "4"], "label": [0, 1, 0, 1],
+                           "age": [60.0, np.nan, 55.0, np.nan], "bmi": [np.nan, 25.0, 30.0, np.nan],
+                           "sex": [1, 2, np.nan, 2]})
+    kept, excluded = study.exclude_missing_covariates(cohort)
+    assert kept["participant_id"].tolist() == []
+    assert excluded.set_index("participant_id")["reason"].to_dict() == {
+        "1": "missing BMI", "2": "missing age", "3": "missing sex", "4": "missing age, BMI"}
+    assert set(excluded["step"]) == {"covariates"}
+    from kneelib.data.errors import KneelibDataError
+
+    with pytest.raises(KneelibDataError, match="bmi"):
+        study.exclude_missing_covariates(cohort.drop(columns="bmi"))
+
+
+def test_a_missing_bmi_excludes_the_subject_and_cross_validation_runs(tmp_path):
+    from kneelib.synth.cohort import generate_cohort
+    from kneelib.train.siamese import TrainConfig
+
+    root = generate_cohort(preset="smoke", seed=3, n_subjects=24, progress=False)  # shared with the smoke chapter
+    cohort = study.unilateral_pain_cohort(root)
+    chosen = pd.concat([cohort[cohort["label"] == 0].head(4), cohort[cohort["label"] == 1].head(4)])
+    chosen = chosen.sort_values("participant_id").reset_index(drop=True)
+    missing_id = chosen["participant_id"].iloc[1]
+    chosen.loc[1, "bmi"] = np.nan
+    config = study.PreprocessConfig(image_size=16, n_each_side=1, step=2, center_slice="middle")
+    data = study.preprocess_cohort(root, chosen, config, cache_dir=tmp_path, progress=False)
+    row = data.exclusions.set_index("participant_id").loc[missing_id]
+    assert (row["step"], row["reason"]) == ("covariates", "missing BMI")
+    assert missing_id not in set(data.cohort["participant_id"])
+    assert len(data.cohort) == len(chosen) - data.exclusions["participant_id"].nunique()
+    train = TrainConfig(epochs=1, lr=0.05, batch_size=4, valid_fraction=0.0, seed=0)
+    model = study.cross_validated_auc("Model A", data, np.arange(len(data.cohort)), 2, train, (4, 8), seed=0,
+                                      show_progress=False)
+    assert np.isfinite(model.result.probability).all()
+
+
+# ------------------------------------------------------------------------------------------
+# issue 9, item 16: no stratum smaller than the folds asked of it (no sklearn warnings)
+# ------------------------------------------------------------------------------------------
+def _random_cohort(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"participant_id": [f"9{i:06d}" for i in range(n)], "label": rng.integers(0, 2, n),
+                         "sex": rng.integers(1, 3, n), "age": rng.normal(60, 9, n), "bmi": rng.normal(29, 5, n)})
+
+
+@pytest.mark.parametrize("n_folds", [2, 5, 10])
+def test_strata_for_folds_have_at_least_n_folds_subjects(n_folds):
+    cohort = _random_cohort(53)
+    from kneelib.train.siamese_cv import strata_for_folds
+
+    strata = strata_for_folds(cohort, n_folds)
+    _, counts = np.unique(strata, return_counts=True)
+    assert counts.min() >= n_folds
+    for value, label in zip(strata, cohort["label"]):
+        assert value.split("|")[0] == str(label)  # a stratum never mixes sides
+
+
+def test_splits_raise_no_stratification_warning():
+    import warnings
+
+    from kneelib.train.siamese import merge_small_strata
+    from kneelib.train.splits import stratified_kfold
+
+    cohort = _random_cohort(53)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = study.train_val_test_split(_random_cohort(90, seed=1), seed=0)
+        from kneelib.train.siamese_cv import strata_for_folds
+
+        strata = strata_for_folds(cohort, 10)
+        fold = stratified_kfold(cohort["label"].to_numpy(), 10, strata=strata, seed=0)
+        train = np.flatnonzero(fold != 0)  # the monitoring split inside a training fold
+        labels = cohort["label"].to_numpy()
+        stratified_kfold(labels[train], 10, strata=merge_small_strata(strata[train], labels[train], 10), seed=0)
+    assert len(split.test) and len(np.unique(fold)) == 10
+    with pytest.raises(ValueError, match="fewer than 10 folds"):
+        merge_small_strata(np.array(["0", "1", "1"]), np.array([0, 1, 1]), 10)
+
+
+# ------------------------------------------------------------------------------------------
+# issue 9, item 17: published values come from book/published.yml only
+# ------------------------------------------------------------------------------------------
+def test_published_values_are_read_from_published_yml():
+    import inspect
+
+    from kneelib.report import published_values
+
+    values = published_values("siamese_pain")
+    assert values["auc"] == {"Model A": 0.808, "Model B": 0.853}
+    assert values["subgroup_auc"]["Model B"]["KL grade of the painful knee = 0"] == 0.582
+    assert values["lesions"]["effusion_synovitis"]["subjects"] == 95
+    assert not [name for name in dir(study) if name.startswith("PAPER_")]
+    assert "0.808" not in inspect.getsource(study)
+    lesions = study.lesion_table(_hits("siamese", ["bml"], [True], [True], [0.1])).set_index("lesion")
+    assert lesions.loc["Bone Marrow Lesion", "paper percent"] == pytest.approx(round(100 * 5 / 107, 1))

@@ -44,6 +44,7 @@ __all__ = [
     "SliceBranch",
     "SiameseSliceNet",
     "siamese_pain_net",
+    "model_factory",
 ]
 
 #: Channel widths of the paper's branch: stem 64, then 3x3 blocks 128, 256, 512 (Fig. 2B).
@@ -260,3 +261,32 @@ def siamese_pain_net(n_slices: int = DEFAULT_N_SLICES, widths: Sequence[int] = D
         slice_outputs=slice_outputs,
         share_across_slices=share_across_slices,
     )
+
+
+def model_factory(n_slices: int, widths: Sequence[int] | None = None,
+                  architecture: str = "siamese") -> Callable[[], nn.Module]:
+    """A callable returning a new, untrained network for paper 000's training loop.
+
+    Parameters
+    ----------
+    n_slices : int
+        Slices per knee.
+    widths : sequence of int or None
+        Branch widths of the Siamese net (default :data:`DEFAULT_WIDTHS`).
+    architecture : {"siamese", "vgg16_cam"}
+        The paper's Siamese network (Fig. 2) or the VGG16-CAM comparison
+        (:func:`kneelib.models.vgg_cam.siamese_vgg16_cam`, Fig. 3A).
+
+    Returns
+    -------
+    callable
+        Called without arguments (after seeding) by :func:`kneelib.train.siamese.train_siamese`.
+    """
+    if architecture == "siamese":
+        chosen = tuple(widths or DEFAULT_WIDTHS)
+        return lambda: siamese_pain_net(n_slices=n_slices, widths=chosen)
+    if architecture == "vgg16_cam":
+        from kneelib.models.vgg_cam import siamese_vgg16_cam
+
+        return lambda: siamese_vgg16_cam(n_slices=n_slices)
+    raise ValueError(f"architecture must be 'siamese' or 'vgg16_cam', got {architecture!r}")

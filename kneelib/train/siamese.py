@@ -20,7 +20,7 @@ Design note: how the chapter composes these steps
 ``kneelib.papers.siamese_pain`` (written once the synthetic cohort exists) will:
 
 1. ask ``kneelib.data`` for the cohort table (unilateral frequent pain; Model A = all
-   after QC, Model B = WOMAC pain difference >= 3) and the SAG_IW_TSE_LEFT/RIGHT series;
+   after QC, Model B = WOMAC pain difference above 2) and the SAG_IW_TSE_LEFT/RIGHT series;
    Table 1 via :func:`kneelib.stats.group_tests.table1_by_group`;
 2. per knee: slices medial -> lateral with left knees mirrored
    (:func:`kneelib.preprocess.registration.sagittal_slices` on a ``kneelib.data`` Volume,
@@ -60,18 +60,25 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import torch
-import fastai.callback.progress  # noqa: F401  (registers the progress bar and Learner.no_bar)
-import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
-from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import RocAucBinary
-from fastai.optimizer import SGD
-from fastai.torch_core import set_seed
+
+with warnings.catch_warnings():
+    # fastai.layers decorates helpers with torch.jit.script at import time, which torch >= 2.9
+    # deprecates (FutureWarning); the call is fastai's, not ours, and runs only on import.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+    import fastai.callback.progress  # noqa: F401  (registers the progress bar and Learner.no_bar)
+    import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
+    from fastai.data.core import DataLoaders
+    from fastai.data.load import DataLoader
+    from fastai.learner import Learner
+    from fastai.losses import CrossEntropyLossFlat
+    from fastai.metrics import RocAucBinary
+    from fastai.optimizer import SGD
+    from fastai.torch_core import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -83,6 +90,7 @@ __all__ = [
     "PairedKneeDataset",
     "build_dataloaders",
     "make_learner",
+    "merge_small_strata",
     "train_siamese",
     "predict_probability",
     "CrossValidationResult",
@@ -239,6 +247,46 @@ def _learner_quietly(learner: Learner, show_progress: bool):
     return stack
 
 
+def merge_small_strata(strata, labels, min_count: int) -> np.ndarray:
+    """Strata in which every stratum has at least ``min_count`` rows, each within one label.
+
+    A stratum smaller than ``min_count`` joins the largest stratum of its label; scikit-learn's
+    stratified k-fold then never meets a class with fewer members than folds (which it
+    answers with "The least populated class in y has only ... members").
+
+    Parameters
+    ----------
+    strata : array-like of str, shape (n,)
+        E.g. from :func:`kneelib.train.splits.make_strata` (label first in each stratum).
+    labels : array-like, shape (n,)
+    min_count : int
+        Number of folds.
+
+    Returns
+    -------
+    ndarray of str
+
+    Raises
+    ------
+    ValueError
+        When a label has fewer than ``min_count`` rows (no stratification can keep it in
+        every fold).
+    """
+    strata = np.asarray(strata).astype(object)
+    labels = np.asarray(labels)
+    if len(strata) != len(labels):
+        raise ValueError(f"strata has {len(strata)} values but labels has {len(labels)}")
+    for value in np.unique(labels):
+        members = labels == value
+        if members.sum() < min_count:
+            raise ValueError(f"label {value} has {int(members.sum())} subjects, fewer than {min_count} folds")
+        names, counts = np.unique(strata[members], return_counts=True)
+        small = names[counts < min_count]
+        if len(small):
+            strata[members & np.isin(strata, small)] = names[np.argmax(counts)]
+    return strata.astype(str)
+
+
 def train_siamese(images, labels, train_indices, model_factory: Callable[[], nn.Module],
                   config: TrainConfig = TrainConfig(), valid_indices=None, strata=None,
                   show_progress: bool = True) -> Learner:
@@ -258,7 +306,8 @@ def train_siamese(images, labels, train_indices, model_factory: Callable[[], nn.
         Monitoring subjects. ``None``: one fold of a stratified
         ``round(1 / config.valid_fraction)``-fold split of ``train_indices`` (by
         ``strata`` if given, else by label); none when a class has fewer subjects
-        than folds.
+        than folds. Strata too small for the monitoring folds are merged
+        (:func:`merge_small_strata`).
     strata : array-like or None
         Stratum per subject of the whole array, for the monitoring split.
     show_progress : bool
@@ -276,7 +325,9 @@ def train_siamese(images, labels, train_indices, model_factory: Callable[[], nn.
         n_parts = int(round(1 / config.valid_fraction)) if config.valid_fraction > 0 else 0
         class_counts = np.bincount(labels[train_indices], minlength=2)
         if n_parts >= 2 and class_counts.min() >= n_parts:
-            part_strata = None if strata is None else np.asarray(strata)[train_indices]
+            part_labels = labels[train_indices]
+            part_strata = (None if strata is None
+                           else merge_small_strata(np.asarray(strata)[train_indices], part_labels, n_parts))
             part = stratified_kfold(labels[train_indices], n_parts, strata=part_strata, seed=config.seed)
             valid_indices, train_indices = train_indices[part == 0], train_indices[part != 0]
         else:  # too few subjects per class for a stratified monitoring set
