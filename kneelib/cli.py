@@ -35,10 +35,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade_kl(args: argparse.Namespace) -> int:
-    from kneelib.papers.oarsi_grading import grade_kl_folder
+    from kneelib.grade_kl import grade_kl_folder
 
     table = grade_kl_folder(model_path=args.model, images_dir=args.images, out_csv=args.out)
-    print(f"graded {len(table)} images -> {args.out}")
+    failed = int((table["error"].fillna("") != "").sum())
+    unread = f" ({failed} could not be read: see the 'error' column)" if failed else ""
+    print(f"graded {len(table)} images -> {args.out}{unread}")
     return 0
 
 

@@ -30,22 +30,23 @@
 
 # %% tags=["parameters"]
 seed = 0
-cohort_preset = "smoke"  # synthetic cohort preset ("smoke", "default", "paper")
-n_subjects = None  # training (OAI-role) participants; None: the preset's number (smoke: 8)
-n_test_subjects = 4  # participants of the independent 'most' cohort
-n_folds = 2
-max_epochs = 1
+cohort_preset = "default"  # synthetic cohort preset ("smoke", "default", "paper")
+n_subjects = None  # training (OAI-role) participants; None: the preset's number
+n_test_subjects = 80  # participants of the independent 'most' cohort
+n_folds = 5
+max_epochs = 8
 image_size = 64  # network input (random crop of a 310/300 larger knee crop)
 transfer_backbone = "efficientnet_lite0"  # ImageNet-initialised
+scratch_lr = 1.0e-3  # paper 004: 1e-4 for 20 epochs on 19,704 knees; short CPU runs need more
 scratch_backbone = "resnet18"  # trained from scratch
-scratch_lr = 1e-4  # paper 004: 1e-4 for 20 epochs on 19,704 knees; short CPU runs need more
-batch_size = 16
-localiser_epochs = 15
+batch_size = 32
+localisation_fraction = 0.2  # share of training subjects that only train the knee localiser
+localiser_epochs = 20
 noise_std = 0.03
 gamma_low = 0.7
 gamma_high = 1.5
-n_boot = 50
-torch_threads = 1
+n_boot = 500
+torch_threads = 2
 
 # %%
 import time
@@ -60,12 +61,13 @@ from kneelib.config import cache_root
 from kneelib.papers import oarsi_grading as study
 from kneelib.report import comparison_table, save_metrics
 from kneelib.synth.cohort import generate_cohort
+from kneelib.train.multitask import resize_for_crop
 
 notebook_start = time.perf_counter()
 params = dict(seed=seed, cohort_preset=cohort_preset, n_subjects=n_subjects, n_test_subjects=n_test_subjects,
               n_folds=n_folds, max_epochs=max_epochs, image_size=image_size, transfer_backbone=transfer_backbone,
               scratch_backbone=scratch_backbone, scratch_lr=scratch_lr, batch_size=batch_size,
-              localiser_epochs=localiser_epochs,
+              localisation_fraction=localisation_fraction, localiser_epochs=localiser_epochs,
               noise_std=noise_std, gamma_low=gamma_low, gamma_high=gamma_high, n_boot=n_boot,
               torch_threads=torch_threads)
 study.set_determinism(seed, threads=torch_threads)
@@ -83,10 +85,24 @@ def show(fig, name):
 #
 # Trained on 19,704 OAI knees {footcite}`peterfy2008` with 5-fold subject-wise cross-validation,
 # an ensemble of ImageNet-initialised SE-ResNet-50 and SE-ResNeXt50-32x4d (5 fold snapshots
-# each) reached on 11,743 MOST knees a quadratic kappa of **0.82** for KL and 0.79-0.94 for the
-# OARSI features, a KL balanced accuracy of 66.68% (Table 3), and an ROC AUC and average
-# precision of 0.98 for radiographic OA (KL >= 2, Fig. 3). Transfer learning beat training from
-# scratch in cross-validation (KL kappa 0.81 vs 0.78, Table 2).
+# each) reached on 11,743 MOST knees a quadratic kappa of **{glue:text}`paper_kl_kappa:.2f`** for KL
+# and {glue:text}`paper_oarsi_kappa_min:.2f`-{glue:text}`paper_oarsi_kappa_max:.2f` for the OARSI
+# features, a KL balanced accuracy of {glue:text}`paper_kl_bacc_percent:.2f`% (Table 3), and an ROC
+# AUC and average precision of 0.98 for radiographic OA (KL >= 2, Fig. 3). Transfer learning beat
+# training from scratch in cross-validation (KL kappa {glue:text}`paper_cv_kl_transfer:.2f` vs
+# {glue:text}`paper_cv_kl_scratch:.2f`, Table 2).
+
+# %%
+paper = study.published()
+paper_test = paper["table3"]["metrics"]
+glue("paper_kl_kappa", paper_test["kl"]["quadratic_kappa"], display=False)
+glue("paper_kl_bacc", paper_test["kl"]["balanced_accuracy"], display=False)
+glue("paper_kl_bacc_percent", 100 * paper_test["kl"]["balanced_accuracy"], display=False)
+oarsi_kappas = [m["quadratic_kappa"] for task, m in paper_test.items() if task != "kl"]
+glue("paper_oarsi_kappa_min", min(oarsi_kappas), display=False)
+glue("paper_oarsi_kappa_max", max(oarsi_kappas), display=False)
+glue("paper_cv_kl_transfer", paper["table2"]["kappa"]["SE-Resnet-50 (transfer)"]["kl"], display=False)
+glue("paper_cv_kl_scratch", paper["table2"]["kappa"]["SE-Resnet-50 (scratch)"]["kl"], display=False)
 
 # %% [markdown]
 # ## Data
@@ -113,46 +129,51 @@ print("excluded (QC):", len(knees.attrs["qc"]) + len(test_knees.attrs["qc"]))
 # %% [markdown]
 # ## Method
 #
-# **Knee localisation** (paper: BoneFinder). A small CNN is trained on the landmark ground truth
-# of the training subjects outside fold 0 to predict the joint centre and the lateral and medial
-# plateau points on each half of the bilateral image (resampled to 3 mm per pixel). Its error is
-# measured on the held-out fold-0 subjects and on the independent cohort (never trained on); the
-# same localiser then crops every knee.
-
-# %%
-folds = study.subject_folds(knees, n_folds=n_folds, seed=seed)
-localiser = study.fit_localiser(knees[folds != 0], radiographs, n_epochs=localiser_epochs, seed=seed)
-errors = pd.concat([study.localisation_error_table(localiser, knees[folds == 0], radiographs)
-                    .assign(evaluated_on="held-out training subjects (fold 0)"),
-                    study.localisation_error_table(localiser, test_knees, radiographs)
-                    .assign(evaluated_on="independent cohort")])
-error_columns = [c for c in errors.columns if c.endswith(("_mm", "_deg"))]
-error_summary = errors.groupby("evaluated_on")[error_columns].describe(percentiles=[0.5, 0.95]).T
-display(error_summary.round(2))
-
-# %% [markdown]
+# **Knee localisation** (paper: BoneFinder, trained on other data). A small CNN predicts the joint
+# centre and the lateral and medial plateau points on each half of the bilateral image (resampled
+# to 3 mm per pixel). It is trained on the landmark ground truth of a *localisation split*: a
+# grade-stratified share `localisation_fraction` of the training cohort's subjects
+# ({glue:text}`n_localisation_subjects` subjects here) that takes no further part. The grading
+# cross-validation uses the other {glue:text}`n_cv_subjects` subjects, so every fold and the
+# independent cohort are cropped by one localiser that saw none of their subjects: all folds are
+# treated alike and no fold's crops depend on its own landmarks (the crop step refuses any
+# subject the localiser trained on). Its error is measured on all of those knees.
+#
 # **Pre-processing** (*Data Pre-processing*): a 140 x 140 mm crop around the predicted joint
 # centre, rotated so that the predicted plateau line is horizontal, left knees mirrored,
 # histogram clipped (5th-99th percentile), resampled to `image_size` x 310/300 px
 # (paper: 310 px = 0.45 mm); global contrast normalisation per image at the network input.
 
 # %%
-prepared = study.prepare_knees(knees, radiographs, localiser, image_size)
-test_prepared = study.prepare_knees(test_knees, radiographs, localiser, image_size)
+localised = study.localise_and_crop(knees, test_knees, radiographs, image_size,
+                                    localisation_fraction=localisation_fraction,
+                                    localiser_epochs=localiser_epochs, seed=seed)
+prepared, test_prepared, errors = localised.grading, localised.test, localised.errors
+glue("n_localisation_subjects", localised.localisation_knees["participant_id"].nunique(), display=False)
+glue("n_cv_subjects", prepared.knees["participant_id"].nunique(), display=False)
+glue("n_cv_knees", len(prepared.knees), display=False)
+error_columns = [c for c in errors.columns if c.endswith(("_mm", "_deg"))]
+error_summary = errors.groupby("evaluated_on")[error_columns].describe(percentiles=[0.5, 0.95]).T
+display(error_summary.round(2))
 show(study.plot_localisation(prepared, radiographs, n_examples=3, seed=seed), "localisation")
 
 # %% [markdown]
 # **Model and training** (*Network Architecture*, *Training strategy*): backbone, average
-# pooling, dropout 0.5 and one linear head per task (KL 0-4; osteophytes FL, FM, TL, TM and JSN
+# pooling, dropout {glue:text}`dropout` and one linear head per task (KL 0-4; osteophytes FL, FM, TL, TM and JSN
 # L, M 0-3), summed cross-entropy. Augmentation: random crop, Gaussian noise, random gamma.
 # Two backbones: `transfer_backbone` from ImageNet with the transfer schedule (heads only at
 # 1e-2 for 2 epochs, then all layers at 1e-3 for one epoch and 1e-4 after) and
 # `scratch_backbone` from random weights (`scratch_lr`, 1e-4 in the paper, divided by 10 at 50% and
 # 75% of the epochs);
-# Adam, weight decay 1e-4. Subject-wise 5-fold cross-validation stratified by KL grade; each fold
-# model predicts only its held-out fold (out-of-fold predictions).
+# Adam, weight decay 1e-4. Subject-wise `n_folds`-fold cross-validation stratified by KL grade
+# (grades with fewer subjects than folds merged with their neighbour); each fold model predicts
+# only its held-out fold (out-of-fold predictions).
 
 # %%
+folds = study.subject_folds(prepared.knees, n_folds=n_folds, seed=seed)
+steps_per_fold = max_epochs * int(np.ceil(np.mean([(folds != k).sum() for k in range(n_folds)]) / batch_size))
+glue("steps_per_fold", steps_per_fold, display=False)
+glue("pixel_mm", 140.0 / resize_for_crop(image_size), display=False)
 augment = dict(noise_std=noise_std, gamma_range=(gamma_low, gamma_high), seed=seed, batch_size=batch_size,
                image_size=image_size, max_epochs=max_epochs)
 runs = [study.cross_validate_backbone(prepared, folds, transfer_backbone, "transfer", True, **augment),
@@ -160,20 +181,23 @@ runs = [study.cross_validate_backbone(prepared, folds, transfer_backbone, "trans
                                       **augment)]
 for run in runs:
     print(f"{run.name}: {len(run.snapshots)} folds in {run.seconds / 60:.1f} min")
+glue("dropout", float(runs[0].snapshots[0].dropout_p), display=False)
 
 # %% [markdown]
 # ## Results
 #
 # ### Cross-validation (Table 2 and Supplementary Table 1)
 #
-# Out-of-fold quadratic kappa and balanced accuracy per head and backbone, with stratified
-# bootstrap 95% CIs, beside the paper's Table 2 (kappa).
+# Out-of-fold quadratic kappa and balanced accuracy per head and backbone, with 95% CIs from a
+# grade-stratified bootstrap that resamples *subjects* (each contributes up to two knees and two
+# visits), beside the paper's Table 2 (kappa). Kappa weights use each head's full scale (KL 0-4,
+# OARSI features 0-3).
 
 # %%
 cv_long = study.table2(prepared, runs, n_boot=n_boot, seed=seed)
 display(study.wide_table(cv_long, "quadratic_kappa").rename_axis("kappa, out-of-fold"))
 display(study.wide_table(cv_long, "balanced_accuracy").rename_axis("balanced accuracy, out-of-fold"))
-display(pd.DataFrame(study.PUBLISHED_TABLE2).T.rename(columns=study.TASK_LABELS).rename_axis("paper, Table 2"))
+display(study.paper_table2())
 
 # %% [markdown]
 # ### The ensemble on the independent cohort (Table 3, Fig. 3, Fig. 4)
@@ -185,20 +209,17 @@ ensemble = study.best_runs(cv_long, runs, n_best=2)
 ensemble_name = "ensemble of " + " + ".join(run.name for run in ensemble) + f", {n_folds} snapshots each"
 test_probabilities = study.ensemble_probabilities(ensemble, test_prepared.images, image_size)
 test_long = study.table3(test_prepared, test_probabilities, n_boot=n_boot, seed=seed, model="all visits")
-table3 = test_long.pivot(index="task", columns="metric", values="estimate").reindex(list(study.TASK_LABELS))
-table3["paper kappa"] = [study.PUBLISHED_TABLE3[t]["quadratic_kappa"] for t in table3.index]
-table3["paper balanced accuracy"] = [study.PUBLISHED_TABLE3[t]["balanced_accuracy"] for t in table3.index]
 print(ensemble_name)
-display(table3.rename(index=study.TASK_LABELS).round(3))
+display(study.table3_beside_paper(test_long).round(3))
 display(study.wide_table(test_long, "quadratic_kappa").rename_axis("kappa [95% CI]"))
 display(study.wide_table(test_long, "balanced_accuracy").rename_axis("balanced accuracy [95% CI]"))
 
 # %%
-show(study.plot_confusions(test_prepared, test_probabilities,
+show(study.plot_confusions(test_prepared.targets, test_probabilities,
                            f"Independent cohort, {len(test_prepared.targets)} knee images: confusion (row %, counts)"),
      "confusion")
-roc_figure, curve_table = study.binary_curves(test_prepared, test_probabilities, n_boot=n_boot, seed=seed)
-show(roc_figure, "roc_pr")
+curve_table, curves = study.binary_curves(test_prepared, test_probabilities, n_boot=n_boot, seed=seed)
+show(study.plot_binary_curves(curves), "roc_pr")
 display(curve_table.round(3))
 
 # %% [markdown]
@@ -208,11 +229,7 @@ display(curve_table.round(3))
 # visit only. Here: baseline images of the independent cohort vs both visits.
 
 # %%
-baseline = (test_prepared.knees["visit_month"] == 0).to_numpy()
-first_visit = study.table3(study.PreparedKnees(test_prepared.images[baseline], test_prepared.targets[baseline],
-                                               test_prepared.knees[baseline], {}),
-                           {t: p[baseline] for t, p in test_probabilities.items()}, n_boot=n_boot, seed=seed,
-                           model="baseline only")
+first_visit = study.first_visit_table(test_prepared, test_probabilities, n_boot=n_boot, seed=seed)
 both = pd.concat([test_long, first_visit])
 display(pd.concat({m: study.wide_table(both, m) for m in ("quadratic_kappa", "balanced_accuracy")}))
 
@@ -224,15 +241,16 @@ display(pd.concat({m: study.wide_table(both, m) for m in ("quadratic_kappa", "ba
 # maximum falls in the site's box. The radiograph has no lesion masks, so each site is
 # approximated by a box at the plateau margin from the landmark ground truth (12 mm towards the
 # femur or the tibia, 10 mm either side; white outline). Chance = the box's share of the input.
-# A small input gives a coarse map (`map_cells`; 2 x 2 for ResNet-18 at 64 px), whose upsampled
-# peak sits at an image corner of its hottest cell and misses a small box inside it; the `cell_` columns
-# therefore also score the hottest cell of the map itself (hit if it overlaps the box; chance =
-# share of cells that overlap it). At 64 px that asks little more than "the right side of the
+# A small input gives a coarse map (`map_cells`; {glue:text}`map_cells` here), so the `cell_` columns
+# also score the hottest cell of the map itself (hit if it overlaps the box; chance = share of
+# cells that overlap it). With few cells that asks little more than "the right side of the
 # knee"; `paper` (300 px, 10 x 10 maps) makes the test sharp.
 
 # %%
 pointing, examples = study.pointing_game_table(ensemble[0].snapshots[0], test_prepared, image_size)
 display(pointing.round(3))
+glue("map_cells", str(next((c for c in pointing["map_cells"] if c), "no map")).replace("x", " x "),
+     display=False)
 show(study.plot_pointing_examples(examples), "gradcam_pointing")
 
 # %% [markdown]
@@ -240,7 +258,7 @@ show(study.plot_pointing_examples(examples), "gradcam_pointing")
 
 # %%
 comparisons = study.synthetic_comparisons(
-    cv_long, test_long, ensemble_name, f"synthetic {cohort_preset}, {len(knees)} knee images",
+    cv_long, test_long, ensemble_name, f"synthetic {cohort_preset}, {len(prepared.knees)} knee images",
     f"synthetic independent ('most') cohort, {len(test_knees)} knee images", first_visit=first_visit)
 display(comparison_table(comparisons))
 metrics_file = save_metrics(study.SYNTH_STUDY, comparisons, params)
@@ -250,6 +268,14 @@ for metric in ("quadratic_kappa", "balanced_accuracy"):
         glue(f"kl_{metric}_{column}", float(kl_test.loc[metric, column]), display=False)
 localisation_mm = errors.loc[errors["evaluated_on"] == "independent cohort", "joint_centre_error_mm"]
 glue("centre_error_mm", float(localisation_mm.median()), display=False)
+glue("n_train_subjects", knees["participant_id"].nunique(), display=False)
+glue("n_train_knees", len(knees), display=False)
+glue("n_test_subjects", test_knees["participant_id"].nunique(), display=False)
+glue("n_test_knees", len(test_knees), display=False)
+scratch = next(run for run in runs if run.schedule == "scratch")
+scratch_kl = cv_long[(cv_long["model"] == scratch.name) & (cv_long["task"] == "kl")
+                     & (cv_long["metric"] == "quadratic_kappa")]["estimate"]
+glue("scratch_kl_kappa", float(scratch_kl.iloc[0]), display=False)
 wall_minutes = (time.perf_counter() - notebook_start) / 60
 glue("wall_minutes", float(wall_minutes), display=False)
 print(f"metrics saved to {metrics_file}; notebook wall time {wall_minutes:.1f} min")
@@ -257,7 +283,8 @@ print(f"metrics saved to {metrics_file}; notebook wall time {wall_minutes:.1f} m
 # %% [markdown]
 # **Closing note.** On the independent cohort the ensemble grades KL with a quadratic kappa of
 # {glue:text}`kl_quadratic_kappa_estimate:.2f` [{glue:text}`kl_quadratic_kappa_ci_low:.2f`, {glue:text}`kl_quadratic_kappa_ci_high:.2f`] and a balanced accuracy of
-# {glue:text}`kl_balanced_accuracy_estimate:.2f` [{glue:text}`kl_balanced_accuracy_ci_low:.2f`, {glue:text}`kl_balanced_accuracy_ci_high:.2f`] (stratified bootstrap 95% CIs; paper: 0.82 and 0.67). The localiser
+# {glue:text}`kl_balanced_accuracy_estimate:.2f` [{glue:text}`kl_balanced_accuracy_ci_low:.2f`, {glue:text}`kl_balanced_accuracy_ci_high:.2f`] (95% CIs of a bootstrap over subjects; paper:
+# {glue:text}`paper_kl_kappa:.2f` and {glue:text}`paper_kl_bacc:.2f`). The localiser
 # puts the joint centre a median {glue:text}`centre_error_mm:.1f` mm from the truth on that cohort.
 # The run took {glue:text}`wall_minutes:.1f` minutes with these parameters.
 
@@ -267,28 +294,38 @@ print(f"metrics saved to {metrics_file}; notebook wall time {wall_minutes:.1f} m
 # - **Data.** Synthetic radiographs with planted grades instead of OAI (training) and MOST
 #   (test); the independent cohort differs in subjects and acquisition, not in readers.
 # - **Localisation.** A small landmark CNN trained on synthetic ground truth instead of
-#   BoneFinder; three points (joint centre, lateral and medial plateau) drive the crop.
+#   BoneFinder; three points (joint centre, lateral and medial plateau) drive the crop. It is
+#   trained on a localisation split of subjects ({glue:text}`n_localisation_subjects` of
+#   {glue:text}`n_train_subjects`) that is left out of the grading cross-validation, so the
+#   cross-validation has fewer subjects than the training cohort; every graded knee is cropped by
+#   a localiser that never saw its subject.
 # - **Backbones and weights.** ImageNet weights exist offline only for EfficientNet-Lite, so the
 #   transfer backbone is `efficientnet_lite0` (paper: SE-ResNet-50 and SE-ResNeXt50-32x4d from
 #   ImageNet); the second backbone is trained from scratch (`resnet18` at `default`, SE-ResNet-50
 #   in `paper`). The "two best" backbones of the ensemble are the two trained here.
-# - **Compute.** CPU: `default` trains 8 epochs at 64 px (0.47 mm -> 2.2 mm per pixel) instead of
-#   20 epochs at 300 px; each fold keeps its last epoch (no selection on the held-out fold). At
-#   2.2 mm per pixel small osteophytes and mild narrowing are barely visible, so the kappas stay
-#   far below the paper's; `paper.yaml` restores 300 px and 20 epochs.
-# - **Learning rate from scratch.** `default` trains the scratch backbone at 1e-3 (paper: 1e-4):
-#   its ~240 optimiser steps are a fiftieth of the paper's, and at 1e-4 the scratch ResNet-18
-#   predicted the majority grade of every head (out-of-fold kappa 0), which then pulled the
-#   two-model ensemble to grade 0 on every OARSI head of the independent cohort.
+# - **Compute.** CPU: `default` trains `max_epochs` epochs at `image_size` px
+#   ({glue:text}`pixel_mm:.1f` mm per pixel; paper: 0.45 mm) instead of 20 epochs at 300 px;
+#   each fold keeps its last epoch (no selection on the held-out fold). At that resolution small
+#   osteophytes and mild narrowing are barely visible, so the kappas stay far below the paper's;
+#   `paper.yaml` restores 300 px and 20 epochs.
+# - **Learning rate from scratch.** `default` trains the scratch backbone at `scratch_lr` = 1e-3
+#   (paper: 1e-4): each fold takes {glue:text}`steps_per_fold` optimiser steps, a small fraction of
+#   the paper's, and in an earlier `default` run at 1e-4 the scratch ResNet-18 predicted the
+#   majority grade of every head (a constant prediction, whose kappa is zero by definition),
+#   which then pulled the two-model ensemble to grade 0 on every OARSI head of the independent
+#   cohort. This run's scratch KL kappa out-of-fold: {glue:text}`scratch_kl_kappa:.2f`.
 # - **Independent cohort.** Its acquisition differs moderately (pixel spacing x1.1, 65 instead of
 #   70 kVp, more noise and scatter, beam-alignment SD 1.5 instead of 1.0 degree). A first
-#   version with 2.5 degree alignment scatter blurred the plateau margins and sclerosis that the
+#   version with a larger alignment scatter blurred the plateau margins and sclerosis that the
 #   small models rely on, far beyond the OAI-to-MOST shift the paper's ensemble withstood.
-# - **Cohort size.** `default`: 300 training participants (both visits, 1,200 knee images) and
-#   80 independent participants, instead of 19,704 OAI and 11,743 MOST knees; the CIs are wide.
+# - **Cohort size.** {glue:text}`n_train_subjects` training participants ({glue:text}`n_train_knees`
+#   knee images; {glue:text}`n_cv_subjects` of them, {glue:text}`n_cv_knees` knee images, in the
+#   cross-validation) and {glue:text}`n_test_subjects` independent participants
+#   ({glue:text}`n_test_knees` knee images), instead of 19,704 OAI and 11,743 MOST knees; the CIs,
+#   which resample subjects, are wide.
 # - **Attention.** The paper did not analyse attention maps; the pointing game uses site boxes
-#   derived from landmarks, not lesion outlines, and at `default` the maps have 2 x 2 cells, so
-#   only the cell-level score says anything.
+#   derived from landmarks, not lesion outlines, and the maps have {glue:text}`map_cells` cells,
+#   so at `default` only the cell-level score says anything.
 #
 # ## References
 #

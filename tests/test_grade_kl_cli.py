@@ -1,4 +1,9 @@
 """`python -m kneelib grade-kl` and the Chen KL reader behind the real-data chapter."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +14,7 @@ from kneelib.cli import main
 from kneelib.data.chen_kl import (ChenKLDataError, carve_internal_validation, read_chen_kl,
                                   stratified_subject_subset)
 from kneelib.models.multitask import KL_ONLY, MultiTaskNet
-from kneelib.papers.oarsi_grading import grade_kl_folder, save_kl_model
+from kneelib.grade_kl import grade_kl_folder, save_kl_model, side_from_name
 
 torch.set_num_threads(1)
 
@@ -37,7 +42,7 @@ def test_grade_kl_command_on_a_folder(tmp_path, kl_model, capsys):
     (images / "notes.txt").write_text("ignored")
     out_csv = tmp_path / "out" / "grades.csv"
     assert main(["grade-kl", "--model", str(kl_model), "--images", str(images), "--out", str(out_csv)]) == 0
-    assert "graded 4 images" in capsys.readouterr().out
+    assert "graded 4 images" in capsys.readouterr().out  # noqa: the unreadable one is counted as a row
     table = pd.read_csv(out_csv).set_index("file")
     assert set(table.index) == {"9000001L.png", "sub/knee_R.png", "unknown_side.png", "broken.png"}
     assert "RadiographReadError" in table.loc["broken.png", "error"]
@@ -121,3 +126,107 @@ def test_real_chen_table():
     assert len(table) == 2978 and table["kl_grade"].between(0, 4).all()
     assert table.attrs["qc"].empty
     assert not set(table.loc[table.split == "train", "oai_id"]) & set(table.loc[table.split == "val", "oai_id"])
+
+
+def _dicom(path, pixels, transfer_syntax=None, pixel_data=None):
+    """A minimal secondary-capture DICOM of ``pixels`` (uint16), optionally with other pixel bytes."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", "9000001"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelSpacing = [0.2, 0.2]
+    if pixel_data is None:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    else:
+        from pydicom.encaps import encapsulate
+
+        ds.PixelData = encapsulate([pixel_data])
+        ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_undecodable_files_are_error_rows_never_the_end_of_the_run(tmp_path, kl_model):
+    """Corrupt, truncated, pixel-less and undecodable compressed DICOM files: one error row each."""
+    from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1
+
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 4096, (48, 48)).astype(np.uint16)
+    good = _dicom(folder / "9000001R.dcm", pixels)
+    data = good.read_bytes()
+    (folder / "truncated_L.dcm").write_bytes(data[: len(data) // 2])
+    (folder / "garbage_R.dcm").write_bytes(b"DICM" + bytes(rng.integers(0, 256, 600, dtype=np.uint8)))
+    _dicom(folder / "jpeg_lossless_R.dcm", pixels, JPEGLosslessSV1, pixel_data=b"\xff\xd8" + b"\x00" * 64)
+    _dicom(folder / "jpeg2000_L.dcm", pixels, JPEG2000Lossless, pixel_data=bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
+    no_pixels = _dicom(folder / "no_pixels_R.dcm", pixels)
+    import pydicom
+
+    ds = pydicom.dcmread(no_pixels)
+    del ds.PixelData
+    ds.save_as(no_pixels)
+    table = grade_kl_folder(kl_model, folder, out_csv=tmp_path / "grades.csv").set_index("file")
+    assert len(table) == 6
+    assert table.loc["9000001R.dcm", "error"] == "" and 0 <= table.loc["9000001R.dcm", "kl_grade"] <= 4
+    broken = table.drop(index="9000001R.dcm")
+    assert broken["kl_grade"].isna().all() and (broken["error"] != "").all()
+    for name, row in broken.iterrows():
+        assert name in row["error"] or "Error" in row["error"].split(":")[0], (name, row["error"])
+    written = pd.read_csv(tmp_path / "grades.csv")
+    assert len(written) == 6 and written["error"].notna().sum() == 5
+
+
+def test_side_from_name():
+    assert side_from_name("9000001L.png") == "L" and side_from_name("sub/knee_R.dcm") == "R"
+    assert side_from_name("unknown_side.png") is None and side_from_name("KNEE.dcm") is None
+
+
+def test_cli_does_not_import_papers(tmp_path, kl_model):
+    """grade-kl lives in kneelib.grade_kl; the command line never loads kneelib.papers (issue item 20)."""
+    cli = Path(__file__).resolve().parents[1] / "kneelib" / "cli.py"
+    imported = {node.module for node in ast.walk(ast.parse(cli.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {alias.name for node in ast.walk(ast.parse(cli.read_text())) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not [m for m in imported if m.startswith("kneelib.papers")], imported
+    folder = tmp_path / "one"
+    folder.mkdir()
+    _knee_png(folder / "a_R.png", 0)
+    code = ("import sys\nfrom kneelib.cli import main\n"
+            f"main(['grade-kl', '--model', {str(kl_model)!r}, '--images', {str(folder)!r}, "
+            f"'--out', {str(tmp_path / 'g.csv')!r}])\n"
+            "print(sorted(m for m in sys.modules if m.startswith('kneelib.papers')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_decoder_crash_of_any_kind_is_an_error_row(tmp_path, kl_model, monkeypatch):
+    """A decoder plugin may raise anything (RuntimeError, NotImplementedError ...): still one row."""
+    import kneelib.preprocess.radiograph as radiograph
+
+    folder = tmp_path / "crash"
+    folder.mkdir()
+    _knee_png(folder / "a_R.png", 1)
+    _knee_png(folder / "b_L.png", 2)
+    real_reader = radiograph.read_knee_image
+
+    def flaky_reader(path):
+        if Path(path).name == "b_L.png":
+            raise RuntimeError("decoder plugin crashed")
+        return real_reader(path)
+
+    monkeypatch.setattr(radiograph, "read_knee_image", flaky_reader)
+    table = grade_kl_folder(kl_model, folder).set_index("file")
+    assert table.loc["b_L.png", "error"] == "RuntimeError: decoder plugin crashed"
+    assert pd.isna(table.loc["b_L.png", "kl_grade"]) and table.loc["a_R.png", "error"] == ""

@@ -106,3 +106,52 @@ def test_landmark_table_to_points_and_bad_input():
         kl.landmark_table_to_points(pd.DataFrame(rows[:2]))
     with pytest.raises(ValueError, match="points_rc"):
         kl.train_knee_localiser([np.zeros((10, 20))], [1.0], ["R"], np.zeros((2, 3, 2)), progress=False)
+
+
+def _blob_knees(n_subjects, seed, prefix="S"):
+    """A knee table (2 knees per subject) over blob radiographs, as the chapter's knee table has it."""
+    images, spacings, sides, points = _blob_images(n_subjects, seed)
+    rows, radiographs = [], {}
+    for i, (image, spacing, side, p) in enumerate(zip(images, spacings, sides, points)):
+        path = f"{prefix}{i // 2}/xr"
+        radiographs[path] = (image, spacing)
+        row = {"participant_id": f"{prefix}{i // 2}", "visit_month": 0, "side": side, "path": path,
+               "kl_grade": (i // 2) % 3, "kl": (i // 2) % 3, "osteophyte_fl": 0, "osteophyte_fm": 0,
+               "osteophyte_tl": 0, "osteophyte_tm": 0, "jsn_lateral": 0, "jsn_medial": 0}
+        for name, (r, c) in zip(kl.LOCALISER_LANDMARKS, p):
+            row[f"{name}_row"], row[f"{name}_col"] = r, c
+        for compartment, (r, c) in zip(("lateral", "medial"), p[1:]):
+            row[f"plateau_margin_{compartment}_row"], row[f"plateau_margin_{compartment}_col"] = r, c
+        rows.append(row)
+    return pd.DataFrame(rows), radiographs
+
+
+def test_localisation_split_is_disjoint_in_subjects_and_covers_every_knee():
+    knees, _ = _blob_knees(20, seed=2)
+    localisation, grading = kl.localisation_split(knees, 0.25, seed=0)
+    assert not set(localisation["participant_id"]) & set(grading["participant_id"])
+    assert len(localisation) + len(grading) == len(knees)
+    assert localisation["participant_id"].nunique() == 5
+    again, _ = kl.localisation_split(knees, 0.25, seed=0)
+    assert again.equals(localisation)
+    for fraction in (0.0, 1.0, 0.01):
+        with pytest.raises(ValueError, match="localisation"):
+            kl.localisation_split(knees, fraction)
+
+
+def test_localiser_refuses_to_crop_or_score_the_subjects_it_trained_on():
+    from kneelib.preprocess.knee_crops import prepare_knees
+
+    knees, radiographs = _blob_knees(6, seed=3)
+    localisation, grading = kl.localisation_split(knees, 0.34, seed=0)
+    localiser = kl.fit_localiser(localisation, radiographs, n_epochs=1, seed=0, progress=False)
+    assert localiser.trained_on == set(localisation["participant_id"])
+    for table in (localisation, knees):                      # any trained-on subject is refused
+        with pytest.raises(kl.LocaliserLeakError, match="trained the localiser"):
+            kl.localisation_error_table(localiser, table, radiographs)
+        with pytest.raises(kl.LocaliserLeakError, match="trained the localiser"):
+            prepare_knees(table, radiographs, localiser, image_size=32, progress=False)
+    errors = kl.localisation_error_table(localiser, grading, radiographs)
+    assert len(errors) == len(grading) and errors["joint_centre_error_mm"].notna().all()
+    prepared = prepare_knees(grading, radiographs, localiser, image_size=32, progress=False)
+    assert prepared.images.shape[0] == len(grading)

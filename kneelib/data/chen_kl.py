@@ -8,6 +8,7 @@ head (Tiulpin & Saarakkala 2020); the data set's ``test`` split is deliberately 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import pandas as pd
 from kneelib.data.errors import KneelibDataError
 
 __all__ = ["ChenKLDataError", "CHEN_KL_FOLDER", "read_chen_kl", "carve_internal_validation",
-           "stratified_subject_subset"]
+           "stratified_subject_subset", "merge_sparse_grades", "KLCohort", "load_chen_kl_cohort",
+           "cohort_summary"]
 
 #: Folder name of the data set under the data root.
 CHEN_KL_FOLDER = "chen_kl_radiographs"
@@ -95,7 +97,7 @@ def read_chen_kl(root: str | Path | None = None, check_files: bool = True) -> pd
         table = table[exists].reset_index(drop=True)
     if table.empty:
         raise ChenKLDataError(f"no usable rows in {labels_path}", path=labels_path, reason="no usable rows")
-    table["subject_id"] = table["oai_id"]
+    table["subject_id"] = table["oai_id"]  # one OAI participant id per person (SOURCE.md); both knees share it
     table.attrs["qc"] = pd.DataFrame(qc_rows, columns=["relpath", "reason"])
     return table
 
@@ -120,8 +122,11 @@ def carve_internal_validation(table: pd.DataFrame, fraction: float = 0.15, seed:
     if not 0 < fraction < 0.5:
         raise ValueError(f"fraction must lie in (0, 0.5), got {fraction}")
     n_splits = max(2, int(round(1 / fraction)))
+    if table[subject_column].nunique() < n_splits:
+        raise ValueError(f"{table[subject_column].nunique()} subjects cannot be split into {n_splits} parts")
+    strata = merge_sparse_grades(table[grade_column], table[subject_column], n_splits)
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    train_idx, hold_idx = next(folds.split(table, table[grade_column], groups=table[subject_column]))
+    train_idx, hold_idx = next(folds.split(table, strata, groups=table[subject_column]))
     return table.iloc[train_idx].reset_index(drop=True), table.iloc[hold_idx].reset_index(drop=True)
 
 
@@ -144,3 +149,107 @@ def stratified_subject_subset(table: pd.DataFrame, n_subjects: int | None, seed:
         k = max(1, int(round(share * len(group))))
         chosen.extend(rng.choice(group.index.to_numpy(), size=min(k, len(group)), replace=False))
     return table[table[subject_column].isin(set(chosen))].reset_index(drop=True)
+
+
+def merge_sparse_grades(grades, subjects, min_subjects: int) -> np.ndarray:
+    """Stratum per row: the grade, with grades of fewer than ``min_subjects`` subjects merged.
+
+    A stratified split into ``k`` parts needs at least ``k`` members per stratum
+    (scikit-learn warns and splits unevenly otherwise). A grade held by fewer than
+    ``min_subjects`` subjects joins its lower neighbour (grade 0 its upper one), so
+    the strata stay ordinal and every part still gets a share of the rare grades.
+
+    Parameters
+    ----------
+    grades : array-like of int
+        Grade per row (e.g. KL 0-4).
+    subjects : array-like
+        Subject per row.
+    min_subjects : int
+        Smallest allowed number of subjects per stratum (the number of parts).
+
+    Returns
+    -------
+    ndarray of int
+        The merged grade (the lowest grade of its stratum) per row.
+    """
+    grades = np.asarray(grades).astype(int)
+    subjects = np.asarray(subjects)
+    strata = grades.copy()
+    while True:
+        values = np.unique(strata)
+        if len(values) < 2:
+            return strata
+        counts = np.array([len(np.unique(subjects[strata == v])) for v in values])
+        sparse = np.flatnonzero(counts < min_subjects)
+        if len(sparse) == 0:
+            return strata
+        i = int(sparse[np.argmin(counts[sparse])])
+        neighbour = values[i - 1] if i > 0 else values[1]
+        low, high = sorted((int(values[i]), int(neighbour)))
+        strata[(strata == low) | (strata == high)] = low
+
+
+@dataclass
+class KLCohort:
+    """Tables of the real KL chapter: training, internal validation (model selection), reported val.
+
+    Every table has ``subject_id`` (the OAI participant id of ``labels.csv``; both
+    knees of a person share it), which the chapter's bootstrap CIs resample.
+    """
+
+    train: pd.DataFrame
+    internal_val: pd.DataFrame
+    val: pd.DataFrame
+    qc: pd.DataFrame
+
+
+def load_chen_kl_cohort(internal_fraction: float = 0.15, n_subjects: int | None = None,
+                        seed: int = 0, root=None) -> KLCohort:
+    """Chen KL crops split into train / internal validation (by subject) / untouched val.
+
+    Parameters
+    ----------
+    internal_fraction : float
+        Share of training subjects held out for epoch selection.
+    n_subjects : int, optional
+        Keep about this many training subjects (grade-stratified) before carving the
+        internal split; ``None`` keeps all. The reported ``val`` split is never cut.
+    seed : int
+    root : path, optional
+        The ``chen_kl_radiographs`` folder (default under ``$KNEELIB_DATA``).
+
+    Raises
+    ------
+    ChenKLDataError
+        If a split is empty or a subject appears in both ``train`` and ``val``.
+    """
+    if root is None:
+        from kneelib.config import data_root
+
+        root = data_root() / CHEN_KL_FOLDER
+    table = read_chen_kl(root)
+    train_all = table[table["split"] == "train"]
+    val = table[table["split"] == "val"].reset_index(drop=True)
+    labels = Path(root) / "labels.csv"
+    if train_all.empty or val.empty:
+        raise ChenKLDataError(f"Chen KL table needs 'train' and 'val' rows; splits found: "
+                              f"{sorted(table['split'].unique())}", path=labels, reason="split missing")
+    overlap = set(train_all["subject_id"]) & set(val["subject_id"])
+    if overlap:
+        raise ChenKLDataError(f"{len(overlap)} subject(s) in both train and val, e.g. {sorted(overlap)[:3]}",
+                              path=labels, reason="subject in both splits")
+    train_all = stratified_subject_subset(train_all, n_subjects, seed=seed)
+    train, internal_val = carve_internal_validation(train_all, internal_fraction, seed=seed)
+    return KLCohort(train, internal_val, val, table.attrs.get("qc", pd.DataFrame()))
+
+
+def cohort_summary(cohort: KLCohort) -> pd.DataFrame:
+    """Knees per KL grade and subjects per part of the split (the chapter's data table)."""
+    rows = {}
+    for name, part in (("train", cohort.train), ("internal validation", cohort.internal_val),
+                       ("val (reported)", cohort.val)):
+        counts = part["kl_grade"].value_counts().reindex(range(5), fill_value=0)
+        rows[name] = {**{f"KL {g}": int(c) for g, c in counts.items()},
+                      "knees": len(part), "subjects": part["subject_id"].nunique()}
+    return pd.DataFrame(rows).T

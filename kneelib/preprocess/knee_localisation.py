@@ -22,6 +22,15 @@ How it works
 4. :func:`knee_crop` cuts the 140 mm square in one resampling step: an affine map
    (centre, plateau angle, mirroring, output pixel size) from output to input
    pixels, also used to carry any landmark into the crop (:func:`crop_points`).
+
+Which subjects train the localiser
+----------------------------------
+The localiser is trained on a *localisation split* (:func:`localisation_split`): a
+fixed share of the training cohort's subjects that takes no part in the grading
+cross-validation. Every graded knee is then cropped by a localiser that never saw its
+subject, so all folds are cropped alike and no fold's crops depend on its own
+landmarks. :class:`KneeLocaliser` remembers its training subjects
+(``trained_on``) and :meth:`KneeLocaliser.check_unseen` refuses to crop them.
 """
 from __future__ import annotations
 
@@ -40,6 +49,10 @@ __all__ = [
     "KneeLocaliser",
     "train_knee_localiser",
     "localisation_errors_mm",
+    "LocaliserLeakError",
+    "localisation_split",
+    "fit_localiser",
+    "localisation_error_table",
     "plateau_angle_deg",
     "knee_crop_matrix",
     "knee_crop",
@@ -210,6 +223,9 @@ class KneeLocaliser:
         The predicted landmarks (:data:`LOCALISER_LANDMARKS`).
     history : DataFrame
         Training loss per epoch (mean squared error in grid fractions).
+    trained_on : frozenset of str
+        Subjects whose knees trained it (empty when not given to
+        :func:`train_knee_localiser`).
     """
 
     network: object
@@ -217,6 +233,15 @@ class KneeLocaliser:
     grid_shape: tuple[int, int]
     names: tuple[str, ...]
     history: pd.DataFrame
+    trained_on: frozenset = frozenset()
+
+    def check_unseen(self, subjects) -> None:
+        """Raise :class:`LocaliserLeakError` if any of ``subjects`` trained this localiser."""
+        seen = sorted(set(map(str, subjects)) & self.trained_on)
+        if seen:
+            raise LocaliserLeakError(
+                f"{len(seen)} subject(s) to be cropped trained the localiser, e.g. {seen[:3]}: "
+                "crop only subjects outside its localisation split")
 
     def predict(self, image: np.ndarray, spacing_mm: float, sides=("R", "L")) -> dict[str, dict[str, tuple]]:
         """Landmarks in bilateral-image pixels: ``{side: {name: (row, col)}}``."""
@@ -248,7 +273,7 @@ def _training_arrays(images, spacings, sides, points_rc, grid_mm, grid_shape):
 def train_knee_localiser(images, spacings, sides, points_rc, grid_mm: float = 3.0,
                          grid_shape: tuple[int, int] = (64, 64), n_epochs: int = 30, batch_size: int = 32,
                          lr: float = 3e-3, max_shift_px: int = 8, seed: int = 0,
-                         progress: bool = True) -> KneeLocaliser:
+                         progress: bool = True, subjects=None) -> KneeLocaliser:
     """Train the landmark CNN on knees with ground-truth landmarks.
 
     Parameters
@@ -266,6 +291,10 @@ def train_knee_localiser(images, spacings, sides, points_rc, grid_mm: float = 3.
     max_shift_px : int
         Random translation of image and targets (grid pixels) in training.
     seed : int
+    progress : bool
+    subjects : sequence, optional
+        Subject of each knee, kept as ``trained_on`` so that crops of these subjects
+        can be refused later (:meth:`KneeLocaliser.check_unseen`).
 
     Returns
     -------
@@ -308,7 +337,7 @@ def train_knee_localiser(images, spacings, sides, points_rc, grid_mm: float = 3.
         history.append({"epoch": epoch + 1, "train_mse": sum(losses) / len(order)})
     network.eval()
     return KneeLocaliser(network, float(grid_mm), tuple(grid_shape), LOCALISER_LANDMARKS[:points_rc.shape[1]],
-                         pd.DataFrame(history))
+                         pd.DataFrame(history), frozenset(map(str, subjects)) if subjects is not None else frozenset())
 
 
 def localisation_errors_mm(localiser: KneeLocaliser, images, spacings, sides, points_rc) -> pd.DataFrame:
@@ -395,3 +424,98 @@ def crop_points(points_rc, centre_rc, angle_deg: float, side: str, pixel_spacing
                                       mirror_side)
     points = np.atleast_2d(np.asarray(points_rc, dtype=float))
     return (points - offset) @ np.linalg.inv(matrix).T
+
+
+class LocaliserLeakError(ValueError):
+    """A knee to be cropped belongs to a subject that trained the localiser."""
+
+
+def localisation_split(knees: pd.DataFrame, fraction: float = 0.2, seed: int = 0,
+                       subject_column: str = "participant_id", grade_column: str = "kl_grade"
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Hold out a share of subjects to train the localiser only: ``(localisation, grading)`` knees.
+
+    Paper 004 used BoneFinder, trained on other data than its OAI/MOST grading sets.
+    The stand-in localiser is trained here on a fixed, grade-stratified share of the
+    training cohort's subjects (all their knees and visits) that is then left out of
+    the grading cross-validation, so every fold is cropped by a localiser that saw
+    none of its subjects, and all folds alike.
+
+    Parameters
+    ----------
+    knees : DataFrame
+        One row per knee image, with ``subject_column`` and ``grade_column``.
+    fraction : float
+        Share of subjects for localisation, in (0, 1).
+    seed : int
+
+    Returns
+    -------
+    localisation, grading : DataFrame
+        Disjoint in subjects; together all rows of ``knees``.
+
+    Raises
+    ------
+    ValueError
+        If ``fraction`` is outside (0, 1) or either part would have no subject.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"localisation fraction must lie in (0, 1), got {fraction}")
+    subjects = knees[subject_column].astype(str)
+    n_subjects = subjects.nunique()
+    n_localisation = int(round(fraction * n_subjects))
+    if not 1 <= n_localisation < n_subjects:
+        raise ValueError(f"a localisation fraction of {fraction} of {n_subjects} subjects leaves a part empty")
+    # systematic sample of the subjects sorted by highest grade (random order within a grade):
+    # exactly n_localisation subjects, every grade represented in proportion
+    highest = knees.groupby(subjects)[grade_column].max()
+    rng = np.random.default_rng(seed)
+    order = highest.index.to_numpy()[rng.permutation(len(highest))]
+    order = order[np.argsort(highest.loc[order].to_numpy(), kind="stable")]
+    positions = np.floor((np.arange(n_localisation) + rng.uniform()) * n_subjects / n_localisation).astype(int)
+    held = set(order[positions])
+    in_localisation = subjects.isin(held).to_numpy()
+    return (knees[in_localisation].reset_index(drop=True), knees[~in_localisation].reset_index(drop=True))
+
+
+def _knee_points(knees: pd.DataFrame, names) -> np.ndarray:
+    return np.stack([knees[[f"{n}_row", f"{n}_col"]].to_numpy(float) for n in names], axis=1)
+
+
+def fit_localiser(knees: pd.DataFrame, radiographs: dict, n_epochs: int = 30, seed: int = 0,
+                  progress: bool = True, subject_column: str = "participant_id") -> KneeLocaliser:
+    """Train the localiser on the knees of a table (its localisation split).
+
+    Parameters
+    ----------
+    knees : DataFrame
+        ``path``, ``side``, ``<landmark>_row/_col`` for :data:`LOCALISER_LANDMARKS`, and
+        ``subject_column`` (remembered as ``trained_on``).
+    radiographs : dict
+        ``path`` -> (pixels, pixel spacing mm), as read by
+        :func:`kneelib.data.knee_radiographs.read_radiographs`.
+    """
+    return train_knee_localiser([radiographs[p][0] for p in knees["path"]],
+                                [radiographs[p][1] for p in knees["path"]], knees["side"].tolist(),
+                                _knee_points(knees, LOCALISER_LANDMARKS), n_epochs=n_epochs, seed=seed,
+                                progress=progress, subjects=knees[subject_column].astype(str).tolist())
+
+
+def localisation_error_table(localiser: KneeLocaliser, knees: pd.DataFrame, radiographs: dict,
+                             subject_column: str = "participant_id") -> pd.DataFrame:
+    """Per-knee localisation errors (mm, degrees) on knees the localiser never saw.
+
+    Returns the knee keys (``subject_column``, ``visit_month``, ``side`` where present)
+    beside the columns of :func:`localisation_errors_mm`.
+
+    Raises
+    ------
+    LocaliserLeakError
+        If a knee's subject trained the localiser (its error would be optimistic).
+    """
+    localiser.check_unseen(knees[subject_column])
+    errors = localisation_errors_mm(localiser, [radiographs[p][0] for p in knees["path"]],
+                                    [radiographs[p][1] for p in knees["path"]], knees["side"].tolist(),
+                                    _knee_points(knees, localiser.names))
+    keys = [c for c in (subject_column, "visit_month", "side") if c in knees.columns]
+    return pd.concat([knees[keys].reset_index(drop=True), errors], axis=1)

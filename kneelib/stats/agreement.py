@@ -78,9 +78,14 @@ def quadratic_kappa(y_true, y_pred, grades=None) -> float:
 
 
 def balanced_accuracy(y_true, y_pred) -> float:
-    """Mean of per-grade recalls (over the grades present in ``y_true``)."""
+    """Mean of per-grade recalls (over the grades present in ``y_true``).
+
+    The value of :func:`sklearn.metrics.balanced_accuracy_score`, computed directly so
+    that a bootstrap resample with one grade, or predictions of a grade absent from
+    ``y_true``, raise no warning (they are ordinary cases, not mistakes).
+    """
     y_true, y_pred = _as_labels(y_true, y_pred)
-    return float(skm.balanced_accuracy_score(y_true, y_pred))
+    return float(np.mean([np.mean(y_pred[y_true == grade] == grade) for grade in np.unique(y_true)]))
 
 
 def accuracy(y_true, y_pred) -> float:

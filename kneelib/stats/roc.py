@@ -83,6 +83,14 @@ def delong_auc_variance(y_true, y_score) -> tuple[float, float]:
     return float(auc), float(s10 / m + s01 / n)
 
 
+def _resample_auc(y_true, y_score) -> float:
+    """ROC AUC of one bootstrap resample; a one-class resample raises ``ValueError``, which
+    :func:`~kneelib.stats.bootstrap.bootstrap_ci` skips (instead of sklearn's warning and NaN)."""
+    if len(np.unique(y_true)) < 2:
+        raise ValueError("a resample with one class has no ROC AUC")
+    return roc_auc_score(y_true, y_score)
+
+
 def auc_with_ci(y_true, y_score, method: str = "delong", level: float = 0.95, n_boot: int = 2000,
                 seed: int = 0, groups=None) -> AucResult:
     """ROC AUC with a confidence interval.
@@ -129,7 +137,7 @@ def auc_with_ci(y_true, y_score, method: str = "delong", level: float = 0.95, n_
         half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(variance)
         low, high = max(0.0, auc - half), min(1.0, auc + half)
     elif method == "bootstrap":
-        result = bootstrap_ci(roc_auc_score, y_true, y_score, n_boot=n_boot, level=level, seed=seed,
+        result = bootstrap_ci(_resample_auc, y_true, y_score, n_boot=n_boot, level=level, seed=seed,
                               groups=groups)
         auc, low, high = result.estimate, result.ci_low, result.ci_high
     else:
