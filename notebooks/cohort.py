@@ -34,6 +34,7 @@ seed = 0  # cohort seed; also seeds the causal-model sample and the image sampli
 n_model_sample = 5000  # participants of the no-image sample of the causal model
 qc_n_subjects = None  # participants whose series are all loaded for the QC table (None: all)
 crops_per_grade = 2  # real and synthetic radiograph crops shown per KL grade
+crop_width_per_plateau = 1.3  # side of a synthetic knee crop / distance of the outer plateau margins
 data_root = None  # None: $KNEELIB_DATA
 montage_per_grade = 4  # real radiographs shown per KL grade
 image_size = 224  # display size of each radiograph crop (pixels)
@@ -197,7 +198,7 @@ else:
 # KL grade {footcite}`chen2019,chen2018data`; both clipped to their 5th-99th percentiles.
 
 # %%
-synthetic_crops = cohort.synthetic_knee_crops(cohort_root, knees)
+synthetic_crops = cohort.synthetic_knee_crops(cohort_root, knees, width_per_plateau=crop_width_per_plateau)
 if present["chen_kl_radiographs"]:
     crops_figure = cohort.plot_radiograph_crops(root / "chen_kl_radiographs", synthetic_crops,
                                                 per_grade=crops_per_grade, image_size=image_size,
@@ -286,7 +287,7 @@ comparisons = cohort.cohort_comparisons(deep_pain_tables, knees, f"synthetic {co
                                         model_knees, f"synthetic {model_label}")
 save_metrics("cohort", comparisons, params=dict(
     preset=preset, n_subjects=n_subjects, seed=seed, n_model_sample=n_model_sample,
-    qc_n_subjects=qc_n_subjects, crops_per_grade=crops_per_grade,
+    qc_n_subjects=qc_n_subjects, crops_per_grade=crops_per_grade, crop_width_per_plateau=crop_width_per_plateau,
     montage_per_grade=montage_per_grade, image_size=image_size, kl_split=kl_split))
 comparison_table(comparisons)
 
