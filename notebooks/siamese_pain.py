@@ -62,7 +62,7 @@ params = dict(seed=seed, cohort_preset=cohort_preset, n_subjects=n_subjects, ima
 figure_dir = cache_root() / "figures" / study.STUDY
 figure_dir.mkdir(parents=True, exist_ok=True)
 paper = study.published()  # book/published.yml, values: siamese_pain
-glue("paper_n_model_a", f"{paper['n_subjects']['Model A']:,}", display=False)
+glue("paper_n_model_a", paper["n_subjects"]["Model A"], display=False)
 glue("paper_n_model_b", paper["n_subjects"]["Model B"], display=False)
 glue("paper_auc_model_a", paper["auc"]["Model A"], display=False)
 glue("paper_auc_model_b", paper["auc"]["Model B"], display=False)
@@ -75,7 +75,7 @@ for lesion, counts in paper["lesions"].items():
 # %% [markdown]
 # ## The paper's claim
 #
-# Chang et al. trained a Siamese network on the SAG IW TSE MRI of both knees of {glue:text}`paper_n_model_a` OAI
+# Chang et al. trained a Siamese network on the SAG IW TSE MRI of both knees of {glue:text}`paper_n_model_a:,.0f` OAI
 # participants with unilateral frequent knee pain. Ten-fold cross-validation gave an ROC AUC of
 # **{glue:text}`paper_auc_model_a:.3f`** (Model A) and **{glue:text}`paper_auc_model_b:.3f`** when only
 # subjects whose knees differ by more than {glue:text}`paper_womac_above` WOMAC pain points were kept
@@ -262,7 +262,7 @@ glue("n_model_b", len(models["Model B"].cohort), display=False)
 # - **Data.** The default run uses the book's synthetic OAI-format cohort
 #   ({glue:text}`n_cohort` subjects with unilateral frequent pain, {glue:text}`n_model_a` of them in
 #   Model A after QC and {glue:text}`n_model_b` in Model B), not the OAI participants of the paper
-#   (Model A n = {glue:text}`paper_n_model_a`, Model B n = {glue:text}`paper_n_model_b`). The pain
+#   (Model A n = {glue:text}`paper_n_model_a:,.0f`, Model B n = {glue:text}`paper_n_model_b`). The pain
 #   labels follow the causal model's planted lesions, so the AUCs measure whether the pipeline
 #   recovers a known signal, not the paper's clinical claim. With a fraction of the paper's subjects,
 #   confidence intervals are wide and the AUCs sit below the paper's: the images carry the left-right
