@@ -20,6 +20,11 @@ USED_WITHOUT_IMPORT = {
     "ipykernel": "the Python kernel papermill starts to execute the notebooks",
     "nbclient": "the engine papermill executes notebooks with (pinned with it)",
     "jupytext": "pairs notebooks/*.ipynb with their .py sources (make sync-notebooks; tests/ import it)",
+    "pylibjpeg": "pydicom's decoder framework for compressed pixel data (plugins below)",
+    "pylibjpeg-libjpeg": "pydicom plugin: JPEG baseline/lossless and JPEG-LS decoding",
+    "pylibjpeg-openjpeg": "pydicom plugin: JPEG 2000 decoding",
+    "pylibjpeg-rle": "pydicom plugin: fast RLE decoding",
+    "pyjpegls": "pydicom's JPEG-LS codec (also encodes, for the compressed-DICOM tests)",
 }
 
 

@@ -276,3 +276,26 @@ def test_published_values_are_read_from_published_yml():
     assert "0.808" not in inspect.getsource(study)
     lesions = study.lesion_table(_hits("siamese", ["bml"], [True], [True], [0.1])).set_index("lesion")
     assert lesions.loc["Bone Marrow Lesion", "paper percent"] == pytest.approx(round(100 * 5 / 107, 1))
+
+
+def test_knee_cache_key_follows_truth_content_not_mtime_or_place(tmp_path):
+    """The preprocessing cache is content-addressed: a touched or moved truth file keeps its key."""
+    import os
+    import shutil
+
+    from kneelib.preprocess.siamese_inputs import PreprocessConfig, _cache_key
+
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "000001").write_bytes(b"not dicom")  # the series key reads the folder's files
+    truth = tmp_path / "truth.npz"
+    truth.write_bytes(b"labels-v1")
+    key = _cache_key(series, [truth], PreprocessConfig(), "template")
+    os.utime(truth, (1, 1))
+    assert _cache_key(series, [truth], PreprocessConfig(), "template") == key
+    moved = tmp_path / "elsewhere.npz"
+    shutil.copy(truth, moved)
+    assert _cache_key(series, [moved], PreprocessConfig(), "template") == key
+    truth.write_bytes(b"labels-v2")
+    os.utime(truth, (1, 1))
+    assert _cache_key(series, [truth], PreprocessConfig(), "template") != key

@@ -127,15 +127,13 @@ def _knee_truth(root: Path, truth_row: pd.Series, volume) -> tuple[int, np.ndarr
 
 
 def _cache_key(folder: Path, truth_files: list[Path], config: PreprocessConfig, template_key: str) -> str:
-    from kneelib.data.cache import series_cache_key
+    from kneelib.data.cache import file_content_digest, series_cache_key
 
     digest = hashlib.sha256()
     digest.update(f"siamese-pain-knee-v{_PREPROCESS_VERSION}\n".encode())
     digest.update(series_cache_key(folder).encode())
-    for path in truth_files:
-        if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    for path in truth_files:  # content, not name/size/mtime: the key is content-addressed
+        digest.update(f"{file_content_digest(path) if path.is_file() else 'absent'}\n".encode())
     digest.update(json.dumps(config.__dict__, sort_keys=True, default=list).encode())
     digest.update(template_key.encode())
     return digest.hexdigest()
