@@ -426,6 +426,33 @@ def _md_cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def headline_value(item: dict, values: dict) -> str:
+    """The published number of a headline row of ``published.yml``, formatted.
+
+    A row either carries ``published`` (a study without a chapter yet) or ``ref``: one
+    path (or a list of paths, shown ``a / b``) into the ``values`` block, so that a
+    number a chapter compares against is written down once.
+
+    Raises
+    ------
+    KeyError
+        When a ``ref`` names no value.
+    """
+    if "ref" not in item:
+        return _format_number(item.get("published"))
+    refs = item["ref"] if isinstance(item["ref"], list) else [item["ref"]]
+    shown = []
+    for ref in refs:
+        node = values
+        for key in str(ref).split("/"):
+            if not isinstance(node, dict) or key not in node:
+                raise KeyError(f"published.yml: headline {item.get('quantity')!r} refers to {ref!r}, "
+                               f"which names no value under `values:`")
+            node = node[key]
+        shown.append(_format_number(node))
+    return " / ".join(shown)
+
+
 def write_status_table(metrics_dir: str | os.PathLike, out_path: str | os.PathLike,
                        published_path: str | os.PathLike | None = None) -> Path:
     """Write the Markdown body of the reproduction-status page.
@@ -449,7 +476,9 @@ def write_status_table(metrics_dir: str | os.PathLike, out_path: str | os.PathLi
     from kneelib.report import load_metrics
 
     published_path = Path(published_path) if published_path else book_dir() / "published.yml"
-    studies = yaml.safe_load(Path(published_path).read_text())["studies"]
+    document = yaml.safe_load(Path(published_path).read_text())
+    studies = document["studies"]
+    published_values = document.get("values") or {}
     metrics = load_metrics(metrics_dir) if Path(metrics_dir).is_dir() else {}
     lines: list[str] = []
     claimed: set[str] = set()
@@ -484,7 +513,7 @@ def write_status_table(metrics_dir: str | os.PathLike, out_path: str | os.PathLi
                       "Headline published numbers:", "",
                       "| quantity | published | reproduced | source |", "|---|---|---|---|"]
             for item in study.get("headline", []):
-                lines.append(f"| {_md_cell(item['quantity'])} | {_format_number(item['published'])}"
+                lines.append(f"| {_md_cell(item['quantity'])} | {headline_value(item, published_values)}"
                              f" | not yet reproduced | {_md_cell(item.get('source', ''))} |")
             lines.append("")
             continue

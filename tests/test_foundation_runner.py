@@ -110,6 +110,37 @@ def test_status_table(tmp_path, repo_root):
     grading = text[text.index("KL and OARSI grading"):]
     assert "**Not yet reproduced**" in grading and "| 0.82 | not yet reproduced |" in grading
     assert "## Other chapters" in text and "| a count | 10 | not run |" in text
+    # headlines of chapters name their value under `values:` instead of restating it
+    assert "| 0.79 / 0.84 / 0.94 | not yet reproduced |" in grading
+
+
+def test_headline_refs_resolve_and_a_wrong_ref_is_named():
+    import pytest
+
+    from kneelib.runner import headline_value
+
+    values = {"a": {"auc": {"Model A": 0.808}, "k": 0.5}}
+    assert headline_value({"quantity": "q", "ref": "a/auc/Model A"}, values) == "0.808"
+    assert headline_value({"quantity": "q", "ref": ["a/auc/Model A", "a/k"]}, values) == "0.808 / 0.5"
+    assert headline_value({"quantity": "q", "published": "14%"}, values) == "14%"
+    with pytest.raises(KeyError, match="a/auc/Model B"):
+        headline_value({"quantity": "q", "ref": "a/auc/Model B"}, values)
+
+
+def test_published_yml_headlines_of_chapters_restate_no_value(repo_root):
+    """A study with a chapter compares against `values:`; its headline only refers to them."""
+    import yaml
+
+    from kneelib.runner import headline_value
+
+    document = yaml.safe_load((repo_root / "book" / "published.yml").read_text())
+    for study in document["studies"]:
+        for item in study["headline"]:
+            if any(nb in document["values"] for nb in study["notebooks"]) and isinstance(
+                    item.get("published"), (int, float)):
+                raise AssertionError(f"{study['key']}: headline {item['quantity']!r} restates "
+                                     f"{item['published']}; use `ref:`")
+            headline_value(item, document["values"])  # every ref resolves
 
 
 def test_cli_help_and_bad_notebook(repo_root):
