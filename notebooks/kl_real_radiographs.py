@@ -208,7 +208,7 @@ plt.show()
 model_file = study.model_path_for(backbone, image_size, max_epochs, seed, n_subjects)
 study.save_kl_model(model, model_file, image_size, mirror_side,
                     extra={"best_epoch": best_epoch, "params": {k: v for k, v in params.items()}})
-print(model_file)
+print("model saved to <kneelib cache>/" + model_file.relative_to(cache_root()).as_posix())
 
 demo_dir = Path(tempfile.mkdtemp(prefix="grade_kl_demo_"))
 demo_reference = {}
@@ -219,10 +219,15 @@ for i, row in enumerate(cohort.val.groupby("kl_grade").head(2).itertuples()):
 out_csv = demo_dir / "grades.csv"
 command = [sys.executable, "-m", "kneelib", "grade-kl", "--model", str(model_file),
            "--images", str(demo_dir), "--out", str(out_csv)]
-print(" ".join(command[1:]))
-print(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+result = subprocess.run(command, check=True, capture_output=True, text=True)
+shown = {str(model_file): "MODEL.pt", str(demo_dir): "DEMO_DIR"}  # no local paths on the page
+for line in (" ".join(command[1:]), result.stdout.strip()):
+    for path, name in shown.items():
+        line = line.replace(path, name)
+    print(line)
 graded = pd.read_csv(out_csv)
 graded["reference_kl"] = graded["file"].map(demo_reference).astype("Int64")
+graded["error"] = graded["error"].fillna("").str.replace(str(demo_dir), "DEMO_DIR", regex=False)
 display(graded.round(3))
 
 # %% [markdown]
@@ -249,7 +254,7 @@ for metric in ("quadratic_kappa", "balanced_accuracy"):
           f"{m.ci_low > b.ci_high}")
 wall_minutes = (time.perf_counter() - notebook_start) / 60
 glue("wall_minutes", float(wall_minutes), display=False)
-print(f"metrics saved to {metrics_file}; notebook wall time {wall_minutes:.1f} min")
+print(f"metrics saved to {metrics_file.name}; notebook wall time {wall_minutes:.1f} min")
 
 # %% [markdown]
 # **Closing note.** On the untouched `val` split the KL head reaches a quadratic kappa of

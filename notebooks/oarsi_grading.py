@@ -278,7 +278,7 @@ scratch_kl = cv_long[(cv_long["model"] == scratch.name) & (cv_long["task"] == "k
 glue("scratch_kl_kappa", float(scratch_kl.iloc[0]), display=False)
 wall_minutes = (time.perf_counter() - notebook_start) / 60
 glue("wall_minutes", float(wall_minutes), display=False)
-print(f"metrics saved to {metrics_file}; notebook wall time {wall_minutes:.1f} min")
+print(f"metrics saved to {metrics_file.name}; notebook wall time {wall_minutes:.1f} min")
 
 # %% [markdown]
 # **Closing note.** On the independent cohort the ensemble grades KL with a quadratic kappa of

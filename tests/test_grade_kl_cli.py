@@ -230,3 +230,17 @@ def test_a_decoder_crash_of_any_kind_is_an_error_row(tmp_path, kl_model, monkeyp
     table = grade_kl_folder(kl_model, folder).set_index("file")
     assert table.loc["b_L.png", "error"] == "RuntimeError: decoder plugin crashed"
     assert pd.isna(table.loc["b_L.png", "kl_grade"]) and table.loc["a_R.png", "error"] == ""
+
+
+def test_sparse_grades_are_merged_with_a_neighbour_so_splits_do_not_warn(recwarn):
+    from kneelib.data.chen_kl import merge_sparse_grades
+
+    subjects = np.repeat([f"{9000000 + i}" for i in range(12)], 2)
+    grades = np.repeat([0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 3, 4], 2)   # grades 2, 3 and 4: one subject each
+    strata = merge_sparse_grades(grades, subjects, 3)
+    assert list(np.unique(strata)) == [0, 1, 2]
+    assert set(strata[grades >= 2]) == {2} and (strata[grades < 2] == grades[grades < 2]).all()
+    assert (merge_sparse_grades(grades, subjects, 1) == grades).all()
+    table = pd.DataFrame({"subject_id": subjects, "kl_grade": grades})
+    carve_internal_validation(table, 0.34, seed=0)
+    assert not [w for w in recwarn if "least populated" in str(w.message)]

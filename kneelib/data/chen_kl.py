@@ -156,8 +156,9 @@ def merge_sparse_grades(grades, subjects, min_subjects: int) -> np.ndarray:
 
     A stratified split into ``k`` parts needs at least ``k`` members per stratum
     (scikit-learn warns and splits unevenly otherwise). A grade held by fewer than
-    ``min_subjects`` subjects joins its lower neighbour (grade 0 its upper one), so
-    the strata stay ordinal and every part still gets a share of the rare grades.
+    ``min_subjects`` subjects joins the adjacent stratum with fewer subjects (rare
+    severe grades join each other before a common mild one), so the strata stay ordinal
+    and every part still gets a share of the rare grades.
 
     Parameters
     ----------
@@ -185,7 +186,8 @@ def merge_sparse_grades(grades, subjects, min_subjects: int) -> np.ndarray:
         if len(sparse) == 0:
             return strata
         i = int(sparse[np.argmin(counts[sparse])])
-        neighbour = values[i - 1] if i > 0 else values[1]
+        neighbours = [j for j in (i - 1, i + 1) if 0 <= j < len(values)]
+        neighbour = values[min(neighbours, key=lambda j: (counts[j], j))]
         low, high = sorted((int(values[i]), int(neighbour)))
         strata[(strata == low) | (strata == high)] = low
 
