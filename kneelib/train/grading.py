@@ -11,7 +11,6 @@ loaders, schedules, fastai learner) are in :mod:`kneelib.models.multitask` and
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,11 +18,7 @@ import pandas as pd
 
 from kneelib.data.knee_radiographs import GRADE_TASKS, TASK_GRADES
 
-# fastai 2.8 decorates functions with ``torch.jit.script`` when ``fastai.layers`` is first
-# imported, and torch >= 2.9 answers with a FutureWarning that no caller can act on (it
-# is about fastai's source, not ours). Silenced here, the one place that the grading
-# chapters import before fastai, and only that message.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+# fastai's torch.jit FutureWarning is silenced once, in kneelib/train/__init__.py.
 
 __all__ = ["set_determinism", "train_kl_model", "subject_folds", "BackboneRun", "cross_validate_backbone",
            "best_runs", "ensemble_probabilities"]

@@ -60,25 +60,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-import warnings
 
 import numpy as np
 import pandas as pd
 import torch
 
-with warnings.catch_warnings():
-    # fastai.layers decorates helpers with torch.jit.script at import time, which torch >= 2.9
-    # deprecates (FutureWarning); the call is fastai's, not ours, and runs only on import.
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
-    import fastai.callback.progress  # noqa: F401  (registers the progress bar and Learner.no_bar)
-    import fastai.callback.schedule  # noqa: F401  (Learner.fit_one_cycle)
-    from fastai.data.core import DataLoaders
-    from fastai.data.load import DataLoader
-    from fastai.learner import Learner
-    from fastai.losses import CrossEntropyLossFlat
-    from fastai.metrics import RocAucBinary
-    from fastai.optimizer import SGD
-    from fastai.torch_core import set_seed
+# fastai's torch.jit FutureWarning is silenced once, in kneelib/train/__init__.py
+import fastai.callback.progress  # noqa: F401,E402  (registers the progress bar and Learner.no_bar)
+import fastai.callback.schedule  # noqa: F401,E402  (Learner.fit_one_cycle)
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import RocAucBinary
+from fastai.optimizer import SGD
+from fastai.torch_core import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
