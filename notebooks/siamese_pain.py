@@ -49,7 +49,7 @@ from myst_nb import glue
 from kneelib.config import cache_root
 from kneelib.papers import siamese_pain as study
 from kneelib.report import comparison_table, save_metrics
-from kneelib.synth.pain_ceiling import image_liability_ceiling_auc
+from kneelib.synth.ground_truth import image_liability_ceiling_auc
 from kneelib.train.siamese import TrainConfig
 from kneelib.widgets import SubjectExplorer, render_subject_view
 
@@ -268,7 +268,7 @@ glue("n_model_b", len(models["Model B"].cohort), display=False)
 #   confidence intervals are wide and the AUCs sit below the paper's: the images carry the left-right
 #   pain difference with an AUC of {glue:text}`ceiling_auc_model_a:.2f` at best in Model A (the
 #   right-minus-left image-visible pain liability of the causal model,
-#   `kneelib.synth.pain_ceiling`), and a network trained from scratch on a few dozen pairs per fold
+#   `kneelib.synth.ground_truth`), and a network trained from scratch on a few dozen pairs per fold
 #   recovers only part of it (Model A {glue:text}`auc_model_a:.2f`, Model B {glue:text}`auc_model_b:.2f`).
 # - **Confidence intervals.** Each subject contributes one prediction, so every CI is over subjects
 #   (the `unit` columns): DeLong for the AUCs, a subject bootstrap for the pointing game.
