@@ -155,3 +155,19 @@ def test_localiser_refuses_to_crop_or_score_the_subjects_it_trained_on():
     assert len(errors) == len(grading) and errors["joint_centre_error_mm"].notna().all()
     prepared = prepare_knees(grading, radiographs, localiser, image_size=32, progress=False)
     assert prepared.images.shape[0] == len(grading)
+
+
+def test_localisation_split_of_a_long_table_carrying_attrs():
+    """A default-size knee table with a QC DataFrame in ``attrs`` splits (it crashed pandas' repr)."""
+    import numpy as np
+    import pandas as pd
+
+    from kneelib.preprocess.knee_localisation import localisation_split
+
+    n_subjects = 200
+    knees = pd.DataFrame({"participant_id": np.repeat([f"9{i:06d}" for i in range(n_subjects)], 2),
+                          "kl_grade": np.random.default_rng(0).integers(0, 5, 2 * n_subjects)})
+    knees.attrs["qc"] = pd.DataFrame({"participant_id": ["9999999"], "reason": ["no radiograph"]})
+    localisation, grading = localisation_split(knees, 0.2, seed=0)
+    assert len(localisation) == 80 and len(grading) == 320
+    assert not set(localisation["participant_id"]) & set(grading["participant_id"])

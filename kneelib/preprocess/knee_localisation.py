@@ -461,7 +461,10 @@ def localisation_split(knees: pd.DataFrame, fraction: float = 0.2, seed: int = 0
     """
     if not 0 < fraction < 1:
         raise ValueError(f"localisation fraction must lie in (0, 1), got {fraction}")
-    subjects = knees[subject_column].astype(str)
+    # a plain Series: the table's attrs (e.g. a QC DataFrame) must not ride along, since
+    # pandas compares attrs when it formats or concatenates a long Series
+    subjects = pd.Series(knees[subject_column].astype(str).to_numpy(), index=knees.index,
+                         name=subject_column)
     n_subjects = subjects.nunique()
     n_localisation = int(round(fraction * n_subjects))
     if not 1 <= n_localisation < n_subjects:
