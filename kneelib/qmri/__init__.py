@@ -4,9 +4,9 @@
   voxel at once (vectorised Levenberg-Marquardt) and deep/superficial/total cartilage T2.
 - :mod:`kneelib.qmri.thickness`: cartilage thickness per sagittal slice (skeleton + distance
   transform, doubled) and an independent 3-D thickness along bone-surface normals.
-- :mod:`kneelib.qmri.surface`: marching-cubes bone and cartilage meshes with outward normals,
-  shafts cropped to the mediolateral width, bone shape, and thickness/T2 projected onto the bone
-  surface in a cylinder (0.729 mm) along each normal.
+- (planned) ``kneelib.qmri.surface``: bone/cartilage meshes and the projection onto the bone
+  surface; a first version is in the history (commit dc55844), kept out of the tree until a
+  crash of its KD-tree query inside the full test suite is understood.
 - :mod:`kneelib.qmri.spherical`: 224 x 224 spherical maps of per-vertex values and the inverse
   map from a 2-D map (e.g. a Grad-CAM) back onto the surface vertices.
 

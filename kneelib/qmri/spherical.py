@@ -157,7 +157,7 @@ def spherical_coordinates(points, centre, frame=None) -> tuple[np.ndarray, np.nd
     Parameters
     ----------
     points : ndarray, (n, 3)
-        E.g. :attr:`kneelib.qmri.surface.SurfaceMesh.vertices` (mm).
+        E.g. the vertices of a bone-surface mesh (mm).
     centre : sequence of 3 float
         The bone's centre (e.g. its volumetric centroid).
     frame : ndarray (3, 3), optional
