@@ -108,7 +108,7 @@ def test_pages_wrap_long_table_cells_and_code(built_book):
     """The status page's note column and long code lines wrap instead of being clipped."""
     html_dir = built_book.parent
     css = html_dir / "_static" / "kneelib.css"
-    assert css.is_file(), "book/_static/kneelib.css was not copied into the build"
+    assert css.is_file(), "book/_css/kneelib.css was not copied into the build"
     rules = css.read_text()
     assert "white-space: normal" in rules and "pre-wrap" in rules
     status = (html_dir / "status.html").read_text()
