@@ -302,6 +302,10 @@ def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: Preprocess
         exclusions.append({"participant_id": bad["participant_id"], "side": bad["side"], "step": "artefact QC",
                            "reason": f"{100 * bad['empty_fraction']:.0f}% of the crop empty (missing data)"})
     exclusions = pd.DataFrame(exclusions, columns=["participant_id", "side", "step", "reason"])
+    # reasons name the failing file relative to the cohort (a page shows no local folder)
+    from kneelib.data.qc import relative_to_root
+
+    exclusions = relative_to_root(exclusions, root, columns=("reason",))
     knees["excluded"] = [((exclusions["participant_id"] == p) & (exclusions["side"] == s)).any()
                          for p, s in zip(knees["participant_id"], knees["side"])] if len(knees) else []
     dropped = set(exclusions["participant_id"])
