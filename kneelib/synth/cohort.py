@@ -148,7 +148,7 @@ def _code_without_docs(source: str) -> str:
 
 
 #: Modules of :mod:`kneelib.synth` that read a generated cohort's ground truth and write nothing.
-_READER_MODULES = frozenset({"ground_truth.py"})
+_READER_MODULES = frozenset({"ground_truth.py", "realism_stats.py"})
 
 
 def _generator_code_hash() -> str:

@@ -31,7 +31,8 @@ from kneelib.synth.anatomy import KneeModel
 from kneelib.synth.oai_writer import SliceGeometry
 from kneelib.synth.protocols import MRProtocol
 from kneelib.synth.spec import CARTILAGE_REGIONS, LESION_MASKS, TISSUE_LABELS
-from kneelib.synth.tissue import FAT_T1_MS, FAT_T2_MS, LESION_TISSUES, cartilage_t2_ms, property_table
+from kneelib.synth.tissue import (FAT_T1_MS, FAT_T2_MS, LESION_TISSUES, MARROW_T2STAR_MS, TRABECULAR_GRAIN_MM,
+                                  cartilage_t2_ms, property_table, trabecular_contrast)
 
 __all__ = ["RenderedSeries", "render_series", "spin_echo_signal", "dess_signal", "knee_centre_lps",
            "knee_to_lps_matrix"]
@@ -170,6 +171,11 @@ def _signal_volume(model: KneeModel, protocol: MRProtocol, te_ms: float, t2_map:
     codes = np.arange(table["t1_ms"].size)
     lut = _tissue_signal(protocol, table["proton_density"], table["t1_ms"], table["t2_ms"],
                          table["fat_fraction"], te_ms).astype(np.float32)
+    if protocol.scanning_sequence == "GR":
+        # gradient echo: the trabecular lattice dephases marrow (T2* far below T2), so
+        # marrow is darker on DESS than on spin echo, as on real DESS
+        bones = _BONE_CODES
+        lut[bones] *= np.exp(-te_ms * (1.0 / MARROW_T2STAR_MS - 1.0 / table["t2_ms"][bones])).astype(np.float32)
     volume = lut[model.labels]
     if model.soft_tissue_gain is not None:
         volume *= model.soft_tissue_gain
@@ -288,13 +294,21 @@ def _crop_to_field(model, matrix, offset, output_shape, margin):
 
 
 def _slice_profile_blur(volume, slice_normal_index, thickness_mm, voxel_mm):
-    """Box slice profile: average along the label-grid axis nearest the slice normal."""
+    """Partial volume: the slice profile along the slice normal, the in-plane PSF across.
+
+    A box of the slice thickness along the label-grid axis nearest the slice normal,
+    and a Gaussian of half a label voxel along the two other axes: the point-spread
+    function of the truncated k-space (about one pixel wide) that a label grid's
+    voxel steps would otherwise show as staircase edges.
+    """
     axis = int(np.argmax(np.abs(slice_normal_index)))
     width = thickness_mm / voxel_mm
-    if width <= 1.2:
-        return volume
-    size = max(1, int(round(width)))
-    return ndimage.uniform_filter1d(volume, size=size, axis=axis, mode="nearest")
+    if width > 1.2:
+        volume = ndimage.uniform_filter1d(volume, size=max(1, int(round(width))), axis=axis, mode="nearest")
+    for other in range(3):
+        if other != axis:
+            volume = ndimage.gaussian_filter1d(volume, 0.5, axis=other, mode="nearest", truncate=2.0)
+    return volume
 
 
 def _bias_field(shape, amplitude, rng):
@@ -319,6 +333,35 @@ def _apply_bias(image, factors):
     for factor in factors:
         image *= factor
     return image
+
+
+def _trabecular_gain(labels, protocol, rng):
+    """Mean-one multiplicative texture of trabecular marrow on the series' pixel grid.
+
+    Marrow signal comes from the fat and water between trabeculae (plates and rods
+    about 0.1-0.2 mm thick, 0.5-1.5 mm apart) that give no signal themselves; a voxel
+    averages a few of them, so the marrow looks mottled at the millimetre scale, with
+    a grain along the principal compressive trabeculae (superior-inferior, the image
+    rows). Band-pass Gaussian noise per slice (:data:`TRABECULAR_GRAIN_MM`), its
+    contrast falling with voxel volume (:func:`kneelib.synth.tissue.trabecular_contrast`).
+    Returns None when the grid holds no bone.
+    """
+    bone = np.isin(labels, _BONE_CODES)
+    if not bone.any():
+        return None
+    (s0, s1), (r0, r1), (c0, c1) = [(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(bone)]
+    block = (slice(s0, s1), slice(r0, r1), slice(c0, c1))
+    along, across = TRABECULAR_GRAIN_MM
+    fine = (0.0, along / protocol.row_spacing_mm, across / protocol.col_spacing_mm)
+    coarse = (0.0, 3.0 / protocol.row_spacing_mm, 3.0 / protocol.col_spacing_mm)
+    noise = rng.standard_normal((s1 - s0, r1 - r0, c1 - c0), dtype=np.float32)
+    smooth = ndimage.gaussian_filter(noise, fine, mode="wrap")
+    band = smooth - ndimage.gaussian_filter(smooth, coarse, mode="wrap")
+    band *= np.float32(trabecular_contrast(protocol.row_spacing_mm * protocol.col_spacing_mm
+                                           * protocol.slice_thickness_mm) / max(float(band.std()), 1e-6))
+    gain = np.ones(labels.shape, np.float32)
+    gain[block] += np.where(bone[block], band, np.float32(0.0))
+    return gain
 
 
 def _motion_ghosts(image, rng, phase_axis):
@@ -396,6 +439,10 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
     slice_positions = slice_positions[keep]
     shape = (int(keep.sum()), protocol.rows, protocol.cols)
     bias = _bias_field(shape, protocol.bias_amplitude, rng)
+    # labels (5 bits) and lesion masks (one bit each) in one nearest-neighbour pass
+    code_img = sample(_label_code(knee), order=0, output=np.uint16, cropped=False)
+    labels = (code_img & 31).astype(np.uint8)
+    trabecular = _trabecular_gain(labels, protocol, rng)
     # noise and display scale are relative to the signal of free water in this sequence
     fluid = TISSUE_LABELS["joint_fluid"]
     table = property_table()
@@ -420,6 +467,8 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
         fat = table["fat_fraction"][view.labels] > 0.5
         rate[fat] = 1.0 / FAT_T2_MS
         amp_img = _apply_bias(sample(blur(amplitude)), bias)
+        if trabecular is not None:
+            amp_img *= trabecular
         rate_img = sample(blur(rate.astype(np.float32)))
         echoes = []
         for te in protocol.echo_times_ms:
@@ -431,14 +480,13 @@ def render_series(knee: KneeModel, protocol: MRProtocol, rng: np.random.Generato
     else:
         volume = blur(_signal_volume(view, protocol, te_ms=protocol.echo_times_ms[0]))
         image = _apply_bias(sample(volume), bias)
+        if trabecular is not None:
+            image *= trabecular
         if knee.spec.artefact == "motion":
             image = _motion_ghosts(image, rng, phase_axis)
         signal = _rician(image, sigma, rng)
     pixels = np.clip(np.round(signal * (protocol.display_scale / reference)), 0, 65535).astype(np.uint16)
 
-    # labels (5 bits) and lesion masks (one bit each) in one nearest-neighbour pass
-    code_img = sample(_label_code(knee), order=0, output=np.uint16, cropped=False)
-    labels = (code_img & 31).astype(np.uint8)
     masks = {name: ((code_img >> (5 + i) & 1).astype(bool) if view.present[name]
                     else np.zeros(code_img.shape, bool)) for i, name in enumerate(LESION_MASKS)}
 

@@ -24,12 +24,22 @@ from kneelib.synth.spec import TISSUE_LABELS
 
 __all__ = [
     "Tissue", "TISSUES", "LESION_TISSUES", "CARTILAGE_T2_DEEP_MS", "CARTILAGE_T2_SUPERFICIAL_MS",
-    "FAT_T1_MS", "FAT_T2_MS", "property_table", "cartilage_t2_ms",
+    "FAT_T1_MS", "FAT_T2_MS", "MARROW_T2STAR_MS", "TRABECULAR_GRAIN_MM", "property_table", "cartilage_t2_ms",
+    "trabecular_contrast",
 ]
 
 #: Fat relaxation at 3 T (T2 is the apparent TSE value, lengthened by J-coupling).
 FAT_T1_MS = 380.0
 FAT_T2_MS = 110.0
+#: Apparent T2* of trabecular marrow water at 3 T: the trabecular lattice's susceptibility
+#: dephases gradient echoes (a few ms in the epiphyses; Wehrli FW et al., Radiology
+#: 1991;179:615-21; Majumdar S, NMR Biomed 2006), so marrow is dark on DESS.
+MARROW_T2STAR_MS = 4.0
+#: Correlation lengths (Gaussian sigma, mm) of the marrow texture along the principal
+#: trabeculae (superior-inferior) and across them; trabecular spacing is about 0.5-1.5 mm.
+TRABECULAR_GRAIN_MM = (1.1, 0.6)
+#: Relative SD of marrow signal from the trabecular lattice in a 1 mm^3 voxel.
+TRABECULAR_CONTRAST_1MM3 = 0.14
 #: Cartilage T2 at the bone (deep zone) and at the articular surface.
 CARTILAGE_T2_DEEP_MS = 30.0
 CARTILAGE_T2_SUPERFICIAL_MS = 52.0
@@ -78,7 +88,7 @@ TISSUES: dict[str, Tissue] = {
     "pcl": _T(0.30, 1000.0, 8.0, 0.0, 0.025),
     "joint_fluid": _T(1.00, 3000.0, 500.0, 0.0, 0.0227),
     "hoffa_fat_pad": _T(0.92, 900.0, 40.0, 0.92, 0.019),
-    "muscle": _T(0.78, 1420.0, 32.0, 0.04, 0.0235),
+    "muscle": _T(0.65, 1420.0, 32.0, 0.04, 0.0235),
     "subcutaneous_fat": _T(0.92, 900.0, 40.0, 0.93, 0.019),
     "skin": _T(0.70, 1000.0, 30.0, 0.15, 0.024),
     "patellar_tendon": _T(0.25, 1000.0, 6.0, 0.0, 0.026),
@@ -130,3 +140,14 @@ def cartilage_t2_ms(depth: np.ndarray, elevation_ms: np.ndarray | float = 0.0) -
     depth = np.clip(np.asarray(depth, np.float32), 0.0, 1.0)
     return (CARTILAGE_T2_DEEP_MS + (CARTILAGE_T2_SUPERFICIAL_MS - CARTILAGE_T2_DEEP_MS) * depth ** 1.5
             + np.asarray(elevation_ms, np.float32))
+
+
+def trabecular_contrast(voxel_mm3: float) -> float:
+    """Relative SD of the trabecular marrow texture in a voxel of ``voxel_mm3``.
+
+    A voxel averages about ``voxel_mm3`` independent trabecular cells (about 1 mm
+    apart), so the texture's SD falls as ``1 / sqrt(volume)``; capped at twice the
+    1 mm^3 value for sub-millimetre voxels, which resolve single trabeculae only
+    partly (the marrow image is never binary).
+    """
+    return float(min(2.0 * TRABECULAR_CONTRAST_1MM3, TRABECULAR_CONTRAST_1MM3 / np.sqrt(max(voxel_mm3, 1e-6))))
