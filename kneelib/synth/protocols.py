@@ -127,6 +127,18 @@ class XRProtocol:
         Smooth scatter added to the primary beam.
     display_max : int
         Maximum stored value (12-bit CR: 4095).
+    trabecular_contrast : float
+        Attenuation texture of trabecular bone per mm of bone path (relative SD).
+    detector_blur_mm : float
+        Gaussian SD of the detector's light spread (MTF); applied when it exceeds
+        0.3 pixel.
+    edge_enhancement, edge_enhancement_mm : float
+        Unsharp-mask gain and Gaussian SD of the computed-radiography processing.
+
+    The noise, texture and sharpening defaults were set so that 100 mm knee crops
+    match the real OAI crops of ``chen_kl_radiographs`` in high-frequency energy,
+    noise SD and edge gradients (:func:`kneelib.synth.realism_stats.radiograph_crop_stats`;
+    issue 10, section 3).
     """
 
     beam_angle_deg: float
@@ -137,10 +149,14 @@ class XRProtocol:
     knee_separation_mm: float = 190.0
     tube_kvp: float = 70.0
     contrast: float = 1.0
-    noise_fraction: float = 0.01
+    noise_fraction: float = 0.02
     scatter_fraction: float = 0.15
     display_max: int = 4095
     description: str = "Bilateral PA Fixed Flexion Knee"
+    trabecular_contrast: float = 0.0045
+    detector_blur_mm: float = 0.1
+    edge_enhancement: float = 1.0
+    edge_enhancement_mm: float = 1.5
 
 
 # (n_slices, rows, cols) per preset; geometry (FOV, thickness) is fixed per series

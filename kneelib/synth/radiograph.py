@@ -243,19 +243,23 @@ def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
     # trabecular texture: a band-pass random network (plates and rods of about 0.5-1.5 mm)
     # with a vertical grain (principal compressive trabeculae), growing with the bone path
     noise = rng.standard_normal((rows, cols), dtype=np.float32)
-    fine = ndimage.gaussian_filter(noise, sigma=(0.6 / spacing, 0.3 / spacing))
+    fine = ndimage.gaussian_filter(noise, sigma=(1.0 / spacing, 0.3 / spacing))
     coarse = ndimage.gaussian_filter(fine, sigma=1.0 / spacing)
     texture = fine - coarse
     texture /= max(float(texture.std()), 1e-6)
-    line_integral = line_integral + 0.003 * protocol.contrast * texture * bone_path
+    line_integral = line_integral + protocol.trabecular_contrast * protocol.contrast * texture * bone_path
     attenuation = np.clip(line_integral * protocol.contrast, 0, None)
     primary = np.exp(-attenuation)
     scatter = protocol.scatter_fraction * _smooth_coarse(primary, sigma_px=25.0 / spacing)
     exposure = primary + scatter
     exposure = exposure + protocol.noise_fraction * np.sqrt(exposure) * rng.standard_normal(exposure.shape, dtype=np.float32)
     log_signal = -np.log(np.clip(exposure, 1e-4, None) / (1.0 + protocol.scatter_fraction))
-    # edge enhancement (unsharp mask) as computed-radiography processing does
-    enhanced = log_signal + 0.6 * (log_signal - ndimage.gaussian_filter(log_signal, sigma=2.0 / spacing))
+    # detector MTF (phosphor light spread), then the edge enhancement (unsharp mask) of
+    # computed-radiography processing; both fixed in mm, so presets differ only in sampling
+    if protocol.detector_blur_mm / spacing > 0.3:
+        log_signal = ndimage.gaussian_filter(log_signal, sigma=protocol.detector_blur_mm / spacing)
+    enhanced = log_signal + protocol.edge_enhancement * (
+        log_signal - ndimage.gaussian_filter(log_signal, sigma=protocol.edge_enhancement_mm / spacing))
     # automatic windowing as computed radiography does: from the exposure histogram of the
     # body (thin soft tissue dark grey, thick bone near white)
     body = log_signal > 0.5
