@@ -342,21 +342,23 @@ def _trabecular_gain(labels, protocol, rng):
     about 0.1-0.2 mm thick, 0.5-1.5 mm apart) that give no signal themselves; a voxel
     averages a few of them, so the marrow looks mottled at the millimetre scale, with
     a grain along the principal compressive trabeculae (superior-inferior, the image
-    rows). Band-pass Gaussian noise per slice (:data:`TRABECULAR_GRAIN_MM`), its
+    rows). Low-pass Gaussian noise per slice (:data:`TRABECULAR_GRAIN_MM`), its
     contrast falling with voxel volume (:func:`kneelib.synth.tissue.trabecular_contrast`).
     Returns None when the grid holds no bone.
     """
     bone = np.isin(labels, _BONE_CODES)
     if not bone.any():
         return None
-    (s0, s1), (r0, r1), (c0, c1) = [(int(ix.min()), int(ix.max()) + 1) for ix in np.nonzero(bone)]
-    block = (slice(s0, s1), slice(r0, r1), slice(c0, c1))
+    bounds = []
+    for axis in range(3):
+        present = np.flatnonzero(bone.any(axis=tuple(a for a in range(3) if a != axis)))
+        bounds.append(slice(int(present[0]), int(present[-1]) + 1))
+    block = tuple(bounds)
     along, across = TRABECULAR_GRAIN_MM
-    fine = (0.0, along / protocol.row_spacing_mm, across / protocol.col_spacing_mm)
-    coarse = (0.0, 3.0 / protocol.row_spacing_mm, 3.0 / protocol.col_spacing_mm)
-    noise = rng.standard_normal((s1 - s0, r1 - r0, c1 - c0), dtype=np.float32)
-    smooth = ndimage.gaussian_filter(noise, fine, mode="wrap")
-    band = smooth - ndimage.gaussian_filter(smooth, coarse, mode="wrap")
+    sigma = (0.0, along / protocol.row_spacing_mm, across / protocol.col_spacing_mm)
+    # low-passed white noise: its power sits at the trabecular scale already (no band-pass needed)
+    band = ndimage.gaussian_filter(rng.standard_normal(bone[block].shape, dtype=np.float32), sigma, mode="wrap",
+                                   truncate=2.5)
     band *= np.float32(trabecular_contrast(protocol.row_spacing_mm * protocol.col_spacing_mm
                                            * protocol.slice_thickness_mm) / max(float(band.std()), 1e-6))
     gain = np.ones(labels.shape, np.float32)
