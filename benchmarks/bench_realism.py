@@ -1,0 +1,63 @@
+"""Realism of the default synthetic cohort (issue 10, item 4): sim-to-real transfer kappa and discriminability AUCs.
+
+Runs :func:`kneelib.train.realism.measure_realism` once on the ``default`` cohort of seed 0
+(``kneelib.synth.cohort.default_out_dir("default", 0)``, generated beforehand, e.g. by a
+chapter run) against ``$KNEELIB_DATA`` (Chen KL crops, pyKNEEr DESS) and prints:
+
+- the KL grader trained and selected on synthetic crops only, tested once on the real
+  Chen ``val`` crops: quadratic kappa with a subject-level CI (higher = more realistic;
+  issue 10 target >= 0.5);
+- real-vs-synthetic discriminator AUC on radiograph crops and on DESS slices (lower =
+  more realistic; target <= 0.85), with subject-level CIs and the Grad-CAM border share.
+
+Light settings (:data:`kneelib.train.realism.DEFAULT_SETTINGS`: 128 px, 4 + 3 epochs, one
+thread); about 10-15 minutes on the shared 2-core machine. Override them with a JSON
+object in ``KNEELIB_BENCH_REALISM_SETTINGS``. Skipped, with the reason, when the default
+cohort or the real data are absent. Run with::
+
+    pytest benchmarks/bench_realism.py --benchmark-only -s
+"""
+import json
+import os
+
+import pytest
+
+from kneelib.config import data_root
+from kneelib.synth.cohort import default_out_dir
+from kneelib.train.realism import measure_realism
+
+SETTINGS = json.loads(os.environ.get("KNEELIB_BENCH_REALISM_SETTINGS", "{}"))
+
+
+def _inputs():
+    cohort = default_out_dir("default", 0)
+    real = data_root()
+    if not (cohort / "contents.csv").is_file():
+        pytest.skip(f"default cohort not generated at {cohort} (run a chapter at default, or "
+                    f"kneelib.synth.cohort.generate_cohort('default', seed=0))")
+    missing = [name for name in ("chen_kl_radiographs", "pykneer_knee_mri") if not (real / name).is_dir()]
+    if missing:
+        pytest.skip(f"real data {missing} not found under KNEELIB_DATA={real}")
+    return cohort, real
+
+
+def test_realism_of_default_cohort(benchmark):
+    cohort, real = _inputs()
+    result = benchmark.pedantic(measure_realism, args=(cohort, real, SETTINGS, 0), rounds=1, iterations=1)
+    transfer = result["transfer"]
+    lines = [f"\nrealism of {cohort} (seed 0), wall {result['seconds']['total'] / 60:.1f} min",
+             f"  sim-to-real transfer: KL quadratic kappa on real Chen val {transfer['kappa']:.2f} "
+             f"[{transfer['ci_low']:.2f}, {transfer['ci_high']:.2f}] ({transfer['n_test_crops']} crops, "
+             f"CI over {transfer['unit']}); target >= 0.5"]
+    for part, label in (("radiograph_discriminability", "radiograph crops"), ("mri_discriminability", "DESS slices")):
+        r = result[part]
+        lines.append(f"  discriminability, {label}: AUC {r['auc']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] "
+                     f"(test {r['n_test_real']} real / {r['n_test_synthetic']} synthetic; Grad-CAM border share "
+                     f"real {r['gradcam']['border_share']['real']:.0%}, synthetic "
+                     f"{r['gradcam']['border_share']['synthetic']:.0%}); target <= 0.85")
+    lines.append(f"  caveat (MRI): {result['mri_discriminability']['caveat']}")
+    print("\n".join(lines))
+    benchmark.extra_info.update({"transfer_kappa": transfer["kappa"],
+                                 "radiograph_auc": result["radiograph_discriminability"]["auc"],
+                                 "mri_auc": result["mri_discriminability"]["auc"]})
+    assert -1 <= transfer["kappa"] <= 1

@@ -1,0 +1,518 @@
+"""Realism of the synthetic cohort, measured: sim-to-real transfer and discriminability (issue 10, item 4).
+
+Two numbers say how close the synthetic knees are to real ones, neither tuned against
+anything held out:
+
+- **sim-to-real transfer** (:func:`sim_to_real_transfer`): paper 004's KL grader
+  (Tiulpin & Saarakkala 2020, *Training strategy*; :func:`kneelib.train.grading.train_kl_model`)
+  trained, and its epoch chosen, only on synthetic radiograph knee crops (a subject-level
+  internal validation split of the *synthetic* subjects), then tested once on the real
+  ``val`` crops of ``chen_kl_radiographs``: quadratic kappa on the full KL scale 0-4 with
+  a subject-level bootstrap CI (:func:`kneelib.train.grading_evaluation.evaluate_kl`,
+  groups = OAI participant id). Higher is more realistic (issue 10 target >= 0.5). No real
+  image enters training, selection or calibration: the synthetic training set is refused
+  if any of its files lies under the real data root (:func:`refuse_real_images`).
+- **discriminability** (:func:`discriminability`): a small CNN (the multi-task network of
+  :mod:`kneelib.models.multitask` with one two-class head ``"real"``) trained to tell real
+  from synthetic images, subject-level split (no subject on both sides), same
+  preprocessing for both; ROC AUC with a subject-level bootstrap CI
+  (:func:`kneelib.stats.roc.auc_with_ci`). Lower is more realistic (target <= 0.85); what
+  the network keys on is summarised by Grad-CAM (:mod:`kneelib.explain.gradcam`): the mean
+  map over real and over synthetic test images (figure:
+  :func:`kneelib.figures.realism.plot_discriminator_gradcam`). Radiographs: synthetic
+  crops against the Chen ``train`` crops (the ``val`` crops stay the transfer test).
+  MRI (:func:`mri_discriminability`): sagittal 3D DESS slices against the one real DESS
+  exam of ``pykneer_knee_mri``.
+
+Synthetic crops (:func:`synthetic_knee_crops`) are cut by
+:func:`kneelib.preprocess.knee_crops.prepare_knees` at the *ground-truth* landmarks
+(:class:`GroundTruthLocaliser`), so localiser error does not blur the comparison, with a
+field of view (``crop_mm``, default 90 mm) near that of the Chen crops (a real knee's
+~80 mm condyles span ~90% of a Chen crop); left knees are mirrored in both sets.
+
+The single entry point for the cohort chapter is :func:`measure_realism`.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kneelib.data.errors import KneelibDataError
+
+__all__ = ["DEFAULT_SETTINGS", "RealImageLeakError", "refuse_real_images", "GroundTruthLocaliser",
+           "synthetic_knee_crops", "real_knee_crops", "sim_to_real_transfer", "subject_split",
+           "discriminability", "radiograph_discriminability", "dess_slices", "real_dess_slices",
+           "mri_discriminability", "measure_realism"]
+
+#: Settings of :func:`measure_realism` (the light ``default``; a key not here is refused).
+DEFAULT_SETTINGS: dict = {
+    "image_size": 128,             # network input of the radiograph networks (px)
+    "crop_mm": 90.0,               # field of view of the synthetic knee crops
+    "n_synthetic_subjects": None,  # None: every participant of the cohort (both knees, both visits)
+    "transfer_backbone": "efficientnet_lite0",
+    "transfer_imagenet": True,
+    "transfer_epochs": 4,          # light: the real-data chapter trains 5 epochs on ~2,400 crops
+    "internal_fraction": 0.15,     # synthetic subjects held out for the epoch choice
+    "batch_size": 32,
+    "disc_backbone": "efficientnet_lite0",
+    "disc_imagenet": True,
+    "disc_epochs": 3,
+    "disc_test_fraction": 0.3,     # share of subjects (each class) in the discriminator test set
+    "n_real_subjects": 300,        # Chen ``train`` subjects for the radiograph discriminator
+    "n_cam": 32,                   # test images per class in the Grad-CAM summary
+    "mri_subjects": 40,            # synthetic SAG_3D_DESS_RIGHT exams (baseline)
+    "mri_slices_per_exam": 4,
+    "mri_image_size": 112,
+    "mri_pixel_mm": 1.0,
+    "mri_fov_mm": 124.0,
+    "mri_central_fraction": 0.7,   # slices kept: the central share of each sagittal volume
+    "mri_real_slabs": 4,           # contiguous slabs of the one real exam, alternately train/test
+    "mri_gap_slices": 2,           # slices dropped either side of a train/test slab border
+    "n_boot": 1000,
+    "threads": 1,
+    "progress": False,
+}
+
+
+class RealImageLeakError(KneelibDataError):
+    """A file of a synthetic training set lies under the real data root."""
+
+
+def refuse_real_images(paths, real_root) -> None:
+    """Raise :class:`RealImageLeakError` if any of ``paths`` lies under ``real_root``.
+
+    The guard of every synthetic training set of this module: a real image in training,
+    epoch choice or calibration would make the transfer kappa meaningless.
+    """
+    if real_root is None:
+        return
+    root = Path(real_root).resolve()
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved == root or root in resolved.parents:
+            raise RealImageLeakError(f"{path}: a real image (under {root}) in a synthetic training set",
+                                     path=path, reason="real image in a synthetic training set")
+
+
+class GroundTruthLocaliser:
+    """Stands in for the trained knee localiser: returns the cohort's ground-truth landmarks.
+
+    Lets :func:`kneelib.preprocess.knee_crops.prepare_knees` crop every synthetic knee at
+    its planted joint centre and plateau angle. It trained on nobody, so
+    :meth:`check_unseen` accepts every subject. :meth:`predict` recognises the radiograph
+    by the identity of the pixel array of ``radiographs`` (the dict that
+    ``prepare_knees`` receives).
+    """
+
+    names = ("joint_centre", "plateau_lateral", "plateau_medial")
+    trained_on: frozenset = frozenset()
+
+    def __init__(self, knees: pd.DataFrame, radiographs: dict):
+        self._path_of = {id(pixels): path for path, (pixels, _) in radiographs.items()}
+        self._points = {(row.path, row.side): {name: (getattr(row, f"{name}_row"), getattr(row, f"{name}_col"))
+                                               for name in self.names}
+                        for row in knees.itertuples(index=False)}
+
+    def check_unseen(self, subjects) -> None:
+        """Nothing to refuse: no subject trained this 'localiser'."""
+
+    def predict(self, image, spacing_mm: float, sides=("R", "L")) -> dict:
+        """Ground-truth landmarks ``name -> (row, col)`` of the knees on ``sides`` of ``image``."""
+        path = self._path_of.get(id(image))
+        if path is None:
+            raise KeyError("GroundTruthLocaliser: image is not one of the radiographs it was built with")
+        return {side: self._points[(path, side)] for side in sides}
+
+
+def synthetic_knee_crops(synthetic_root, image_size: int, crop_mm: float = 90.0, n_subjects: int | None = None,
+                         seed: int = 0, real_root=None, progress: bool = False):
+    """Knee crops of a synthetic OAI-format cohort at the ground-truth landmarks.
+
+    Returns
+    -------
+    PreparedKnees
+        ``images`` (n, S, S) uint8 with S = ``resize_for_crop(image_size)``, ``targets``
+        (KL first), ``knees`` with ``participant_id``.
+
+    Raises
+    ------
+    RealImageLeakError
+        If a radiograph of the cohort lies under ``real_root``.
+    """
+    from kneelib.data.chen_kl import stratified_subject_subset
+    from kneelib.data.knee_radiographs import load_synthetic_knees, read_radiographs
+    from kneelib.preprocess.knee_crops import prepare_knees
+
+    knees = load_synthetic_knees(synthetic_root)
+    knees = stratified_subject_subset(knees, n_subjects, seed=seed, subject_column="participant_id")
+    refuse_real_images(knees["path"], real_root)
+    radiographs = read_radiographs(knees, progress=progress)
+    return prepare_knees(knees, radiographs, GroundTruthLocaliser(knees, radiographs), image_size,
+                         size_mm=crop_mm, progress=progress)
+
+
+def real_knee_crops(real_root, split: str, image_size: int, n_subjects: int | None = None, seed: int = 0,
+                    progress: bool = False) -> tuple[np.ndarray, pd.DataFrame]:
+    """Chen KL crops of one split (``real_root/chen_kl_radiographs``), prepared like the synthetic ones.
+
+    Left knees are mirrored (as the synthetic crops); histogram clipping 5-99% and the
+    310/300 resize of :func:`kneelib.preprocess.knee_crops.prepare_images`.
+    """
+    from kneelib.data.chen_kl import CHEN_KL_FOLDER, read_chen_kl, stratified_subject_subset
+    from kneelib.preprocess.knee_crops import prepare_images
+
+    table = read_chen_kl(Path(real_root) / CHEN_KL_FOLDER)
+    table = table[table["split"] == split].reset_index(drop=True)
+    table = stratified_subject_subset(table, n_subjects, seed=seed, subject_column="oai_id")
+    return prepare_images(table, image_size, mirror_side="L", progress=progress), table
+
+
+def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_mm: float = 90.0,
+                         backbone: str = "efficientnet_lite0", imagenet: bool = True, max_epochs: int = 4,
+                         internal_fraction: float = 0.15, batch_size: int = 32, n_synthetic_subjects=None,
+                         n_boot: int = 1000, seed: int = 0, threads: int = 1, crops=None,
+                         progress: bool = False) -> dict:
+    """KL grader trained and selected on synthetic crops only, tested once on the real ``val`` crops.
+
+    Parameters
+    ----------
+    synthetic_root : path
+        Synthetic OAI-format cohort (:func:`kneelib.synth.cohort.generate_cohort`).
+    real_root : path
+        Data root holding ``chen_kl_radiographs/`` (``$KNEELIB_DATA``).
+    image_size, crop_mm, backbone, imagenet, max_epochs, batch_size
+        The grader (paper 004's transfer schedule cut to ``max_epochs``).
+    internal_fraction : float
+        Share of the *synthetic* subjects held out to choose the epoch (best kappa).
+    crops : PreparedKnees, optional
+        Synthetic crops already made (:func:`synthetic_knee_crops`); checked against
+        ``real_root`` again.
+
+    Returns
+    -------
+    dict
+        ``kappa``, ``ci_low``, ``ci_high``, ``unit`` (subjects), ``n_test_crops``,
+        ``n_test_subjects``, ``n_train_crops``, ``n_internal_crops``, ``best_epoch``,
+        ``table`` (model / majority / chance agreement on real ``val``), ``history``.
+
+    Raises
+    ------
+    RealImageLeakError
+        If a training or internal-validation file lies under ``real_root``.
+    """
+    from kneelib.data.chen_kl import carve_internal_validation
+    from kneelib.train.grading import set_determinism, train_kl_model
+    from kneelib.train.grading_evaluation import evaluate_kl
+    from kneelib.train.multitask import predict_probabilities
+
+    if crops is None:
+        crops = synthetic_knee_crops(synthetic_root, image_size, crop_mm, n_synthetic_subjects, seed=seed,
+                                     real_root=real_root, progress=progress)
+    refuse_real_images(crops.knees["path"], real_root)
+    table = crops.knees.assign(row=np.arange(len(crops.knees)))
+    train, internal = carve_internal_validation(table, internal_fraction, seed=seed, grade_column="kl_grade",
+                                                subject_column="participant_id")
+    train_rows, internal_rows = train["row"].to_numpy(), internal["row"].to_numpy()
+    grades = crops.targets[:, 0]
+    set_determinism(seed, threads)
+    model, history, best_epoch = train_kl_model(
+        crops.images[train_rows], grades[train_rows], crops.images[internal_rows], grades[internal_rows],
+        image_size, max_epochs, backbone=backbone, imagenet=imagenet, batch_size=batch_size)
+    real_images, real_table = real_knee_crops(real_root, "val", image_size, progress=progress)
+    probabilities = predict_probabilities(model, real_images, image_size)["kl"]
+    evaluation = evaluate_kl(real_table["kl_grade"], probabilities, grades[train_rows], real_table["oai_id"],
+                             n_boot=n_boot, seed=seed)
+    table = evaluation["table"]
+    kappa = table[(table["model"] == "model") & (table["metric"] == "quadratic_kappa")].iloc[0]
+    return {"kappa": float(kappa["estimate"]), "ci_low": float(kappa["ci_low"]), "ci_high": float(kappa["ci_high"]),
+            "unit": str(kappa.get("unit", "subjects")), "n_test_crops": len(real_table),
+            "n_test_subjects": int(real_table["oai_id"].nunique()), "n_train_crops": len(train_rows),
+            "n_internal_crops": len(internal_rows), "best_epoch": int(best_epoch) if best_epoch else None,
+            "table": table, "history": history, "predicted": evaluation["predicted"]}
+
+
+def subject_split(subjects, test_fraction: float, seed: int = 0) -> np.ndarray:
+    """Boolean test mask: a random ``test_fraction`` of the distinct subjects, all their rows."""
+    subjects = np.asarray(subjects).astype(str)
+    unique = np.unique(subjects)
+    if len(unique) < 2:
+        raise ValueError(f"a subject-level split needs at least 2 subjects, got {len(unique)}")
+    rng = np.random.default_rng(seed)
+    n_test = min(len(unique) - 1, max(1, int(round(test_fraction * len(unique)))))
+    test_subjects = set(rng.choice(unique, size=n_test, replace=False))
+    return np.array([s in test_subjects for s in subjects])
+
+
+def discriminability(synthetic_images: np.ndarray, synthetic_subjects, real_images: np.ndarray, real_subjects,
+                     image_size: int, backbone: str = "efficientnet_lite0", imagenet: bool = True,
+                     max_epochs: int = 3, batch_size: int = 32, test_fraction: float = 0.3,
+                     synthetic_test=None, real_test=None, n_boot: int = 1000, n_cam: int = 32,
+                     seed: int = 0, threads: int = 1) -> dict:
+    """Real-vs-synthetic CNN: AUC with a subject-level CI and a Grad-CAM summary.
+
+    The network (:func:`kneelib.models.multitask.build_multitask_model` with one head
+    ``{"real": 2}``) trains a fixed ``max_epochs`` on the training subjects of both
+    classes (the larger class subsampled to the smaller, so the loss is balanced), with
+    paper 004's augmentation; no epoch choice, the last weights are tested. Nothing of
+    the test subjects steers training.
+
+    Parameters
+    ----------
+    synthetic_images, real_images : ndarray, (n, S, S) uint8
+        Prepared the same way, ``S >= image_size`` (central crop at test time).
+    synthetic_subjects, real_subjects : array-like
+        Subject of each image (the unit of the split and of the bootstrap).
+    synthetic_test, real_test : boolean arrays, optional
+        Given test masks (e.g. slabs of one real exam); default a random
+        ``test_fraction`` of the subjects of each class (:func:`subject_split`).
+
+    Returns
+    -------
+    dict
+        ``auc``, ``ci_low``, ``ci_high``, ``unit``, ``n_test_real``, ``n_test_synthetic``,
+        ``n_train_real``, ``n_train_synthetic``, ``history``, and ``gradcam``: ``mean_image``
+        / ``mean_cam`` (class -> (image_size, image_size) mean network input and mean
+        Grad-CAM of the predicted class over up to ``n_cam`` test images), ``examples``
+        (class -> (inputs, cams)), ``border_share`` (class -> mean share of the CAM mass
+        in the outer eighth of the image).
+
+    Raises
+    ------
+    ValueError
+        If a subject is on both sides of the split.
+    """
+    import torch
+
+    from kneelib.explain.gradcam import grad_cam, upsample_cams
+    from kneelib.models.multitask import build_multitask_model
+    from kneelib.stats.roc import auc_with_ci
+    from kneelib.train.grading import set_determinism
+    from kneelib.train.multitask import (RadiographDataset, build_learner, fit_phases, make_dataloaders,
+                                         predict_probabilities, transfer_phases, scratch_phases)
+
+    images = np.concatenate([np.asarray(synthetic_images), np.asarray(real_images)])
+    labels = np.r_[np.zeros(len(synthetic_images), int), np.ones(len(real_images), int)]
+    groups = np.r_[[f"synthetic:{s}" for s in synthetic_subjects], [f"real:{s}" for s in real_subjects]]
+    if synthetic_test is None:
+        synthetic_test = subject_split(synthetic_subjects, test_fraction, seed)
+    if real_test is None:
+        real_test = subject_split(real_subjects, test_fraction, seed + 1)
+    test = np.r_[np.asarray(synthetic_test, bool), np.asarray(real_test, bool)]
+    both = set(groups[test]) & set(groups[~test])
+    if both:
+        raise ValueError(f"subject(s) on both sides of the discriminator split: {sorted(both)[:5]}")
+    rng = np.random.default_rng(seed)
+    train_rows = [np.flatnonzero(~test & (labels == c)) for c in (0, 1)]
+    n_each = min(len(r) for r in train_rows)
+    if n_each == 0 or test[labels == 0].sum() == 0 or test[labels == 1].sum() == 0:
+        raise ValueError("each class needs training and test images")
+    train_rows = np.sort(np.concatenate([rng.choice(r, size=n_each, replace=False) for r in train_rows]))
+    set_determinism(seed, threads)
+    model = build_multitask_model(backbone, {"real": 2}, imagenet=imagenet)
+    monitor = train_rows[rng.choice(len(train_rows), size=min(64, len(train_rows)), replace=False)]
+    dls = make_dataloaders(RadiographDataset(images[train_rows], labels[train_rows], image_size, augment=True),
+                           RadiographDataset(images[monitor], labels[monitor], image_size, augment=False),
+                           batch_size=batch_size)
+    learn = build_learner(model, dls, monitor_task="real")
+    phases = transfer_phases(max_epochs) if imagenet else scratch_phases(max_epochs, 1e-3)
+    history = fit_phases(learn, phases, restore_best=False)  # monitored on training images only: no choice
+    model.eval()
+    test_rows = np.flatnonzero(test)
+    score = predict_probabilities(model, images[test_rows], image_size)["real"][:, 1]
+    auc = auc_with_ci(labels[test_rows], score, method="bootstrap", n_boot=n_boot, seed=seed,
+                      groups=groups[test_rows])
+    summary = {"mean_image": {}, "mean_cam": {}, "examples": {}, "border_share": {}}
+    dataset = RadiographDataset(images, labels, image_size, augment=False)
+    for c, name in ((1, "real"), (0, "synthetic")):
+        rows = test_rows[labels[test_rows] == c]
+        rows = np.sort(rng.choice(rows, size=min(n_cam, len(rows)), replace=False))
+        batch = torch.stack([dataset.image_tensor(i) for i in rows])
+        cams, _ = grad_cam(model, batch, "real")
+        cams_up = upsample_cams(cams, (image_size, image_size))
+        inputs = batch[:, 0].numpy()
+        edge = max(1, image_size // 8)
+        inner = np.zeros((image_size, image_size), bool)
+        inner[edge:-edge, edge:-edge] = True
+        mass = cams_up.reshape(len(rows), -1).sum(axis=1)
+        border = np.where(mass > 0, cams_up[:, ~inner].sum(axis=1) / np.maximum(mass, 1e-12), np.nan)
+        summary["mean_image"][name] = inputs.mean(axis=0)
+        summary["mean_cam"][name] = cams_up.mean(axis=0)
+        summary["examples"][name] = (inputs[:4], cams_up[:4])
+        summary["border_share"][name] = float(np.nanmean(border)) if np.isfinite(border).any() else float("nan")
+    return {"auc": auc.auc, "ci_low": auc.ci_low, "ci_high": auc.ci_high, "unit": auc.unit,
+            "n_test_real": int((labels[test_rows] == 1).sum()), "n_test_synthetic": int((labels[test_rows] == 0).sum()),
+            "n_test_real_subjects": len({g for g in groups[test_rows] if g.startswith("real:")}),
+            "n_test_synthetic_subjects": len({g for g in groups[test_rows] if g.startswith("synthetic:")}),
+            "n_train_real": int(n_each), "n_train_synthetic": int(n_each), "history": history, "gradcam": summary}
+
+
+def radiograph_discriminability(crops, real_root, image_size: int = 128, n_real_subjects: int | None = 300,
+                                seed: int = 0, progress: bool = False, **options) -> dict:
+    """:func:`discriminability` of synthetic knee crops against Chen ``train`` crops (subjects = OAI ids)."""
+    refuse_real_images(crops.knees["path"], real_root)
+    real_images, real_table = real_knee_crops(real_root, "train", image_size, n_real_subjects, seed=seed,
+                                              progress=progress)
+    result = discriminability(crops.images, crops.subjects, real_images, real_table["oai_id"].to_numpy(),
+                              image_size, seed=seed, **options)
+    result["caveat"] = "real = Chen train crops (OAI); their val crops are kept for the transfer test"
+    return result
+
+
+def _slice_image(plane: np.ndarray, spacing_rc, pixel_mm: float, fov_mm: float) -> np.ndarray:
+    """One sagittal slice -> ``pixel_mm`` grid, central ``fov_mm`` square, 1-99.5% clipped, uint8."""
+    from scipy import ndimage
+
+    plane = ndimage.zoom(np.asarray(plane, np.float32), (spacing_rc[0] / pixel_mm, spacing_rc[1] / pixel_mm),
+                         order=1)
+    size = int(round(fov_mm / pixel_mm))
+    out = np.full((size, size), float(plane.min()), np.float32)
+    rows, cols = plane.shape
+    top, left = (rows - size) // 2, (cols - size) // 2
+    src = plane[max(top, 0):max(top, 0) + min(size, rows), max(left, 0):max(left, 0) + min(size, cols)]
+    out[max(-top, 0):max(-top, 0) + src.shape[0], max(-left, 0):max(-left, 0) + src.shape[1]] = src
+    low, high = np.percentile(out, [1.0, 99.5])
+    return np.round(np.clip((out - low) / max(high - low, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def _volume_slices(volume, indices, pixel_mm: float, fov_mm: float) -> np.ndarray:
+    """Sagittal slices (RAS axis 0) of a volume in the common orientation, displayed superior up."""
+    _, sy, sz = volume.spacing_mm
+    return np.stack([_slice_image(volume.array[i].T[::-1], (sz, sy), pixel_mm, fov_mm) for i in indices])
+
+
+def _central_indices(n: int, fraction: float) -> np.ndarray:
+    margin = int(round(n * (1 - fraction) / 2))
+    return np.arange(margin, n - margin)
+
+
+def dess_slices(synthetic_root, n_subjects: int, slices_per_exam: int, pixel_mm: float = 1.0,
+                fov_mm: float = 124.0, central_fraction: float = 0.7, seed: int = 0, real_root=None,
+                series: str = "SAG_3D_DESS_RIGHT") -> tuple[np.ndarray, np.ndarray]:
+    """Evenly spaced central sagittal DESS slices of ``n_subjects`` baseline exams of a synthetic cohort.
+
+    Returns ``(images uint8 (n, F, F), participant id per image)``.
+    """
+    from kneelib.data import read_image_index
+    from kneelib.data.dicom import read_dicom_series, to_common_orientation
+
+    table = read_image_index(Path(synthetic_root) / "contents.csv").table
+    table = table[(table["SeriesDescription"] == series) & (table["VISIT"] == 0)]
+    participants = np.sort(table["ParticipantID"].astype(str).unique())
+    chosen = np.random.default_rng(seed).choice(participants, size=min(n_subjects, len(participants)),
+                                                replace=False)
+    rows = table[table["ParticipantID"].astype(str).isin(set(chosen))].sort_values("ParticipantID")
+    refuse_real_images(rows["path"], real_root)
+    images, subjects = [], []
+    for row in rows.itertuples(index=False):
+        volume = to_common_orientation(read_dicom_series(row.path), side="R" if series.endswith("RIGHT") else "L")
+        central = _central_indices(volume.shape[0], central_fraction)
+        picks = central[np.linspace(0, len(central) - 1, slices_per_exam).round().astype(int)]
+        images.append(_volume_slices(volume, picks, pixel_mm, fov_mm))
+        subjects += [str(row.ParticipantID)] * len(picks)
+    return np.concatenate(images), np.array(subjects)
+
+
+def real_dess_slices(real_root, n_slabs: int = 4, gap_slices: int = 2, pixel_mm: float = 1.0,
+                     fov_mm: float = 124.0, central_fraction: float = 0.7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Central sagittal slices of the one real DESS exam (``pykneer_knee_mri/DESS_echo1``), by contiguous slab.
+
+    The central slices are cut into ``n_slabs`` contiguous slabs, alternately training
+    and test (odd slabs test); ``gap_slices`` either side of each border are dropped so
+    that neighbouring slices do not straddle the split.
+
+    Returns
+    -------
+    images : ndarray uint8 (n, F, F)
+    slabs : ndarray of str
+        ``"slab<k>"``: the cluster of the bootstrap (one exam: a CI over slabs, not over people).
+    test : ndarray of bool
+    """
+    from kneelib.data.dicom import read_dicom_series, to_common_orientation
+
+    volume = to_common_orientation(read_dicom_series(Path(real_root) / "pykneer_knee_mri" / "DESS_echo1"), side="R")
+    central = _central_indices(volume.shape[0], central_fraction)
+    slab_of = np.minimum((np.arange(len(central)) * n_slabs) // len(central), n_slabs - 1)
+    keep = np.ones(len(central), bool)
+    for border in np.flatnonzero(np.diff(slab_of)) + 1:
+        keep[max(0, border - gap_slices):border + gap_slices] = False
+    indices, slab_of = central[keep], slab_of[keep]
+    return (_volume_slices(volume, indices, pixel_mm, fov_mm), np.array([f"slab{k}" for k in slab_of]),
+            slab_of % 2 == 1)
+
+
+def mri_discriminability(synthetic_root, real_root, n_subjects: int = 40, slices_per_exam: int = 4,
+                         image_size: int = 112, pixel_mm: float = 1.0, fov_mm: float = 124.0,
+                         central_fraction: float = 0.7, n_slabs: int = 4, gap_slices: int = 2,
+                         seed: int = 0, **options) -> dict:
+    """:func:`discriminability` of synthetic SAG 3D DESS slices against the real DESS exam.
+
+    Caveat: there is one real exam (pyKNEEr demo, GE 3 T, not OAI). Its slices are split
+    by contiguous slab (:func:`real_dess_slices`), so the test measures how well the
+    network recognises *this* knee and scanner in unseen slabs; the CI resamples synthetic
+    subjects and real slabs and says nothing about variation between real exams.
+    """
+    synthetic, subjects = dess_slices(synthetic_root, n_subjects, slices_per_exam, pixel_mm, fov_mm,
+                                      central_fraction, seed=seed, real_root=real_root)
+    real, slabs, real_test = real_dess_slices(real_root, n_slabs, gap_slices, pixel_mm, fov_mm, central_fraction)
+    result = discriminability(synthetic, subjects, real, slabs, image_size, real_test=real_test, seed=seed,
+                              **options)
+    result["caveat"] = ("one real DESS exam (pyKNEEr demo, GE 3 T): real slices split by contiguous slab, "
+                        "the CI resamples slabs, not real people")
+    return result
+
+
+def measure_realism(synthetic_root, real_root, settings: dict | None = None, seed: int = 0) -> dict:
+    """Both realism numbers of issue 10 (item 4) for one synthetic cohort: the cohort chapter's entry point.
+
+    Parameters
+    ----------
+    synthetic_root : path
+        A synthetic OAI-format cohort folder.
+    real_root : path
+        The real data root (``$KNEELIB_DATA``) with ``chen_kl_radiographs/`` and
+        ``pykneer_knee_mri/``.
+    settings : dict, optional
+        Overrides of :data:`DEFAULT_SETTINGS` (an unknown key raises ``ValueError``).
+    seed : int
+
+    Returns
+    -------
+    dict
+        ``transfer`` (:func:`sim_to_real_transfer`: ``kappa, ci_low, ci_high, ...``),
+        ``radiograph_discriminability`` and ``mri_discriminability``
+        (:func:`discriminability`: ``auc, ci_low, ci_high, ..., gradcam`` with the
+        figure data of :func:`kneelib.figures.realism.plot_discriminator_gradcam`,
+        ``caveat``), ``settings`` (the merged settings), ``seconds`` (wall time per part and total).
+    """
+    unknown = set(settings or {}) - set(DEFAULT_SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown realism setting(s) {sorted(unknown)}; known: {sorted(DEFAULT_SETTINGS)}")
+    s = {**DEFAULT_SETTINGS, **(settings or {})}
+    seconds, start = {}, time.perf_counter()
+    crops = synthetic_knee_crops(synthetic_root, s["image_size"], s["crop_mm"], s["n_synthetic_subjects"], seed=seed,
+                                 real_root=real_root, progress=s["progress"])
+    seconds["synthetic_crops"] = time.perf_counter() - start
+    mark = time.perf_counter()
+    transfer = sim_to_real_transfer(
+        synthetic_root, real_root, s["image_size"], s["crop_mm"], s["transfer_backbone"], s["transfer_imagenet"],
+        s["transfer_epochs"], s["internal_fraction"], s["batch_size"], n_boot=s["n_boot"], seed=seed,
+        threads=s["threads"], crops=crops, progress=s["progress"])
+    seconds["transfer"] = time.perf_counter() - mark
+    common = dict(backbone=s["disc_backbone"], imagenet=s["disc_imagenet"], max_epochs=s["disc_epochs"],
+                  batch_size=s["batch_size"], test_fraction=s["disc_test_fraction"], n_boot=s["n_boot"],
+                  n_cam=s["n_cam"], threads=s["threads"])
+    mark = time.perf_counter()
+    radiograph = radiograph_discriminability(crops, real_root, s["image_size"], s["n_real_subjects"], seed=seed,
+                                             progress=s["progress"], **common)
+    seconds["radiograph_discriminability"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    mri = mri_discriminability(synthetic_root, real_root, s["mri_subjects"], s["mri_slices_per_exam"],
+                               s["mri_image_size"], s["mri_pixel_mm"], s["mri_fov_mm"], s["mri_central_fraction"],
+                               s["mri_real_slabs"], s["mri_gap_slices"], seed=seed, **common)
+    seconds["mri_discriminability"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - start
+    return {"transfer": transfer, "radiograph_discriminability": radiograph, "mri_discriminability": mri,
+            "settings": s, "seconds": seconds}

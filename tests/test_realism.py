@@ -1,0 +1,148 @@
+"""Realism measures of issue 10, item 4 (:mod:`kneelib.train.realism`): no real image in synthetic training,
+subject-level splits, a discriminator that separates what differs, and the entry point on a smoke cohort."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from kneelib.train import realism  # noqa: E402
+
+TINY = dict(image_size=48, transfer_epochs=1, disc_epochs=1, n_real_subjects=8, mri_subjects=3,
+            mri_slices_per_exam=2, mri_image_size=40, mri_pixel_mm=3.0, n_boot=30, n_cam=3, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def smoke_cohort():
+    from kneelib.synth.cohort import generate_cohort
+
+    return generate_cohort("smoke", seed=0, n_workers=1, progress=False)
+
+
+def test_refuse_real_images_names_the_file(tmp_path):
+    real = tmp_path / "real"
+    (real / "chen").mkdir(parents=True)
+    realism.refuse_real_images([tmp_path / "synthetic" / "a.dcm"], real)
+    with pytest.raises(realism.RealImageLeakError, match="a.png"):
+        realism.refuse_real_images([tmp_path / "synthetic" / "b.dcm", real / "chen" / "a.png"], real)
+
+
+def test_synthetic_training_sets_refuse_images_under_the_real_root(smoke_cohort):
+    # a "real root" that contains the cohort: every synthetic file now counts as real and must be refused
+    with pytest.raises(realism.RealImageLeakError):
+        realism.synthetic_knee_crops(smoke_cohort, 48, real_root=smoke_cohort.parent)
+    with pytest.raises(realism.RealImageLeakError):
+        realism.dess_slices(smoke_cohort, 2, 2, real_root=smoke_cohort.parent)
+    crops = realism.synthetic_knee_crops(smoke_cohort, 48)
+    with pytest.raises(realism.RealImageLeakError):
+        realism.sim_to_real_transfer(smoke_cohort, smoke_cohort.parent, image_size=48, crops=crops)
+
+
+def test_ground_truth_crops_cover_every_knee(smoke_cohort):
+    from kneelib.data.knee_radiographs import load_synthetic_knees
+    from kneelib.train.multitask import resize_for_crop
+
+    crops = realism.synthetic_knee_crops(smoke_cohort, 48, crop_mm=90.0)
+    knees = load_synthetic_knees(smoke_cohort)
+    assert crops.images.shape == (len(knees), resize_for_crop(48), resize_for_crop(48))
+    assert crops.images.dtype == np.uint8
+    assert (crops.images.reshape(len(knees), -1).std(axis=1) > 10).all()  # real content, not blank crops
+    # the crop centre is the planted joint centre
+    np.testing.assert_allclose(crops.knees["centre_row"], knees["joint_centre_row"])
+
+
+def test_subject_split_keeps_every_subject_on_one_side():
+    subjects = np.repeat([f"s{i}" for i in range(10)], 3)
+    test = realism.subject_split(subjects, 0.3, seed=1)
+    assert test.sum() == 9
+    for s in np.unique(subjects):
+        assert len(set(test[subjects == s])) == 1
+    with pytest.raises(ValueError):
+        realism.subject_split(["a", "a"], 0.5)
+
+
+def _two_kinds(n_subjects=12, per_subject=3, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    n = n_subjects * per_subject
+    synthetic = rng.integers(0, 60, size=(n, size, size)).astype(np.uint8)
+    synthetic[:, 12:28, 12:28] = 220  # a bright block the real images lack
+    real = rng.integers(0, 60, size=(n, size, size)).astype(np.uint8)
+    subjects = np.repeat([f"p{i}" for i in range(n_subjects)], per_subject)
+    return synthetic, subjects, real, subjects.copy()
+
+
+def test_discriminator_separates_what_differs_and_reports_subject_level_auc():
+    synthetic, s_subjects, real, r_subjects = _two_kinds(n_subjects=20, per_subject=3)
+    result = realism.discriminability(synthetic, s_subjects, real, r_subjects, image_size=32,
+                                      max_epochs=4, batch_size=8, n_boot=50, n_cam=4, seed=0)
+    assert result["auc"] > 0.85  # a bright block vs none: chance would be 0.5
+    assert result["unit"] == "subjects"
+    assert result["ci_low"] <= result["auc"] <= result["ci_high"]
+    assert result["n_test_real_subjects"] == 6 and result["n_test_synthetic_subjects"] == 6
+    cams = result["gradcam"]
+    assert set(cams["mean_cam"]) == {"real", "synthetic"}
+    assert cams["mean_cam"]["real"].shape == (32, 32)
+    fig = __import__("kneelib.figures.realism", fromlist=["x"]).plot_discriminator_gradcam(cams, title="t")
+    assert len(fig.axes) == 8
+    plt.close(fig)
+
+
+def test_discriminator_refuses_a_subject_on_both_sides():
+    synthetic, s_subjects, real, r_subjects = _two_kinds(n_subjects=4, per_subject=2)
+    leaky = np.zeros(len(real), bool)
+    leaky[0] = True  # subject p0: one image in test, the other in training
+    with pytest.raises(ValueError, match="both sides"):
+        realism.discriminability(synthetic, s_subjects, real, r_subjects, image_size=32, real_test=leaky,
+                                 max_epochs=1, n_boot=10)
+
+
+@pytest.mark.realdata
+def test_transfer_trains_and_selects_on_synthetic_crops_only(smoke_cohort, real_data_root, monkeypatch):
+    from kneelib.train import grading
+
+    crops = realism.synthetic_knee_crops(smoke_cohort, 48, real_root=real_data_root)
+    seen = {}
+    original = grading.train_kl_model
+
+    def recording(train_images, train_grades, internal_images, internal_grades, *args, **kwargs):
+        seen["train"], seen["internal"] = train_images, internal_images
+        return original(train_images, train_grades, internal_images, internal_grades, *args, **kwargs)
+
+    monkeypatch.setattr(grading, "train_kl_model", recording)
+    result = realism.sim_to_real_transfer(smoke_cohort, real_data_root, image_size=48, max_epochs=1,
+                                          batch_size=16, n_boot=30, crops=crops)
+    synthetic_rows = {row.tobytes() for row in crops.images}
+    for part in ("train", "internal"):
+        assert all(image.tobytes() in synthetic_rows for image in seen[part]), part
+    assert len(seen["train"]) + len(seen["internal"]) == len(crops.images)
+    assert result["n_test_crops"] == 186 and result["unit"] == "subjects"
+    assert -1 <= result["ci_low"] <= result["kappa"] <= result["ci_high"] <= 1
+
+
+@pytest.mark.realdata
+def test_real_dess_slabs_alternate_with_gaps(real_data_root):
+    images, slabs, test = realism.real_dess_slices(real_data_root, n_slabs=4, gap_slices=2, pixel_mm=3.0)
+    assert images.dtype == np.uint8 and images.shape[1:] == (41, 41)
+    assert list(dict.fromkeys(slabs)) == ["slab0", "slab1", "slab2", "slab3"]
+    assert (test == np.isin(slabs, ["slab1", "slab3"])).all()
+    # 80 slices, central 70% = 56, minus 2 x 2 slices at each of 3 borders
+    assert len(images) == 56 - 12
+
+
+@pytest.mark.realdata
+def test_measure_realism_returns_both_numbers_on_a_smoke_cohort(smoke_cohort, real_data_root):
+    with pytest.raises(ValueError, match="unknown realism setting"):
+        realism.measure_realism(smoke_cohort, real_data_root, {"epochs": 1})
+    result = realism.measure_realism(smoke_cohort, real_data_root, TINY, seed=0)
+    assert -1 <= result["transfer"]["kappa"] <= 1
+    for part in ("radiograph_discriminability", "mri_discriminability"):
+        assert 0 <= result[part]["auc"] <= 1
+        assert result[part]["unit"] == "subjects"
+        assert "caveat" in result[part]
+    assert "one real DESS exam" in result["mri_discriminability"]["caveat"]
+    assert result["settings"]["image_size"] == 48
+    assert result["seconds"]["total"] > 0
