@@ -39,6 +39,8 @@ data_root = None  # None: $KNEELIB_DATA
 montage_per_grade = 4  # real radiographs shown per KL grade
 image_size = 224  # display size of each radiograph crop (pixels)
 kl_split = "train"  # split of the real radiographs shown: train or val
+mesh_mm = 1.5  # grid edge (mm) of the marching-cubes bone surfaces
+realism = {}  # overrides of kneelib.train.realism.DEFAULT_SETTINGS ({}: its defaults)
 
 # %%
 import pandas as pd
@@ -181,21 +183,52 @@ radiograph_figure = cohort.plot_radiograph_truth(cohort_root, showcase_id, knees
 # %% [markdown]
 # ### Synthetic next to real
 #
-# The synthetic SAG 3D DESS beside the real DESS of the pyKNEEr demo exam {footcite}`bonaretti2020`
-# (not an OAI scan: another scanner and grid), on one millimetre scale.
+# Each synthetic image below comes from the cohort this run reads, so the figures show
+# whatever anatomy and renderer generated it. All planes are in patient orientation, read
+# from each series' affine: sagittal views anterior left, coronal views the patient's right
+# on the left, on a millimetre scale. The real series carry no labels; their planes are
+# fixed slice positions chosen by eye (`kneelib.figures.synthetic_vs_real`).
+#
+# **SAG 3D DESS.** A sagittal slice through the medial condyle and a coronal reformat
+# through both tibial plateaus, beside the same planes of the real DESS of the pyKNEEr demo
+# exam {footcite}`bonaretti2020` (not an OAI scan: another scanner and grid).
 
 # %%
 if present["pykneer_knee_mri"]:
-    dess_figure, dess_table = cohort.plot_dess_synthetic_vs_real(
-        cohort_root, showcase_id, root / "pykneer_knee_mri" / "DESS_echo1")
+    dess_figure, dess_table = cohort.plot_dess_planes(cohort_root, showcase_id, root / "pykneer_knee_mri" / "DESS_echo1")
     display(dess_table)
 else:
     display(Markdown(cohort.missing_dataset_message("pykneer_knee_mri", data_root)))
 
 # %% [markdown]
-# Knee-joint crops of the synthetic bilateral radiographs (square, centred on the
-# ground-truth joint centre, 1.3 times the plateau width) beside real OAI crops of the same
-# KL grade {footcite}`chen2019,chen2018data`; both clipped to their 5th-99th percentiles.
+# **MSME echoes and T2 maps.** Echoes of one sagittal slice of the synthetic T2 mapping
+# series beside a real multi-echo spin-echo series of another knee (pymskt test data), each
+# with the T2 map of the three-parameter fit of paper 001 (`kneelib.qmri.relaxometry`).
+
+# %%
+if cohort.dataset_present(root, "pymskt_knee_mri"):
+    msme_real_figure, msme_table = cohort.plot_msme_synthetic_vs_real(cohort_root, showcase_id,
+                                                                      root / "pymskt_knee_mri" / "MESE_T2")
+    display(msme_table)
+else:
+    display(Markdown(cohort.missing_dataset_message("pymskt_knee_mri", data_root)))
+
+# %% [markdown]
+# **Bone surfaces.** Marching-cubes surfaces of the femur, tibia, patella and fibula of the
+# same synthetic right knee (its DESS ground-truth labels) beside those of the real knee
+# segmentation the synthetic anatomy's template is derived from (pymskt, OAI DESS grid).
+
+# %%
+if cohort.dataset_present(root, "pymskt_knee_mri"):
+    bones_figure = cohort.plot_bone_surfaces_vs_template(cohort_root, showcase_id, root, mesh_mm=mesh_mm)
+else:
+    display(Markdown(cohort.missing_dataset_message("pymskt_knee_mri", data_root)))
+
+# %% [markdown]
+# **Radiograph crops.** Knee-joint crops of the synthetic bilateral radiographs (square,
+# centred on the ground-truth joint centre, 1.3 times the plateau width) beside real OAI
+# crops of the same KL grade {footcite}`chen2019,chen2018data`; both clipped to their
+# 5th-99th percentiles.
 
 # %%
 synthetic_crops = cohort.synthetic_knee_crops(cohort_root, knees, width_per_plateau=crop_width_per_plateau)
@@ -205,6 +238,44 @@ if present["chen_kl_radiographs"]:
                                                 split=kl_split, seed=seed)
 else:
     display(Markdown(cohort.missing_dataset_message("chen_kl_radiographs", data_root)))
+
+# %% [markdown]
+# ### Realism, measured
+#
+# Looking is not measuring. Two numbers say how close the synthetic radiographs are to real
+# ones, and a third does the same for the DESS (`kneelib.train.realism.measure_realism`);
+# none is tuned against anything held out. **Sim-to-real transfer**: the KL grader of the
+# radiograph-grading study {footcite}`tiulpin2020`, trained and its epoch chosen on synthetic
+# knee crops only, tested once on the real `val` crops. **Discriminability**: a small CNN
+# trained to tell real from synthetic images, split by subject; its ROC AUC (lower is more
+# realistic), and where it looks (Grad-CAM). Every CI resamples subjects.
+
+# %%
+realism_result = None
+missing = [name for name in ("chen_kl_radiographs", "pykneer_knee_mri") if not present[name]]
+if not missing:
+    realism_result = cohort.measure_realism(cohort_root, root, realism, seed=seed)
+    display(cohort.realism_table(realism_result))
+    gradcam_figures = cohort.plot_realism_gradcam(realism_result)
+for name in missing:
+    display(Markdown(cohort.missing_dataset_message(name, data_root)))
+for name, value in cohort.realism_numbers(realism_result).items():
+    glue(name, value, display=False)
+
+# %% [markdown]
+# The grader trained only on synthetic crops reaches a quadratic kappa of
+# {glue:text}`realism_transfer_kappa:.2f` (95 % CI {glue:text}`realism_transfer_kappa_ci_low:.2f` to
+# {glue:text}`realism_transfer_kappa_ci_high:.2f`) on the real crops of
+# {glue:text}`realism_transfer_test_subjects:,.0f` subjects; the issue's target is at least
+# {glue:text}`realism_transfer_kappa_target:.2f`, and graders trained on real radiographs
+# reached {glue:text}`realism_real_trained_kappa:.2f` in paper 004 (on another test set). The
+# discriminator tells real from synthetic crops with an AUC of
+# {glue:text}`realism_radiograph_auc:.2f` ({glue:text}`realism_radiograph_auc_ci_low:.2f` to
+# {glue:text}`realism_radiograph_auc_ci_high:.2f`; target at most
+# {glue:text}`realism_discriminator_auc_target:.2f`), and real from synthetic DESS slices with
+# {glue:text}`realism_dess_auc:.2f` ({glue:text}`realism_dess_auc_ci_low:.2f` to
+# {glue:text}`realism_dess_auc_ci_high:.2f`; one real exam, so this CI resamples slabs of that
+# exam, not people).
 
 # %% [markdown]
 # ### Quality control: every series loaded
@@ -285,10 +356,13 @@ else:
 # %%
 comparisons = cohort.cohort_comparisons(deep_pain_tables, knees, f"synthetic {cohort_label}",
                                         model_knees, f"synthetic {model_label}")
+if realism_result is not None:
+    comparisons += cohort.realism_comparisons(realism_result, f"synthetic {cohort_label}")
 save_metrics("cohort", comparisons, params=dict(
     preset=preset, n_subjects=n_subjects, seed=seed, n_model_sample=n_model_sample,
     qc_n_subjects=qc_n_subjects, crops_per_grade=crops_per_grade, crop_width_per_plateau=crop_width_per_plateau,
-    montage_per_grade=montage_per_grade, image_size=image_size, kl_split=kl_split))
+    montage_per_grade=montage_per_grade, image_size=image_size, kl_split=kl_split, mesh_mm=mesh_mm,
+    realism=realism))
 comparison_table(comparisons)
 
 # %% [markdown]
@@ -311,6 +385,22 @@ comparison_table(comparisons)
 #   files). Motion ghosts and foreign objects load as valid volumes: finding them needs image
 #   QC, which the studies did by eye; the last QC table shows which planted artefacts pass.
 # - Matrices and resolution are reduced at `smoke` and `default`; only `paper` uses the OAI's.
+#   The synthetic planes, T2 maps and bone surfaces show the preset's voxels (blocky at
+#   `smoke`), the real ones their own.
+# - The real MRI beside the synthetic series are single exams of other knees on another
+#   scanner (GE 3 T), not OAI scans: the DESS of the pyKNEEr demo and the multi-echo
+#   spin-echo of pymskt differ from the OAI protocol in grid, echo times and contrast, so
+#   the comparison is of anatomy, texture and T2 contrast, not a protocol match. Their planes
+#   are fixed by eye; the synthetic planes are chosen from the ground-truth labels. The T2 maps
+#   fit every tissue voxel of the slice; outside cartilage and fluid (marrow fat, muscle) a
+#   mono-exponential is only a description.
+# - The template in the bone-surface figure is the real label map the synthetic anatomy is
+#   derived from, meshed at the same grid as the synthetic bones.
+# - The realism numbers are measured with light settings (the `realism` parameter: a small
+#   network, a few epochs); at `smoke` they only show that the measurement runs. The
+#   sim-to-real kappa is not the same measurement as paper 004's kappa (a grader trained on
+#   real radiographs, another test set): that one is a ceiling. The DESS discriminator sees
+#   one real exam.
 # - The released regression tables hold slightly fewer rows for the tibia and patella
 #   than the single n the paper reports.
 #

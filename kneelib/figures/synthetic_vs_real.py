@@ -396,10 +396,12 @@ def plot_bone_surfaces(knees: dict[str, dict[str, BoneMesh]]):
         half = float((points.max(axis=0) - points.min(axis=0)).max()) / 2.0 + 2.0
         for col, (view, (elevation, azimuth)) in enumerate(_VIEWS.items()):
             ax = fig.add_subplot(len(knees), len(_VIEWS), row * len(_VIEWS) + col + 1, projection="3d")
-            for name, mesh in meshes.items():
-                colours = np.tile(to_rgba(BONE_COLOURS[name]), (len(mesh.faces), 1))
-                ax.add_collection3d(Poly3DCollection(mesh.vertices[mesh.faces] - centre, facecolors=colours,
-                                                     linewidths=0.0, shade=True, lightsource=light))
+            if meshes:  # one collection: matplotlib depth-sorts faces within a collection, not between them
+                triangles = np.concatenate([m.vertices[m.faces] for m in meshes.values()]) - centre
+                colours = np.concatenate([np.tile(to_rgba(BONE_COLOURS[name]), (len(m.faces), 1))
+                                          for name, m in meshes.items()])
+                ax.add_collection3d(Poly3DCollection(triangles, facecolors=colours, linewidths=0.0, shade=True,
+                                                     lightsource=light))
             for setter in (ax.set_xlim, ax.set_ylim, ax.set_zlim):
                 setter(-half, half)
             ax.set_box_aspect((1, 1, 1), zoom=1.3)

@@ -10,14 +10,19 @@ This module only composes stage functions for the notebook; each job has its own
 - the ground truth of the synthetic cohort and the no-image causal-model sample:
   :mod:`kneelib.synth.ground_truth`;
 - figures: :mod:`kneelib.figures.causal_dag`, :mod:`kneelib.figures.mri_sequences`,
-  :mod:`kneelib.figures.radiograph_crops`, :mod:`kneelib.figures.cohort_distributions`.
+  :mod:`kneelib.figures.radiograph_crops`, :mod:`kneelib.figures.cohort_distributions`,
+  :mod:`kneelib.figures.synthetic_vs_real` (DESS planes, MSME echoes and T2 maps, bone
+  surfaces), :mod:`kneelib.figures.realism` (the discriminator's Grad-CAM);
+- the realism numbers (sim-to-real KL kappa, real-vs-synthetic discriminator AUCs):
+  :func:`kneelib.train.realism.measure_realism` (issue 10, item 4).
 
 Published reference numbers are read from ``book/published.yml`` (``values: cohort:``)
 with :func:`kneelib.report.published_values`: KL counts of paper 001 (Methods, "Chronic
 pain model training"), the chronic-pain case ratio of paper 001 (Table 1), unilateral
 frequent pain and the WOMAC-difference subgroup of paper 000 (Table 1a; Methods), the
 12-month progressor share of paper 002 (Results, section 3.1), the knees of the
-regression of Morales et al. 2021 (Table 3).
+regression of Morales et al. 2021 (Table 3); the realism targets of issue 10 and the real-data
+KL kappa of paper 004 (``values: kl_real_radiographs:``) beside the realism numbers.
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from kneelib.figures.mri_sequences import (
     plot_sequence_gallery,
 )
 from kneelib.figures.radiograph_crops import plot_kl_montage, plot_radiograph_crops, plot_radiograph_truth
+from kneelib.figures.synthetic_vs_real import plot_dess_planes, plot_msme_synthetic_vs_real
 from kneelib.report import Comparison, published_values
 from kneelib.synth.ground_truth import (
     causal_model_knee_table,
@@ -66,8 +72,14 @@ __all__ = [
     "choose_showcase_participant", "synthetic_knee_crops", "cohort_comparisons", "headline_numbers",
     "plot_causal_dag", "plot_kl_montage", "plot_dess_and_t1rho", "plot_thickness_by_pain", "plot_sequence_gallery",
     "plot_msme_echoes", "plot_radiograph_truth", "plot_dess_synthetic_vs_real", "plot_radiograph_crops",
-    "plot_kl_distribution", "plot_label_prevalences",
+    "plot_kl_distribution", "plot_label_prevalences", "plot_dess_planes", "plot_msme_synthetic_vs_real",
+    "TEMPLATE_LABEL_MAP", "dataset_present", "plot_bone_surfaces_vs_template", "measure_realism", "realism_table",
+    "realism_numbers", "realism_comparisons", "plot_realism_gradcam",
 ]
+
+#: The real knee segmentation the synthetic anatomy's template is derived from (under ``$KNEELIB_DATA``).
+TEMPLATE_LABEL_MAP = Path("pymskt_knee_mri") / "SAG_3D_DESS_RIGHT_bones_cart_men_fib-label.nrrd"
+
 
 #: Study variables read back from the written OAI tables (names of ``oai_variables.yaml``).
 CLINICAL_VARIABLES = (
@@ -279,3 +291,134 @@ def headline_numbers(prevalences: dict[str, pd.DataFrame], knees: pd.DataFrame,
         for bone, table in deep_pain_tables.items():
             numbers[f"deep_pain_{bone}_rows"] = float(len(table))
     return numbers
+
+
+# --------------------------------------------------------------------------- synthetic next to real (issue 10)
+def plot_bone_surfaces_vs_template(cohort_root: str | Path, participant_id: str, data_root: str | Path,
+                                   visit_month: int = 0, mesh_mm: float = 1.5):
+    """Bone surfaces of a synthetic right knee (its SAG 3D DESS ground-truth labels) next to the template's.
+
+    The template is the real label map the synthetic anatomy is built from
+    (:data:`TEMPLATE_LABEL_MAP`, pymskt); surfaces by :func:`kneelib.figures.synthetic_vs_real.bone_meshes`.
+    """
+    from kneelib.figures.synthetic_vs_real import (
+        PYMSKT_BONE_LABELS,
+        bone_meshes,
+        plot_bone_surfaces,
+        read_template_labels,
+        synthetic_bone_labels,
+    )
+
+    labels, affine, codes = synthetic_bone_labels(cohort_root, participant_id, visit_month)
+    template_labels, template_affine = read_template_labels(Path(data_root) / TEMPLATE_LABEL_MAP)
+    return plot_bone_surfaces({
+        f"synthetic {participant_id}, right knee\n(SAG 3D DESS ground-truth labels)": bone_meshes(
+            labels, affine, codes, mesh_mm),
+        "template\n(the real pymskt label map)": bone_meshes(template_labels, template_affine, PYMSKT_BONE_LABELS,
+                                                           mesh_mm)})
+
+
+def dataset_present(root: str | Path, name: str) -> bool:
+    """Whether the real data set ``name`` (a folder under the data root) is there."""
+    return (Path(root) / name).is_dir()
+
+
+def measure_realism(cohort_root: str | Path, data_root: str | Path, settings: dict | None = None,
+                    seed: int = 0) -> dict:
+    """:func:`kneelib.train.realism.measure_realism` of the chapter's cohort (``settings``: overrides)."""
+    from kneelib.train.realism import measure_realism as measure
+
+    return measure(cohort_root, data_root, settings=dict(settings or {}), seed=seed)
+
+
+def _realism_targets() -> dict:
+    return published()["realism_targets"]
+
+
+def _real_kl_kappa() -> dict:
+    return published_values("kl_real_radiographs")["test"]
+
+
+def realism_table(result: dict) -> pd.DataFrame:
+    """The three realism numbers with their subject-level 95 % CIs, the issue's targets and what they are."""
+    targets = _realism_targets()
+    transfer = result["transfer"]
+    radiograph, mri = result["radiograph_discriminability"], result["mri_discriminability"]
+    rows = [
+        ("sim-to-real transfer: quadratic kappa, KL 0-4", transfer, "kappa", f">= {targets['transfer_kappa_min']:g}",
+         "higher", f"grader trained and selected on synthetic crops only; tested once on "
+         f"{transfer['n_test_crops']:,} real val crops of {transfer['n_test_subjects']:,} subjects"),
+        ("real vs synthetic radiograph crops: discriminator AUC", radiograph, "auc",
+         f"<= {targets['discriminator_auc_max']:g}", "lower",
+         f"test: {radiograph['n_test_real']:,} real, {radiograph['n_test_synthetic']:,} synthetic crops"),
+        ("real vs synthetic DESS slices: discriminator AUC", mri, "auc", "none set", "lower",
+         f"test: {mri['n_test_real']:,} real, {mri['n_test_synthetic']:,} synthetic slices; {mri.get('caveat', '')}"),
+    ]
+    return pd.DataFrame([{
+        "measure": name, "value": round(float(part[key]), 3),
+        "95 % CI": f"{part['ci_low']:.3f}-{part['ci_high']:.3f} ({part.get('unit', 'subjects')})",
+        "target (issue 10)": target, "more realistic": better, "what": what,
+    } for name, part, key, target, better, what in rows])
+
+
+def realism_numbers(result: dict | None) -> dict[str, float]:
+    """Glue names -> numbers of the "Realism, measured" section (and the issue's targets).
+
+    ``result`` is :func:`measure_realism`; ``None`` (real data absent) gives NaN for every
+    measured number, so the section's glue names always exist.
+    """
+    targets = _realism_targets()
+    numbers = {"realism_transfer_kappa_target": float(targets["transfer_kappa_min"]),
+               "realism_discriminator_auc_target": float(targets["discriminator_auc_max"]),
+               "realism_real_trained_kappa": float(_real_kl_kappa()["quadratic_kappa"])}
+    empty = {"kappa": np.nan, "auc": np.nan, "ci_low": np.nan, "ci_high": np.nan, "n_test_subjects": np.nan}
+    result = result or {}
+    for prefix, part, key in (("realism_transfer_kappa", "transfer", "kappa"),
+                              ("realism_radiograph_auc", "radiograph_discriminability", "auc"),
+                              ("realism_dess_auc", "mri_discriminability", "auc")):
+        values = result.get(part, empty)
+        numbers[prefix] = float(values[key])
+        numbers[f"{prefix}_ci_low"] = float(values["ci_low"])
+        numbers[f"{prefix}_ci_high"] = float(values["ci_high"])
+    numbers["realism_transfer_test_subjects"] = float(result.get("transfer", empty)["n_test_subjects"])
+    return numbers
+
+
+def realism_comparisons(result: dict, cohort_data: str) -> list[Comparison]:
+    """Published (or target) vs found rows of the realism numbers for the metrics file.
+
+    The sim-to-real kappa stands beside paper 004's test kappa of a grader trained on real
+    radiographs (another test set: the ceiling, not a like-for-like number); the
+    discriminator AUCs have no published counterpart, only the issue's target (in the note).
+    """
+    targets, real = _realism_targets(), _real_kl_kappa()
+    transfer = result["transfer"]
+    rows = [Comparison("cohort", "sim-to-real transfer: KL quadratic kappa on real val crops",
+                       real["quadratic_kappa"], round(float(transfer["kappa"]), 3),
+                       ci_low=round(float(transfer["ci_low"]), 3), ci_high=round(float(transfer["ci_high"]), 3),
+                       source=f"paper 004 {real['source']}: trained on real radiographs ({real['measured_on']})",
+                       data=f"trained on {cohort_data}; tested on real: chen_kl_radiographs val",
+                       note=f"issue 10 target >= {targets['transfer_kappa_min']:g}; CI resamples "
+                            f"{transfer.get('unit', 'subjects')}")]
+    for quantity, part, data in (
+            ("real-vs-synthetic discriminator AUC, radiograph crops", result["radiograph_discriminability"],
+             "real: chen_kl_radiographs train"),
+            ("real-vs-synthetic discriminator AUC, DESS slices", result["mri_discriminability"],
+             "real: pykneer_knee_mri DESS (one exam)")):
+        rows.append(Comparison("cohort", quantity, None, round(float(part["auc"]), 3),
+                               ci_low=round(float(part["ci_low"]), 3), ci_high=round(float(part["ci_high"]), 3),
+                               source=f"no published value; issue 10 target <= {targets['discriminator_auc_max']:g}"
+                               if "radiograph" in quantity else "no published value, no target",
+                               data=f"{cohort_data} vs {data}",
+                               note=f"lower is more realistic; CI resamples {part.get('unit', 'subjects')}"))
+    return rows
+
+
+def plot_realism_gradcam(result: dict):
+    """Grad-CAM figures of both discriminators (:func:`kneelib.figures.realism.plot_discriminator_gradcam`)."""
+    from kneelib.figures.realism import plot_discriminator_gradcam
+
+    return [plot_discriminator_gradcam(result[part]["gradcam"], title=title) for part, title in (
+        ("radiograph_discriminability", "What the real-vs-synthetic radiograph discriminator keys on (Grad-CAM, test "
+                                        "crops)"),
+        ("mri_discriminability", "What the real-vs-synthetic DESS discriminator keys on (Grad-CAM, test slices)"))]
