@@ -51,9 +51,12 @@ def test_effusion_grade_increases_fluid(healthy):
 
 def test_osteophyte_grade_increases_marginal_bone(healthy):
     def margin_bone(model):
+        """Bone voxels medial to the template's medial plateau margin, at joint level."""
         bone = np.isin(model.labels, [TISSUE_LABELS["femur"], TISSUE_LABELS["tibia"]])
         x = model.origin_mm[0] + model.voxel_mm * np.arange(model.labels.shape[0])
-        return int(bone[x < -41.0].sum())          # medial margin of a right knee
+        z = model.origin_mm[2] + model.voxel_mm * np.arange(model.labels.shape[2])
+        margin_x = model.landmarks_mm["plateau_margin_medial"][0]
+        return int(bone[x < margin_x - 1.0][:, :, np.abs(z) < 12.0].sum())
     grade1 = build_knee(_spec(osteophyte_grade={"FM": 1, "TM": 1, "FL": 0, "TL": 0}), voxel_mm=VOXEL_MM)
     grade3 = build_knee(_spec(osteophyte_grade={"FM": 3, "TM": 3, "FL": 0, "TL": 0}), voxel_mm=VOXEL_MM)
     assert margin_bone(healthy) <= margin_bone(grade1) < margin_bone(grade3)
@@ -88,3 +91,49 @@ def test_bad_spec_raises_clear_error():
         build_knee(replace(_spec(), side="X"), voxel_mm=VOXEL_MM)
     with pytest.raises(ValueError, match="osteophyte_grade"):
         build_knee(_spec(osteophyte_grade={"FM": 5}), voxel_mm=VOXEL_MM)
+
+
+def test_planted_thickness_scales_the_template_cartilage():
+    thin = build_knee(_spec(cartilage_thickness_mm={"FM": 1.0, "FL": 2.0, "TM": 1.8, "TL": 2.4, "P": 2.6, "TR": 2.3}),
+                      voxel_mm=1.0)
+    thick = build_knee(_spec(cartilage_thickness_mm={"FM": 2.0, "FL": 2.0, "TM": 1.8, "TL": 2.4, "P": 2.6, "TR": 2.3}),
+                       voxel_mm=1.0)
+    fm = 1  # CARTILAGE_REGIONS.index("FM") + 1
+    ratio = (thick.cartilage_region == fm).sum() / max((thin.cartilage_region == fm).sum(), 1)
+    assert 1.6 < ratio < 2.4
+    fl = 2
+    assert abs(int((thick.cartilage_region == fl).sum()) - int((thin.cartilage_region == fl).sum())) \
+        < 0.1 * (thin.cartilage_region == fl).sum()
+
+
+def test_bones_come_from_the_real_template():
+    """Each bone of a knee of size 1 at the template's proportions overlaps the template's."""
+    from kneelib.synth.template import load_template
+
+    template = load_template()
+    model = build_knee(_spec(jsw_medial_mm=5.0, jsw_lateral_mm=5.0), voxel_mm=1.5)
+    x, y, z = (model.origin_mm[i] + model.voxel_mm * np.arange(n) for i, n in enumerate(model.labels.shape))
+    X, Y, Z = np.meshgrid(x, y, z, indexing="ij")
+    for name, code, shift in (("femur", "femur", 2.5), ("tibia", "tibia", -2.5)):
+        inside_template = template.distance(name, X, Y, Z - shift) < -2.0      # well inside, up to the shaft
+        labelled = model.labels == TISSUE_LABELS[code]
+        # the knee is the template bent by a small smooth deformation (and a few % in size)
+        assert labelled[inside_template].mean() > 0.85, name
+
+
+def test_random_deformation_is_a_diffeomorphism():
+    """The per-knee displacement has a positive Jacobian determinant everywhere on the grid."""
+    from kneelib.synth.anatomy import _deformation, _grid_axes
+
+    ax, ay, az = _grid_axes(2.0)
+    for seed in range(20):
+        p = _deformation(np.random.default_rng(seed), ax, ay, az)
+        # displacement components as functions on the grid (see _deformation)
+        X, Y, Z = np.meshgrid(ax, ay, az, indexing="ij")
+        ii, jj, kk = np.meshgrid(np.arange(ax.size), np.arange(ay.size), np.arange(az.size), indexing="ij")
+        dx = p["dx_y"][jj] + p["dx_z"][kk] + p["dx_x"][ii] * p["dx_zx"][kk]
+        dy = p["dy_x"][ii] + p["dy_z"][kk] + p["dy_y"][jj] * p["dy_zy"][kk]
+        dz = p["dz_x"][ii] + p["dz_y"][jj]
+        grads = [np.gradient(X + dx, 2.0), np.gradient(Y + dy, 2.0), np.gradient(Z + dz, 2.0)]
+        jac = np.linalg.det(np.stack([np.stack(g, -1) for g in grads], -2))
+        assert jac.min() > 0.5, seed

@@ -44,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from kneelib.synth.spec import CARTILAGE_REGIONS, LESION_MASKS, TISSUE_LABELS, KneeSpec
+from kneelib.synth.template import SHAFT_BONES, load_template
 
 __all__ = ["KneeModel", "build_knee", "pose_matrix", "DEFAULT_VOXEL_MM", "GRID_HALF_EXTENT_MM"]
 
@@ -54,8 +55,8 @@ DEFAULT_VOXEL_MM = 1.25
 GRID_HALF_EXTENT_MM = (78.0, 82.0, 96.0)
 
 L = TISSUE_LABELS
-#: Medial and lateral compartment centres (shape space, right knee: medial at -x).
-X_MEDIAL, X_LATERAL = -22.0, 22.0
+#: Relative standard deviation of the per-knee width (x) and depth (y) scaling of the template.
+SHAPE_ASPECT_SD = 0.03
 #: Size grades -> osteophyte length (mm) beyond the articular margin (OARSI atlas grades 1-3).
 OSTEOPHYTE_LENGTH_MM = {0: 0.0, 1: 2.5, 2: 5.0, 3: 8.0}
 #: BML size grade -> radius (mm) of the edema-like region (MOAKS grades: <10%, 10-33%, >33%).
@@ -267,68 +268,6 @@ def _deformation(rng, x1, y1, z1, amplitude_mm=1.6):
 
 
 # ----------------------------------------------------------------------------------------
-# Shapes in shape space
-# ----------------------------------------------------------------------------------------
-
-def _femur_sdf(x, y, z, shape_rng_values):
-    """Femur: shaft, metaphysis, medial/lateral condyles, trochlea, intercondylar notch."""
-    v = shape_rng_values
-    medial = _sd_ellipsoid(x, y, z, (X_MEDIAL - 1.0 * v[0], -4.0, 24.0), (17.5 + v[1], 31.0 + v[2], 24.0))
-    lateral = _sd_ellipsoid(x, y, z, (X_LATERAL + 1.0 * v[0], -2.0, 24.0), (16.0 + v[1], 29.0 + v[2], 24.0))
-    anterior = _sd_ellipsoid(x, y, z, (0.0, 8.0, 36.0), (36.0, 21.0, 24.0))
-    shaft = _sd_capsule(x, y, z, (0.0, 6.0, 48.0), (0.0, 8.0, 400.0), 14.0 + 0.5 * v[3], squash=(1.25, 1.0, 1.0))
-    # metaphysis: the condyles narrow into the shaft above the joint; the shaft sits anterior,
-    # so on sagittal slices the condyles protrude posteriorly below it
-    metaphysis = _sd_ellipsoid(x, y, z, (0.0, 4.0, 56.0), (30.0 + v[1], 17.0, 40.0))
-    femur = _smin(_smin(medial, lateral, 4.0), anterior, 6.0)
-    femur = _smin(femur, metaphysis, 10.0)
-    femur = _smin(femur, shaft, 26.0)
-    # trochlear groove: a shallow furrow along the anterior surface
-    groove = _sd_capsule(x, y, z, (0.0, 36.0, 66.0), (0.0, 30.0, 14.0), 7.5)
-    femur = _smax(femur, -groove, 3.0)
-    # intercondylar notch (posterior-inferior, between the condyles)
-    notch = np.maximum(_sd_ellipsoid(x, y, z, (0.0, -16.0, 4.0), (10.5, 30.0, 26.0)), y - 10.0)
-    femur = _smax(femur, -notch, 2.5)
-    return femur
-
-
-def _tibia_sdf(x, y, z, shape_rng_values):
-    """Tibia: plateau (medial slightly concave, lateral convex), eminence, flare, shaft."""
-    v = shape_rng_values
-    medial = 1.2 * ((x - X_MEDIAL) / 18.0) ** 2
-    lateral = -0.9 * ((x - X_LATERAL) / 18.0) ** 2 - 1.6 * ((y + 1.0) / 24.0) ** 2
-    height = np.where(x < 0, medial, lateral) - 2.5 * np.clip(np.abs(y + 1.0) - 20.0, 0, None) ** 2 / 40.0
-    # plateau outline: a super-ellipse, slightly wider medially, narrowing (metaphyseal
-    # flare) to the shaft over about 45 mm below the plateau
-    flare = 0.48 + 0.52 * np.exp(-(np.clip(-z, 0, None) / 38.0) ** 2)
-    ax = np.where(x < 0, 41.0 + v[4], 39.0 + v[4]) * flare
-    ay = (26.0 + v[5]) * (0.6 + 0.4 * flare)
-    outline = (np.abs(x / ax) ** 3 + np.abs((y + 1.0 + 4.0 * (1 - flare)) / ay) ** 3) ** (1 / 3) - 1.0
-    plate = np.maximum(z - height, outline * np.minimum(ax, ay))
-    shaft = _sd_capsule(x, y, z, (0.0, -3.0, -60.0), (0.0, -1.0, -400.0), 14.5 + 0.5 * v[3], squash=(1.15, 1.0, 1.0))
-    tibia = _smin(plate, shaft, 10.0)
-    tuberosity = _sd_ellipsoid(x, y, z, (2.0, 20.0, -34.0), (10.0, 7.0, 12.0))
-    tibia = _smin(tibia, tuberosity, 6.0)
-    # intercondylar eminence (tibial spines)
-    spines = np.minimum(_sd_ellipsoid(x, y, z, (-5.0, 0.0, 0.0), (3.5, 8.0, 7.0)),
-                        _sd_ellipsoid(x, y, z, (5.0, -1.0, 0.0), (3.5, 8.0, 6.0)))
-    return _smin(tibia, spines, 2.0)
-
-
-def _patella_sdf(x, y, z, v):
-    body = _sd_ellipsoid(x, y, z, (4.0, 47.0, 34.0), (21.0 + 0.5 * v[6], 11.0, 20.0 + 0.5 * v[6]))
-    # posterior facets: flatten with a ridge at x = 4
-    facet = -(y - 38.5 - 0.12 * np.abs(x - 4.0))
-    return np.maximum(body, facet)
-
-
-def _fibula_sdf(x, y, z):
-    head = _sd_ellipsoid(x, y, z, (31.0, -22.0, -33.0), (10.0, 10.0, 9.0))
-    shaft = _sd_capsule(x, y, z, (31.0, -22.0, -35.0), (34.0, -20.0, -400.0), 6.5)
-    return _smin(head, shaft, 6.0)
-
-
-# ----------------------------------------------------------------------------------------
 # The builder
 # ----------------------------------------------------------------------------------------
 
@@ -340,9 +279,20 @@ def _grid_axes(voxel_mm: float):
     return axes
 
 
+def _condyle_x() -> tuple[float, float]:
+    """Shape-space x (mm) of the template's medial and lateral condyle low points."""
+    land = load_template().landmarks_mm
+    return float(land["condyle_low_medial"][0]), float(land["condyle_low_lateral"][0])
+
+
 def _gap_profile(x_mm, jsw_medial_mm, jsw_lateral_mm):
-    """Joint space width along x: medial value medially, lateral laterally, linear between."""
-    t = np.clip((x_mm - X_MEDIAL) / (X_LATERAL - X_MEDIAL), 0.0, 1.0)
+    """Joint space width along x: medial value medially, lateral laterally, linear between.
+
+    The values hold at the condyle low points (``x`` of the template's landmarks), where
+    the femoral and tibial spaces both put their articular surfaces on ``z = 0``.
+    """
+    x_medial, x_lateral = _condyle_x()
+    t = np.clip((x_mm - x_medial) / (x_lateral - x_medial), 0.0, 1.0)
     return jsw_medial_mm + (jsw_lateral_mm - jsw_medial_mm) * t
 
 
@@ -506,6 +456,22 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     shape_rng = np.random.default_rng(spec.shape_seed)
     lesion_rng = np.random.default_rng([spec.seed, 7])
     v = shape_rng.normal(size=8).clip(-2, 2)
+    template = load_template()
+    # per-knee proportions: width (x) and depth (y) of the template scaled independently
+    aspect = np.array([1.0 + SHAPE_ASPECT_SD * v[1], 1.0 + SHAPE_ASPECT_SD * v[2], 1.0])
+    inv_aspect = (np.float32(1.0 / aspect[0]), np.float32(1.0 / aspect[1]))
+
+    def landmark(name):
+        """A template landmark in this knee's shape space (aspect applied)."""
+        return template.landmarks_mm[name] * aspect
+
+    def template_distance(name):
+        """Implicit function of a template structure in shape space (aspect applied)."""
+        return lambda x, y, z: template.distance(name, x * inv_aspect[0], y * inv_aspect[1], z)
+
+    def template_cover(bone_name, x, y, z):
+        return template.cover(bone_name, x * inv_aspect[0], y * inv_aspect[1], z)
+
     ax, ay, az = _grid_axes(voxel_mm)
     # a left knee is the mirror image: evaluate the right-knee shapes at -x
     mirror = -1.0 if spec.side == "L" else 1.0
@@ -599,12 +565,15 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     del layer
 
     # --- bones (coarse implicit functions) -------------------------------------------
-    fields = {
-        "femur": bone(lambda x, y, z: _femur_sdf(x, y, z, v), "f", (-56, -42, -6), (56, 44, 200)),
-        "tibia": bone(lambda x, y, z: _tibia_sdf(x, y, z, v), "t", (-56, -34, -200), (56, 34, 6)),
-        "patella": bone(lambda x, y, z: _patella_sdf(x, y, z, v), "f", (-20, 32, 10), (28, 62, 58)),
-        "fibula": bone(_fibula_sdf, "t", (18, -36, -200), (44, -8, -20)),
-    }
+    def template_bone(name):
+        lo, hi = (corner * aspect for corner in template.box_mm[name])
+        if SHAFT_BONES.get(name) == +1:       # cut by the template's field of view: a shaft
+            hi[2] = 400.0
+        elif SHAFT_BONES.get(name) == -1:
+            lo[2] = -400.0
+        return bone(template_distance(name), template.space[name], lo, hi)
+
+    fields = {name: template_bone(name) for name in ("femur", "tibia", "patella", "fibula")}
     # dense full-resolution distance of each bone over its own box
     dense = {name: f.read(f.block) for name, f in fields.items()}
 
@@ -625,15 +594,17 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         if length <= 0:
             continue
         side_sign = -1.0 if site[1] == "M" else 1.0
-        margin_x = side_sign * (39.5 if site[0] == "F" else 40.5)
-        # a lip (beak): thick where it grows out of the margin, tapering to its tip; femoral
-        # lips point outward and down toward the joint line, tibial lips outward and up
+        name = "femur" if site[0] == "F" else "tibia"
+        mx, my, mz = landmark(f"{name}_margin_{'medial' if site[1] == 'M' else 'lateral'}")
+        # a lip (beak) at the template's articular margin: thick where it grows out of the
+        # bone, tapering to its tip; femoral lips point outward and down toward the joint
+        # line, tibial lips outward and up
         if site[0] == "F":
-            a, b = (margin_x - side_sign * 5.0, -6.0, 8.0), (margin_x + side_sign * length, -6.0, 2.0 - 0.2 * length)
-            which, name = "f", "femur"
+            a, b = (mx - side_sign * 5.0, my, mz), (mx + side_sign * length, my, mz - 5.0 - 0.2 * length)
+            which = "f"
         else:
-            a, b = (margin_x - side_sign * 5.0, -1.0, -5.0), (margin_x + side_sign * length, -1.0, 0.5 + 0.15 * length)
-            which, name = "t", "tibia"
+            a, b = (mx - side_sign * 5.0, my, mz - 1.0), (mx + side_sign * length, my, mz + 3.0 + 0.15 * length)
+            which = "t"
         base_radius = 2.2 + 0.6 * grade
         lo = np.minimum(a, b) - np.array([base_radius + 2, 14.0, base_radius + 2])
         hi = np.maximum(a, b) + np.array([base_radius + 2, 14.0, base_radius + 2])
@@ -646,45 +617,29 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         target[...] = grown
 
     # --- articular block: cartilage, menisci, fluid film, subchondral lesions ------------
-    A = _block(ax, ay, az, (-45.0 * s, 45.0 * s), (-39.0 * s, 43.0 * s), (-13.0 * s, 60.0 * s), 6.0)
-    A = (slice(A[0].start, n_x - A[0].start), A[1], A[2])           # symmetric in x (mirroring)
-    Xs, Ys, Zf, Zt, Zm = frame.coords(A)
+    articular = [template.box_mm[n] for n in ("meniscus_medial", "meniscus_lateral")]
+    articular += [template.box_mm[n] for n in ("femoral_cartilage", "tibial_cartilage_medial",
+                                               "tibial_cartilage_lateral", "patellar_cartilage")]
+    a_lo = np.min([b[0] for b in articular], axis=0) * aspect * s
+    a_hi = np.max([b[1] for b in articular], axis=0) * aspect * s
+    A = _block(ax, ay, az, (a_lo[0], a_hi[0]), (a_lo[1], a_hi[1]), (a_lo[2], a_hi[2]), 0.0)
+    A = (slice(min(A[0].start, n_x - A[0].stop), n_x - min(A[0].start, n_x - A[0].stop)), A[1], A[2])
+    Xs, Ys, Zf, Zt, Zm = frame.coords(A)            # symmetric in x (mirroring) ^
     shape_a = Xs.shape
     fd, td, pd_ = (bone_distance(n, A) for n in ("femur", "tibia", "patella"))
-    fnx, fny = fields["femur"].normal(A, 0), fields["femur"].normal(A, 1)
-    tnz = fields["tibia"].normal(A, 2)
-    pny = fields["patella"].normal(A, 1)
 
+    # cartilage: the template's cover of each bone (where and how thick, by region), its
+    # thickness scaled so that each region's mean is the planted one
     thick = {r: float(spec.cartilage_thickness_mm.get(r, 2.0)) for r in CARTILAGE_REGIONS}
-    xs_abs = np.abs(Xs)
-    # femoral regions
-    in_trochlea = (Ys > 12.0) & (Zf > 6.0) & (Zf < 58.0) & (xs_abs < 30.0) & (fny > 0.25)
-    condylar = (xs_abs > 9.0) & (np.abs(fnx) < 0.65) & ((Zf < 24.0) | ((Ys < -4.0) & (Zf < 44.0))) & ~in_trochlea
-    femoral_region = np.zeros(shape_a, np.uint8)
-    femoral_region[condylar & (Xs < 0)] = CARTILAGE_REGIONS.index("FM") + 1
-    femoral_region[condylar & (Xs >= 0)] = CARTILAGE_REGIONS.index("FL") + 1
-    femoral_region[in_trochlea] = CARTILAGE_REGIONS.index("TR") + 1
-    thick_lut = np.zeros(len(CARTILAGE_REGIONS) + 1, np.float32)
+    ratio_lut = np.zeros(len(CARTILAGE_REGIONS) + 1, np.float32)
     for i, r in enumerate(CARTILAGE_REGIONS):
-        thick_lut[i + 1] = thick[r] if r in ("FM", "FL", "TR") else 0.0
-    fem_t = thick_lut[femoral_region]
-    # thickest in the weight-bearing zone, thinning toward the margins
-    fem_profile = np.clip(1.0 - ((xs_abs - 22.0) / 20.0) ** 2, 0.0, 1.0) ** 0.5
-    fem_profile = np.where(in_trochlea, np.clip(1 - (Xs / 30.0) ** 2, 0, 1) ** 0.5 * np.clip((58 - Zf) / 12, 0, 1),
-                           fem_profile)
-    fem_t *= 0.45 + 0.75 * fem_profile
-    # tibial regions
-    plateau_r = np.where(Xs < 0, ((Xs - X_MEDIAL) / 19.0) ** 2 + ((Ys + 1) / 25.0) ** 2,
-                         ((Xs - X_LATERAL) / 17.5) ** 2 + ((Ys + 1) / 22.0) ** 2)
-    tib_art = (tnz > 0.55) & (plateau_r < 1.0) & (xs_abs > 7.5) & (Zt > -7.0)
-    tibial_region = np.zeros(shape_a, np.uint8)
-    tibial_region[tib_art & (Xs < 0)] = CARTILAGE_REGIONS.index("TM") + 1
-    tibial_region[tib_art & (Xs >= 0)] = CARTILAGE_REGIONS.index("TL") + 1
-    tib_t = np.where(Xs < 0, np.float32(thick["TM"]), np.float32(thick["TL"]))
-    tib_t *= 0.45 + 0.75 * np.clip(1.0 - plateau_r, 0, 1) ** 0.5
-    # patellar cartilage (posterior facets)
-    pat_art = (pny < -0.35) & (Zf > 18.0) & (Zf < 52.0)
-    pat_t = thick["P"] * (0.45 + 0.75 * np.clip(1 - ((Xs - 4) / 19.0) ** 2 - ((Zf - 34) / 17.0) ** 2, 0, 1) ** 0.5)
+        ratio_lut[i + 1] = thick[r] / template.mean_thickness_mm[r]
+    fem_t, femoral_region = template_cover("femur", Xs, Ys, Zf)
+    fem_t *= ratio_lut[femoral_region]
+    tib_t, tibial_region = template_cover("tibia", Xs, Ys, Zt)
+    tib_t *= ratio_lut[tibial_region]
+    pat_t, patellar_region = template_cover("patella", Xs, Ys, Zf)
+    pat_t *= ratio_lut[patellar_region]
 
     gap_total = np.maximum(fd, 0) + np.maximum(td, 0) + 1e-3
     fem_share = fem_t / np.maximum(fem_t + tib_t, 1e-3)
@@ -692,7 +647,7 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
                     & ((fd / gap_total < fem_share) | (fd + td > fem_t + tib_t) | (tibial_region == 0)))
     tibial_cart = ((td > 0) & (td < tib_t) & (tibial_region > 0)
                    & ((td / gap_total < 1 - fem_share) | (fd + td > fem_t + tib_t) | (femoral_region == 0)))
-    patellar_cart = (pd_ > 0) & (pd_ < pat_t) & pat_art & (fd > 0.3)
+    patellar_cart = (pd_ > 0) & (pd_ < pat_t) & (patellar_region > 0) & (fd > 0.3)
     femoral_cart &= pd_ > 0.3
 
     cartilage_depth = np.zeros(shape_a, np.float16)
@@ -704,20 +659,16 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     cartilage_region[tibial_cart] = tibial_region[tibial_cart]
     cartilage_region[patellar_cart] = CARTILAGE_REGIONS.index("P") + 1
 
-    # --- menisci: wedges on the plateau periphery --------------------------------------
-    medial_x = Xs < 0
-    mer = np.sqrt(np.where(medial_x, ((Xs - X_MEDIAL) / 19.5) ** 2 + ((Ys + 1) / 25.5) ** 2,
-                           ((Xs - X_LATERAL) / 17.5) ** 2 + ((Ys + 1) / 22.0) ** 2))
-    angle = np.arctan2(Ys + 1, Xs - np.where(medial_x, np.float32(X_MEDIAL), np.float32(X_LATERAL)))
-    # C-shaped medial meniscus open toward the notch (+x), nearly ring-shaped lateral one
-    opening = np.where(medial_x, np.abs(angle) < 0.55, np.abs(np.abs(angle) - np.pi) < 0.35)
-    wedge_height = np.where(medial_x, np.float32(5.5), np.float32(6.0)) * np.clip((mer - 0.58) / 0.36, 0, 1)
-    # (only at plateau level: the wedge rule alone would also line the metaphysis below the rim)
-    meniscus = ((mer > 0.58) & (mer < 1.02) & ~opening & (td > -0.2) & (td < wedge_height + 0.3)
-                & (fd > 0.0) & ~femoral_cart & (xs_abs > 6.0) & (Zt > -5.0))
-    film = (fd > 0) & (td > 0) & (fd + td < np.maximum(fem_t + tib_t, 1.0) + 1.0) & (plateau_r < 1.1)
-    fluid_film = film & ~femoral_cart & ~tibial_cart
-    del fem_t, tib_t, pat_t, gap_total, fem_share, fem_profile, fnx, fny, tnz, pny, angle, opening
+    # --- menisci: the template's, on the tibia; a narrower joint squeezes them -----------
+    Xt, Yt = Xs * inv_aspect[0], Ys * inv_aspect[1]
+    meniscus_m = (template.distance("meniscus_medial", Xt, Yt, Zt) < 0) & (fd > 0.0) & ~femoral_cart
+    meniscus_l = (template.distance("meniscus_lateral", Xt, Yt, Zt) < 0) & (fd > 0.0) & ~femoral_cart
+    del Xt, Yt
+    tibiofemoral = (tibial_region > 0) | (((femoral_region == CARTILAGE_REGIONS.index("FM") + 1)
+                                           | (femoral_region == CARTILAGE_REGIONS.index("FL") + 1)) & (Zt > -4.0))
+    film = (fd > 0) & (td > 0) & (fd + td < np.maximum(fem_t + tib_t, 1.0) + 1.0) & tibiofemoral
+    fluid_film = film & ~femoral_cart & ~tibial_cart & ~meniscus_m & ~meniscus_l
+    del fem_t, tib_t, pat_t, gap_total, fem_share, tibiofemoral, film
 
     # --- soft tissue shapes, each in its own box ---------------------------------------
     def shape_mask(fn, lo, hi, which="m"):
@@ -773,12 +724,20 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         paint(block, mask, L["joint_fluid"])
     labels[A][fluid_film] = L["joint_fluid"]
 
-    # tendons and ligaments
-    for lo, hi, fn in (
-            ((-16, 20, -42), (20, 52, 22), lambda x, y, z: _sd_capsule(x, y, z, (4.0, 45.0, 16.0), (2.0, 27.0, -34.0),
-                                                                       2.6, squash=(4.5, 1.0, 1.0))),
-            ((-18, 30, 44), (22, 58, 200), lambda x, y, z: _sd_capsule(x, y, z, (4.0, 50.0, 52.0), (1.0, 38.0, 120.0),
-                                                                       3.0, squash=(5.0, 1.0, 1.0)))):
+    # tendons and ligaments, anchored to the template's bones
+    def capsule(a, b, radius, squash=(1.0, 1.0, 1.0)):
+        """(fn, lo, hi) of a capsule and its shape-space box."""
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        reach = radius * max(squash) + 2.0
+        return (lambda x, y, z: _sd_capsule(x, y, z, a, b, radius, squash=squash),
+                np.minimum(a, b) - reach, np.maximum(a, b) + reach)
+
+    pole, tuberosity = landmark("patella_inferior_pole"), landmark("tibial_tuberosity")
+    top, patella_c = landmark("patella_superior_pole"), landmark("patella_centre")
+    for fn, lo, hi in (
+            capsule(pole + (0.0, 1.0, 4.0), tuberosity + (0.0, 2.0, -2.0), 2.6, squash=(4.5, 1.0, 1.0)),
+            capsule((patella_c[0], patella_c[1] + 3.0, top[2] - 2.0), (patella_c[0] - 3.0, patella_c[1] - 9.0, top[2] + 68.0),
+                    3.0, squash=(5.0, 1.0, 1.0))):
         block, mask = shape_mask(fn, lo, hi)
         paint(block, mask, L["patellar_tendon"], only_inside=True)
     block, mask = shape_mask(lambda x, y, z: _sd_capsule(x, y, z, (10.0, -16.0, 21.0), (-2.0, 11.0, -1.0), 3.0),
@@ -788,20 +747,22 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         _sd_capsule(x, y, z, (-1.0, 4.0, 20.0), (0.0, -12.0, 10.0), 3.8),
         _sd_capsule(x, y, z, (0.0, -12.0, 10.0), (0.0, -27.0, -10.0), 3.8)), (-6, -32, -15), (6, 9, 25))
     paint(block, mask, L["pcl"])
-    for lo, hi, fn in (
-            ((-48, -14, -50), (-38, 10, 34), lambda x, y, z: _sd_capsule(x, y, z, (-44.5, -4.0, 30.0), (-41.0, 0.0, -45.0),
-                                                                         1.4, squash=(1.0, 5.0, 1.0))),
-            ((30, -24, -34), (46, -2, 32), lambda x, y, z: _sd_capsule(x, y, z, (42.5, -6.0, 28.0), (34.0, -20.0, -30.0), 1.8))):
+    # medial collateral: along the medial margins; lateral: epicondyle to the fibular head
+    mcl_x = min(landmark("femur_margin_medial")[0], landmark("tibia_margin_medial")[0]) - 5.0
+    lcl_x = landmark("femur_margin_lateral")[0] + 3.0
+    for fn, lo, hi in (
+            capsule((mcl_x, -4.0, 30.0), (mcl_x + 3.5, 0.0, -45.0), 1.4, squash=(1.0, 5.0, 1.0)),
+            capsule((lcl_x, -6.0, 28.0), (34.0, -20.0, -30.0), 1.8)):
         block, mask = shape_mask(fn, lo, hi)
         paint(block, mask, L["collateral_ligament"],
               where=(bone_distance("femur", block) > 0) & (bone_distance("tibia", block) > 0))
 
     lab_a = labels[A]
-    lab_a[meniscus & medial_x] = L["meniscus_medial"]
-    lab_a[meniscus & ~medial_x] = L["meniscus_lateral"]
+    lab_a[meniscus_m] = L["meniscus_medial"]
+    lab_a[meniscus_l] = L["meniscus_lateral"]
     lab_a[femoral_cart] = L["femoral_cartilage"]
-    lab_a[tibial_cart & medial_x] = L["tibial_cartilage_medial"]
-    lab_a[tibial_cart & ~medial_x] = L["tibial_cartilage_lateral"]
+    lab_a[tibial_cart & (tibial_region == CARTILAGE_REGIONS.index("TM") + 1)] = L["tibial_cartilage_medial"]
+    lab_a[tibial_cart & (tibial_region == CARTILAGE_REGIONS.index("TL") + 1)] = L["tibial_cartilage_lateral"]
     lab_a[patellar_cart] = L["patellar_cartilage"]
     cortex = np.zeros(shape, bool)
     for name in ("fibula", "tibia", "femur", "patella"):
@@ -825,15 +786,17 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
             continue
         depth = 2.0 + 2.5 * grade
         comp = (Xs < -8.0) if medial else (Xs > 8.0)
-        compx = X_MEDIAL if medial else X_LATERAL
+        compx = landmark("condyle_low_medial" if medial else "condyle_low_lateral")[0]
         near = np.abs(Xs - compx) < 15.0
         sclerosis[A] |= comp & near & (((fd < 0) & (fd > -depth) & (Zf < 8.0))
                                        | ((td < 0) & (td > -depth) & (Zt > -depth - 2))) & bone_a
 
     # --- bone marrow lesions ------------------------------------------------------------
-    bml_centres = {"FM": ((X_MEDIAL, -2.0, 5.0), "femur"), "FL": ((X_LATERAL, 0.0, 5.0), "femur"),
-                   "TM": ((X_MEDIAL, -2.0, -6.0), "tibia"), "TL": ((X_LATERAL, -2.0, -6.0), "tibia"),
-                   "P": ((4.0, 44.0, 34.0), "patella")}
+    bml_centres = {"FM": (landmark("condyle_low_medial"), "femur"),
+                   "FL": (landmark("condyle_low_lateral"), "femur"),
+                   "TM": (landmark("plateau_centre_medial"), "tibia"),
+                   "TL": (landmark("plateau_centre_lateral"), "tibia"),
+                   "P": (landmark("patella_centre"), "patella")}
     for region_name, grade in spec.bml_sites:
         centre, bone_name = bml_centres[region_name]
         radius = BML_RADIUS_MM[int(grade)]
@@ -860,8 +823,10 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         masks["hoffa_synovitis"][block] = (labels[block] == L["hoffa_fat_pad"]) & core & (texture > threshold)
 
     # --- focal cartilage loss: defects filled with fluid ---------------------------------
-    defect_centres = {"FM": (X_MEDIAL, -4.0), "FL": (X_LATERAL, -2.0), "TM": (X_MEDIAL, -2.0),
-                      "TL": (X_LATERAL, -1.0), "P": (4.0, 0.0), "TR": (0.0, 0.0)}
+    # centres (x, y) on the tibiofemoral surfaces, (x, z) on the patella and trochlea
+    defect_centres = {"FM": landmark("condyle_low_medial")[:2], "FL": landmark("condyle_low_lateral")[:2],
+                      "TM": landmark("plateau_centre_medial")[:2], "TL": landmark("plateau_centre_lateral")[:2],
+                      "P": landmark("patella_centre")[[0, 2]], "TR": landmark("trochlea_centre")[[0, 2]]}
     loss_a = masks["cartilage_loss"][A]
     for region_name, fraction in spec.cartilage_loss_fraction.items():
         if fraction <= 0:
@@ -872,8 +837,7 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         cx += lesion_rng.normal(scale=2.0)
         cy += lesion_rng.normal(scale=3.0)
         if region_name in ("P", "TR"):
-            zc = {"P": 34.0, "TR": 30.0}[region_name]
-            disc = ((Xs - cx) ** 2 + (Zf - zc) ** 2) < radius ** 2
+            disc = ((Xs - cx) ** 2 + (Zf - cy) ** 2) < radius ** 2
         else:
             disc = ((Xs - cx) ** 2 + (Ys - cy) ** 2) < radius ** 2
         lost = (cartilage_region == code) & disc & (cartilage_depth.astype(np.float32) > 1.0 - fraction - 0.02)
@@ -889,16 +853,18 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
             continue
         code = L["meniscus_medial"] if medial else L["meniscus_lateral"]
         this = lab_a == code
-        posterior_horn = this & (Ys < -4.0)
+        cx, cy = landmark("plateau_centre_medial" if medial else "plateau_centre_lateral")[:2]
+        posterior_horn = this & (Ys < cy - 4.0)
         if grade == 1:     # intrasubstance horizontal signal
             cleft = posterior_horn & (np.abs(td - 2.2) < 0.6)
             damaged = posterior_horn & (np.abs(td - 2.2) < 1.6)
         elif grade == 2:   # horizontal/oblique tear reaching the surface
-            cleft = posterior_horn & (np.abs(td - 1.2 - 0.12 * (mer * 25)) < 0.7)
+            radial_mm = np.sqrt((Xs - cx) ** 2 + (Ys - cy) ** 2)
+            cleft = posterior_horn & (np.abs(td - 1.2 - 0.12 * radial_mm) < 0.7)
             damaged = posterior_horn
         else:              # maceration: posterior horn and body largely gone
-            cleft = this & (Ys < 6.0) & (lesion_rng.random(shape_a) < 0.6)
-            damaged = this & (Ys < 6.0)
+            cleft = this & (Ys < cy + 6.0) & (lesion_rng.random(shape_a) < 0.6)
+            damaged = this & (Ys < cy + 6.0)
         lab_a[cleft] = L["joint_fluid"]
         damage_a |= damaged
 
@@ -926,7 +892,7 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     region_full = np.zeros(shape, np.uint8)
     region_full[A] = cartilage_region
     # --- landmarks (knee-local mm; the deformation of z is a function of x, y) ---------
-    landmarks = _landmarks(spec, v, s, mirror, ax, ay, az, frame.dz_columns())
+    landmarks = _landmarks(spec, landmark, s, mirror, ax, ay, az, frame.dz_columns())
     gain = _soft_tissue_gain(labels, _texture_field(int(spec.shape_seed), spec.side, float(voxel_mm), s))
     origin = np.array([ax[0], ay[0], az[0]], dtype=float)
     return KneeModel(
@@ -1016,8 +982,11 @@ def _noise_field(rng, shape, sigma, where=None):
     return out
 
 
-def _landmarks(spec, v, s, mirror, ax, ay, az, dz):
-    """Landmarks in knee-local mm (deformation of z is a function of x, y: look it up)."""
+def _landmarks(spec, landmark, s, mirror, ax, ay, az, dz):
+    """Landmarks in knee-local mm (deformation of z is a function of x, y: look it up).
+
+    ``landmark(name)`` gives a template landmark in the knee's shape space.
+    """
     def dz_at(x, y):
         i = int(np.clip(np.searchsorted(ax, x), 0, ax.size - 1))
         j = int(np.clip(np.searchsorted(ay, y), 0, ay.size - 1))
@@ -1030,15 +999,19 @@ def _landmarks(spec, v, s, mirror, ax, ay, az, dz):
         out[name] = np.array([x * mirror, y, z])
 
     gm, gl = spec.jsw_medial_mm, spec.jsw_lateral_mm
-    put("condyle_lowest_medial", X_MEDIAL - v[0], -4.0, lambda x: gm / 2)
-    put("condyle_lowest_lateral", X_LATERAL + v[0], -2.0, lambda x: gl / 2)
-    put("plateau_medial", X_MEDIAL, -1.0, lambda x: -gm / 2)
-    put("plateau_lateral", X_LATERAL, -1.0, lambda x: -gl / 2)
-    put("plateau_margin_medial", -40.0 - v[4], -1.0, lambda x: -gm / 2 + 1.0)
-    put("plateau_margin_lateral", 38.0 + v[4], -1.0, lambda x: -gl / 2 - 1.0)
+    low_m, low_l = landmark("condyle_low_medial"), landmark("condyle_low_lateral")
+    margin_m, margin_l = landmark("tibia_margin_medial"), landmark("tibia_margin_lateral")
+    # the condyle low points and the tibial surface beneath them (z = 0 in their spaces)
+    put("condyle_lowest_medial", low_m[0], low_m[1], lambda x: gm / 2)
+    put("condyle_lowest_lateral", low_l[0], low_l[1], lambda x: gl / 2)
+    put("plateau_medial", low_m[0], low_m[1], lambda x: -gm / 2)
+    put("plateau_lateral", low_l[0], low_l[1], lambda x: -gl / 2)
+    put("plateau_margin_medial", margin_m[0], margin_m[1], lambda x: margin_m[2] * s - gm / 2)
+    put("plateau_margin_lateral", margin_l[0], margin_l[1], lambda x: margin_l[2] * s - gl / 2)
     put("joint_centre", 0.0, 0.0, lambda x: 0.0)
     put("pcl_centre", 0.0, -12.0, lambda x: 10.0 * s)
-    put("patella_centre", 4.0, 47.0, lambda x: 34.0 * s + (gm + gl) / 4)
+    patella = landmark("patella_centre")
+    put("patella_centre", patella[0], patella[1], lambda x: patella[2] * s + (gm + gl) / 4)
     out["pcl_normal"] = np.array([1.0, 0.0, 0.0])
     return out
 

@@ -148,15 +148,16 @@ def _code_without_docs(source: str) -> str:
 
 
 #: Modules of :mod:`kneelib.synth` that read a generated cohort's ground truth and write nothing.
-_READER_MODULES = frozenset({"ground_truth.py", "realism_stats.py"})
+_READER_MODULES = frozenset({"ground_truth.py", "realism_stats.py", "derive_template.py"})
 
 
 def _generator_code_hash() -> str:
     """Hash of the generator's code: a cached cohort made by other code is not reused.
 
     Docstrings and comments are left out, so documentation edits keep caches valid.
-    Modules that only *read* a generated cohort (:data:`_READER_MODULES`) are not part
-    of the generator and are left out too.
+    Modules that only *read* a generated cohort, or derive the template offline
+    (:data:`_READER_MODULES`), are not part of the generator and are left out too; the
+    template file itself (``kneelib/synth/data/knee_template.npz``) is hashed.
     """
     digest = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
@@ -164,6 +165,9 @@ def _generator_code_hash() -> str:
             continue
         digest.update(path.name.encode())
         digest.update(_code_without_docs(path.read_text()).encode())
+    # the anatomical template is data the generator builds every knee from
+    from kneelib.synth.template import TEMPLATE_PATH
+    digest.update(TEMPLATE_PATH.read_bytes())
     return digest.hexdigest()[:16]
 
 
