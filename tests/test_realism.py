@@ -146,3 +146,23 @@ def test_measure_realism_returns_both_numbers_on_a_smoke_cohort(smoke_cohort, re
     assert "one real DESS exam" in result["mri_discriminability"]["caveat"]
     assert result["settings"]["image_size"] == 48
     assert result["seconds"]["total"] > 0
+
+
+def test_dess_slices_pass_over_a_series_the_reader_refuses(smoke_cohort, monkeypatch):
+    from kneelib.data import dicom
+    from kneelib.data.errors import KneelibDataError
+
+    original = dicom.read_dicom_series
+    refused = []
+
+    def refuse_first(path, **kwargs):
+        if not refused:
+            refused.append(str(path))
+            raise KneelibDataError(f"{path}: uneven slice spacing", path=path, reason="uneven slice spacing")
+        return original(path, **kwargs)
+
+    monkeypatch.setattr(dicom, "read_dicom_series", refuse_first)
+    images, subjects = realism.dess_slices(smoke_cohort, n_subjects=2, slices_per_exam=2, pixel_mm=3.0)
+    assert len(refused) == 1
+    assert len(set(subjects)) == 2 and len(images) == 4
+    assert images.dtype == np.uint8

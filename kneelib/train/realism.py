@@ -393,6 +393,8 @@ def dess_slices(synthetic_root, n_subjects: int, slices_per_exam: int, pixel_mm:
                 series: str = "SAG_3D_DESS_RIGHT") -> tuple[np.ndarray, np.ndarray]:
     """Evenly spaced central sagittal DESS slices of ``n_subjects`` baseline exams of a synthetic cohort.
 
+    Participants are drawn in a seeded random order; a series the reader refuses (a
+    planted artefact such as missing slices) is passed over for the next participant.
     Returns ``(images uint8 (n, F, F), participant id per image)``.
     """
     from kneelib.data import read_image_index
@@ -400,18 +402,27 @@ def dess_slices(synthetic_root, n_subjects: int, slices_per_exam: int, pixel_mm:
 
     table = read_image_index(Path(synthetic_root) / "contents.csv").table
     table = table[(table["SeriesDescription"] == series) & (table["VISIT"] == 0)]
-    participants = np.sort(table["ParticipantID"].astype(str).unique())
-    chosen = np.random.default_rng(seed).choice(participants, size=min(n_subjects, len(participants)),
-                                                replace=False)
-    rows = table[table["ParticipantID"].astype(str).isin(set(chosen))].sort_values("ParticipantID")
-    refuse_real_images(rows["path"], real_root)
-    images, subjects = [], []
-    for row in rows.itertuples(index=False):
-        volume = to_common_orientation(read_dicom_series(row.path), side="R" if series.endswith("RIGHT") else "L")
+    refuse_real_images(table["path"], real_root)
+    table = table.assign(participant=table["ParticipantID"].astype(str)).drop_duplicates("participant")
+    order = np.random.default_rng(seed).permutation(np.sort(table["participant"].to_numpy()))
+    path_of = dict(zip(table["participant"], table["path"]))
+    images, subjects, skipped = [], [], []
+    for participant in order:
+        if len(images) >= n_subjects:
+            break
+        try:  # a series with a planted artefact (e.g. missing slices) is refused by the reader: take the next
+            volume = read_dicom_series(path_of[participant])
+        except KneelibDataError as error:
+            skipped.append((participant, str(error.reason)))
+            continue
+        volume = to_common_orientation(volume, side="R" if series.endswith("RIGHT") else "L")
         central = _central_indices(volume.shape[0], central_fraction)
         picks = central[np.linspace(0, len(central) - 1, slices_per_exam).round().astype(int)]
         images.append(_volume_slices(volume, picks, pixel_mm, fov_mm))
-        subjects += [str(row.ParticipantID)] * len(picks)
+        subjects += [participant] * len(picks)
+    if not images:
+        raise KneelibDataError(f"no readable {series} series in {synthetic_root} ({len(skipped)} refused)",
+                               path=synthetic_root, reason="no readable DESS series")
     return np.concatenate(images), np.array(subjects)
 
 
