@@ -1,5 +1,6 @@
 """MRI figures: every sequence of a synthetic participant with its ground truth, the MSME
-echoes, a synthetic DESS next to the real one, and the real DESS and T1rho exam.
+echoes, and the real DESS and T1rho exam (synthetic next to real:
+:mod:`kneelib.figures.synthetic_vs_real`).
 
 Series are read with :func:`kneelib.data.read_dicom_series`; tissue labels and lesion
 masks with :func:`kneelib.synth.ground_truth.load_series_with_truth`, which checks that
@@ -14,7 +15,7 @@ import pandas as pd
 
 from kneelib.data.inventory import series_acquisition_row
 
-__all__ = ["GALLERY_SERIES", "plot_sequence_gallery", "plot_msme_echoes", "plot_dess_synthetic_vs_real",
+__all__ = ["GALLERY_SERIES", "plot_sequence_gallery", "plot_msme_echoes",
            "plot_dess_and_t1rho"]
 
 
@@ -119,8 +120,8 @@ def plot_msme_echoes(cohort_root: str | Path, participant_id: str, visit_month: 
     """The seven MSME echoes of one slice and the cartilage signal decay across echoes.
 
     The right panel shows the mean signal of the femoral and tibial cartilage labels per
-    echo (log scale) and the T2 of a mono-exponential fit, next to the T2 the renderer
-    was asked for in the same cartilage (ground truth: ``cartilage_t2_elevation_ms``).
+    echo (log scale) and its three-parameter fit of paper 001
+    (:func:`kneelib.qmri.relaxometry.fit_t2_monoexponential`, the book's one T2 fit).
 
     Returns
     -------
@@ -129,6 +130,7 @@ def plot_msme_echoes(cohort_root: str | Path, participant_id: str, visit_month: 
     import matplotlib.pyplot as plt
 
     from kneelib.data import read_image_index
+    from kneelib.qmri.relaxometry import fit_t2_monoexponential, monoexponential
     from kneelib.synth.ground_truth import load_series_with_truth, series_truth_table, showcase_slice
     from kneelib.synth.spec import TISSUE_LABELS
 
@@ -155,71 +157,16 @@ def plot_msme_echoes(cohort_root: str | Path, participant_id: str, visit_month: 
     if cartilage.any():
         te = np.asarray(volume.echo_times_ms)
         signal = np.array([volume.slices(e)[cartilage].mean() for e in range(n)])
-        slope, intercept = np.polyfit(te, np.log(signal), 1)
+        fit = fit_t2_monoexponential(signal[None, :], te)
         ax.semilogy(te, signal, "o", label="mean cartilage signal")
-        ax.semilogy(te, np.exp(intercept + slope * te), "-", label=f"fit: T2 = {-1 / slope:.0f} ms")
+        ax.semilogy(te, monoexponential(te, fit.s0[0], fit.t2_ms[0], fit.offset[0]), "-",
+                    label=f"fit: T2 = {fit.t2_ms[0]:.0f} ms")
         ax.legend(fontsize=7)
     ax.set_xlabel("echo time (ms)")
     ax.set_title("femoral + tibial cartilage", fontsize=8)
     fig.suptitle(f"MSME T2 map (SAG_T2_MAP_RIGHT), participant {participant_id}, slice {k + 1}", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def plot_dess_synthetic_vs_real(cohort_root: str | Path, participant_id: str, real_dess_folder: str | Path,
-                                visit_month: int = 0):
-    """A synthetic SAG 3D DESS slice next to the real DESS (pyKNEEr), on one millimetre scale.
-
-    The synthetic slice is the right-knee slice with the most cartilage label voxels
-    (through a femoral condyle; at the PCL the fat-suppressed marrow is as dark as the
-    background), the real one the middle of its slab. Both are drawn with
-    millimetre axes; the right panel compares the intensity histograms (normalised to
-    each image's 99th percentile).
-
-    Returns
-    -------
-    fig : matplotlib.figure.Figure
-    info : pandas.DataFrame
-        Acquisition parameters of both series (:func:`kneelib.data.read_dicom_series`).
-    """
-    import matplotlib.pyplot as plt
-
-    from kneelib.data import read_dicom_series, read_image_index
-    from kneelib.synth.ground_truth import load_series_with_truth, series_truth_table, showcase_slice
-
-    root = Path(cohort_root)
-    index = read_image_index(root)
-    truth = series_truth_table(root)
-    synthetic, labels, _ = load_series_with_truth(root, index, truth, participant_id, visit_month,
-                                                   "SAG_3D_DESS_RIGHT")
-    n_synth = synthetic.shape[2]
-    k_synth = showcase_slice(labels, {})  # through a condyle: the most cartilage voxels
-    real = read_dicom_series(real_dess_folder)
-    k_real = real.shape[2] // 2
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1, 1, 0.9]})
-    for ax, volume, k, title in ((axes[0], synthetic, k_synth, f"synthetic SAG_3D_DESS_RIGHT\n{participant_id}, "
-                                  f"slice {k_synth + 1}/{n_synth} (most cartilage)"),
-                                 (axes[1], real, k_real, f"real DESS (pyKNEEr demo)\nslice {k_real + 1}/"
-                                  f"{real.shape[2]} (mid slab)")):
-        image = volume.slices()[k]
-        rows, cols = image.shape
-        extent = (0, cols * volume.spacing_mm[0], rows * volume.spacing_mm[1], 0)
-        low, high = np.percentile(image, [0.5, 99.5])
-        ax.imshow(image, cmap="gray", vmin=low, vmax=high, extent=extent)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("mm")
-        ax.set_ylabel("mm")
-        values = image[image > np.percentile(image, 5)].astype(float)
-        axes[2].hist(values / np.percentile(image, 99), bins=60, range=(0, 1.5), density=True, histtype="step",
-                     lw=1.5, label=title.split("\n")[0])
-    axes[2].set_xlabel("intensity / 99th percentile")
-    axes[2].set_ylabel("density (voxels above the 5th percentile)")
-    axes[2].legend(fontsize=7)
-    fig.suptitle("Synthetic DESS next to a real DESS (one millimetre scale)")
-    fig.tight_layout()
-    info = pd.DataFrame([series_acquisition_row("synthetic SAG_3D_DESS_RIGHT", synthetic),
-                         series_acquisition_row("real DESS (pyKNEEr)", real)])
-    return fig, info
 
 
 def _slice_x_mm(volume, index: int) -> float:

@@ -48,7 +48,6 @@ from kneelib.figures.causal_dag import plot_causal_dag
 from kneelib.figures.cohort_distributions import plot_kl_distribution, plot_label_prevalences, plot_thickness_by_pain
 from kneelib.figures.mri_sequences import (
     plot_dess_and_t1rho,
-    plot_dess_synthetic_vs_real,
     plot_msme_echoes,
     plot_sequence_gallery,
 )
@@ -71,7 +70,7 @@ __all__ = [
     "prevalence_table", "published_prevalence_percent", "load_every_series", "planted_artefacts_vs_qc",
     "choose_showcase_participant", "synthetic_knee_crops", "cohort_comparisons", "headline_numbers",
     "plot_causal_dag", "plot_kl_montage", "plot_dess_and_t1rho", "plot_thickness_by_pain", "plot_sequence_gallery",
-    "plot_msme_echoes", "plot_radiograph_truth", "plot_dess_synthetic_vs_real", "plot_radiograph_crops",
+    "plot_msme_echoes", "plot_radiograph_truth", "plot_radiograph_crops",
     "plot_kl_distribution", "plot_label_prevalences", "plot_dess_planes", "plot_msme_synthetic_vs_real",
     "TEMPLATE_LABEL_MAP", "dataset_present", "plot_bone_surfaces_vs_template", "measure_realism", "realism_table",
     "realism_numbers", "realism_comparisons", "plot_realism_gradcam",
@@ -356,7 +355,7 @@ def realism_table(result: dict) -> pd.DataFrame:
     ]
     return pd.DataFrame([{
         "measure": name, "value": round(float(part[key]), 3),
-        "95 % CI": f"{part['ci_low']:.3f}-{part['ci_high']:.3f} ({part.get('unit', 'subjects')})",
+        "95 % CI": f"{part['ci_low']:.3f} to {part['ci_high']:.3f} (resampling {part.get('unit', 'subjects')})",
         "target (issue 10)": target, "more realistic": better, "what": what,
     } for name, part, key, target, better, what in rows])
 
