@@ -279,19 +279,20 @@ def _grid_axes(voxel_mm: float):
     return axes
 
 
-def _condyle_x() -> tuple[float, float]:
-    """Shape-space x (mm) of the template's medial and lateral condyle low points."""
+def _jsw_x() -> tuple[float, float]:
+    """Shape-space x (mm) of the template's medial and lateral minimum joint space width."""
     land = load_template().landmarks_mm
-    return float(land["condyle_low_medial"][0]), float(land["condyle_low_lateral"][0])
+    return float(land["jsw_femur_medial"][0]), float(land["jsw_femur_lateral"][0])
 
 
 def _gap_profile(x_mm, jsw_medial_mm, jsw_lateral_mm):
     """Joint space width along x: medial value medially, lateral laterally, linear between.
 
-    The values hold at the condyle low points (``x`` of the template's landmarks), where
-    the femoral and tibial spaces both put their articular surfaces on ``z = 0``.
+    The values hold at the template's minimum joint space width positions (landmarks
+    ``jsw_femur_*``), where the femur's lowest and the tibia's highest points over all
+    antero-posterior positions are level in their two spaces.
     """
-    x_medial, x_lateral = _condyle_x()
+    x_medial, x_lateral = _jsw_x()
     t = np.clip((x_mm - x_medial) / (x_lateral - x_medial), 0.0, 1.0)
     return jsw_medial_mm + (jsw_lateral_mm - jsw_medial_mm) * t
 
@@ -999,13 +1000,13 @@ def _landmarks(spec, landmark, s, mirror, ax, ay, az, dz):
         out[name] = np.array([x * mirror, y, z])
 
     gm, gl = spec.jsw_medial_mm, spec.jsw_lateral_mm
-    low_m, low_l = landmark("condyle_low_medial"), landmark("condyle_low_lateral")
     margin_m, margin_l = landmark("tibia_margin_medial"), landmark("tibia_margin_lateral")
-    # the condyle low points and the tibial surface beneath them (z = 0 in their spaces)
-    put("condyle_lowest_medial", low_m[0], low_m[1], lambda x: gm / 2)
-    put("condyle_lowest_lateral", low_l[0], low_l[1], lambda x: gl / 2)
-    put("plateau_medial", low_m[0], low_m[1], lambda x: -gm / 2)
-    put("plateau_lateral", low_l[0], low_l[1], lambda x: -gl / 2)
+    # the end points of each compartment's minimum joint space width (radiographic mJSW):
+    # the femur's lowest and the tibia's highest point at that medio-lateral position
+    for side, gap in (("medial", gm), ("lateral", gl)):
+        femur_pt, tibia_pt = landmark(f"jsw_femur_{side}"), landmark(f"jsw_tibia_{side}")
+        put(f"condyle_lowest_{side}", femur_pt[0], femur_pt[1], lambda x, h=femur_pt[2], g=gap: h * s + g / 2)
+        put(f"plateau_{side}", tibia_pt[0], tibia_pt[1], lambda x, h=tibia_pt[2], g=gap: h * s - g / 2)
     put("plateau_margin_medial", margin_m[0], margin_m[1], lambda x: margin_m[2] * s - gm / 2)
     put("plateau_margin_lateral", margin_l[0], margin_l[1], lambda x: margin_l[2] * s - gl / 2)
     put("joint_centre", 0.0, 0.0, lambda x: 0.0)

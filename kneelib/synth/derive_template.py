@@ -25,9 +25,12 @@ What is stored, on a 1 mm grid in the canonical *shape space* of
 Frames: the femur group (femur, femoral cartilage, patella, patellar cartilage) and the tibia
 group (tibia, tibial cartilages, menisci, fibula) are each sheared vertically (``z -= a + b
 x``) so that the medial and lateral femoral condyles have their lowest points on ``z = 0``
-(femoral space) and the tibial surface beneath those points lies on ``z = 0`` (tibial space).
-A vertical shear keeps vertical distances, so the joint space the anatomy opens between the
-two spaces is exactly the planted joint space width at the condyle low points. ``x = 0`` is
+(femoral space); the tibial space is sheared so that, at the medio-lateral position of each
+compartment's minimum joint space width as a radiograph sees it (lowest femur point minus
+highest tibia point over all antero-posterior positions), the tibia reaches the height of the
+femur there. A vertical shear keeps vertical distances, so the joint space the anatomy opens
+between the two spaces is exactly the planted minimum joint space width (landmarks
+``jsw_femur_*`` and ``jsw_tibia_*``). ``x = 0`` is
 midway between the condyle low points, ``y = 0`` their mean antero-posterior position.
 
 Bones cut by the scan's field of view (femoral and tibial shafts, fibula) are padded by
@@ -71,6 +74,9 @@ THICKNESS_STEP_MM = 0.05
 COVER_BAND_MM = 12.0
 #: Margin (mm) of each structure's box beyond its extent.
 BOX_MARGIN_MM = 10.0
+#: Half width (mm) of the window around each condyle low point searched for the minimum
+#: joint space width (keeps the tibial spines out).
+JSW_WINDOW_MM = 9.0
 #: Rows repeated above and below the field of view (bones cut by it continue as shafts).
 PAD_ROWS = 64
 OUT = Path(__file__).parent / "data" / "knee_template.npz"
@@ -119,17 +125,39 @@ def _frames(labels, spacing):
     for centre in (centre_medial, centre_lateral):
         lows.append(_low_point(femur[np.abs(femur[:, 0] - centre) < 6.0]))
     low_m, low_l = lows
-    tops = []
-    for low in lows:
-        under = tibia[(np.abs(tibia[:, 0] - low[0]) < 1.5) & (np.abs(tibia[:, 1] - low[1]) < 1.5)]
-        tops.append(under[:, 2].max())
     origin_xy = np.array([(low_m[0] + low_l[0]) / 2, (low_m[1] + low_l[1]) / 2])
 
-    def shear(z_m, z_l):
-        slope = (z_l - z_m) / (low_l[0] - low_m[0])
-        return z_m - slope * low_m[0], slope               # z_surface(x) = a + b x
+    def shear(x_m, z_m, x_l, z_l):
+        slope = (z_l - z_m) / (x_l - x_m)
+        return z_m - slope * x_m, slope                    # z_surface(x) = a + b x
 
-    return origin_xy, shear(low_m[2], low_l[2]), shear(*tops), (low_m, low_l)
+    shear_f = shear(low_m[0], low_m[2], low_l[0], low_l[2])
+    # joint space width as the radiograph sees it: per medio-lateral position, the lowest
+    # femur point over all y minus the highest tibia point over all y; its minimum over the
+    # compartment (away from the tibial spines) is the minimum JSW
+    width = spacing[0]
+    jsw_points = []
+    for low in lows:
+        best = None
+        for x in np.arange(low[0] - JSW_WINDOW_MM, low[0] + JSW_WINDOW_MM, width):
+            f_col = femur[np.abs(femur[:, 0] - x) < width / 2]
+            t_col = tibia[np.abs(tibia[:, 0] - x) < width / 2]
+            if len(f_col) == 0 or len(t_col) == 0:
+                continue
+            f_low, t_top = f_col[np.argmin(f_col[:, 2])], t_col[np.argmax(t_col[:, 2])]
+            gap = f_low[2] - t_top[2]
+            if best is None or gap < best[0]:
+                best = (gap, f_low, t_top)
+        jsw_points.append(best[1:])
+    # tibial space: the tibia's highest point at each compartment's minimum-JSW position sits
+    # as high as the femur's lowest point there (in femoral space), so the opened joint has
+    # exactly the planted width there
+    heights = []
+    for f_low, t_top in jsw_points:
+        f_height = f_low[2] - (shear_f[0] + shear_f[1] * f_low[0])
+        heights.append((t_top[0], t_top[2] - f_height))
+    shear_t = shear(heights[0][0], heights[0][1], heights[1][0], heights[1][1])
+    return origin_xy, shear_f, shear_t, (low_m, low_l), jsw_points
 
 
 def _signed_distance(mask: np.ndarray, spacing) -> np.ndarray:
@@ -178,7 +206,7 @@ def _cartilage_cover(bone: np.ndarray, cartilage_region: np.ndarray, spacing):
 def derive(path: Path) -> dict[str, np.ndarray]:
     """Every array of ``knee_template.npz`` from the pymskt label map at ``path``."""
     labels, spacing = _read_label_map(path)
-    origin_xy, shear_f, shear_t, lows = _frames(labels, spacing)
+    origin_xy, shear_f, shear_t, lows, jsw_points = _frames(labels, spacing)
     # pad: rows (z) by repetition (the shafts continue), slices and columns by background
     labels = np.pad(labels, ((0, 0), (PAD_ROWS, PAD_ROWS), (0, 0)), mode="edge")
     labels = np.pad(labels, ((24, 24), (0, 0), (24, 24)), mode="constant")
@@ -263,6 +291,12 @@ def derive(path: Path) -> dict[str, np.ndarray]:
         land[f"condyle_low_{side}"] = (x, y, 0.0)
         plate = pts[f"tibial_cartilage_{side}"]
         land[f"plateau_centre_{side}"] = (plate[:, 0].mean(), plate[:, 1].mean(), 0.0)
+    for side, (f_low, t_top) in zip(("medial", "lateral"), jsw_points):
+        x = f_low[0] - origin_xy[0]
+        f_height = f_low[2] - (shear_f[0] + shear_f[1] * f_low[0])
+        land[f"jsw_femur_{side}"] = (x, f_low[1] - origin_xy[1], f_height)
+        land[f"jsw_tibia_{side}"] = (t_top[0] - origin_xy[0], t_top[1] - origin_xy[1],
+                                     t_top[2] - (shear_t[0] + shear_t[1] * t_top[0]))
     femur, tibia, patella = pts["femur"], pts["tibia"], pts["patella"]
     for name, p, zr in (("femur", femur, (3.0, 9.0)), ("tibia", tibia, (-7.0, -2.0))):
         level = p[(p[:, 2] > zr[0]) & (p[:, 2] < zr[1])]
