@@ -137,3 +137,63 @@ def test_random_deformation_is_a_diffeomorphism():
         grads = [np.gradient(X + dx, 2.0), np.gradient(Y + dy, 2.0), np.gradient(Z + dz, 2.0)]
         jac = np.linalg.det(np.stack([np.stack(g, -1) for g in grads], -2))
         assert jac.min() > 0.5, seed
+
+
+def _toy_label_map(tmp_path):
+    """A small right knee of boxes in pymskt codes on the OAI DESS grid (slices, rows, columns)."""
+    import SimpleITK as sitk
+
+    k, r, c = 64, 150, 120                       # 45 x 55 x 44 mm
+    lab = np.zeros((k, r, c), np.uint8)
+    rows_per_mm = 1 / 0.3645833
+    joint = 80                                   # row of the joint line
+    cart = int(round(2.0 * rows_per_mm))         # 2 mm cartilage
+    gap = int(round(5.0 * rows_per_mm))          # 5 mm bone to bone
+    lab[6:58, :joint - gap // 2, 25:100] = 5                             # femur (cut by the top)
+    lab[6:58, joint - gap // 2:joint - gap // 2 + cart, 30:95] = 1       # femoral cartilage
+    lab[6:58, joint + gap // 2:, 25:100] = 6                             # tibia (cut by the bottom)
+    lab[6:30, joint + gap // 2 - cart:joint + gap // 2, 35:90] = 2       # medial tibial cartilage
+    lab[34:58, joint + gap // 2 - cart:joint + gap // 2, 35:90] = 3      # lateral
+    lab[8:28, joint - 4:joint + gap // 2 - cart, 30:36] = 10             # medial meniscus (a bar)
+    lab[36:56, joint - 4:joint + gap // 2 - cart, 30:36] = 9             # lateral meniscus
+    lab[20:44, 20:60, 4:14] = 7                                          # patella
+    lab[20:44, 20:60, 14:18] = 4                                         # patellar cartilage
+    lab[50:60, joint + 30:, 105:116] = 8                                 # fibula
+    # a slightly lower medial condyle (real knees are not level)
+    lab[6:30, joint - gap // 2:joint - gap // 2 + 2, 45:80] = 5
+    image = sitk.GetImageFromArray(lab)
+    image.SetSpacing((0.3645833, 0.3645833, 0.7))
+    path = tmp_path / "toy-label.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def test_derive_template_from_a_label_map(tmp_path):
+    """The template derivation on a box knee: frames, signed distances, cartilage cover, JSW."""
+    from kneelib.synth.derive_template import main
+    from kneelib.synth.template import load_template
+
+    out = tmp_path / "template.npz"
+    assert main([str(_toy_label_map(tmp_path)), "--out", str(out)]) == 0
+    template = load_template(out)
+    land = template.landmarks_mm
+    # condyle low points on z = 0 of the femoral space, medial at -x
+    assert land["condyle_low_medial"][2] == pytest.approx(0.0, abs=0.05)
+    assert land["condyle_low_lateral"][2] == pytest.approx(0.0, abs=0.05)
+    assert land["condyle_low_medial"][0] < 0 < land["condyle_low_lateral"][0]
+    # minimum JSW points are level in their two spaces (the opened gap is the planted JSW)
+    for side in ("medial", "lateral"):
+        assert land[f"jsw_femur_{side}"][2] == pytest.approx(land[f"jsw_tibia_{side}"][2], abs=0.05)
+    # inside the femur above the joint, outside below; the tibia the other way round
+    def at(name, z):
+        return float(template.distance(name, np.zeros(1), np.zeros(1), np.array([z]))[0])
+    assert at("femur", 10.0) < -5.0 < 5.0 < at("femur", -10.0)
+    assert at("tibia", -10.0) < -5.0
+    # the shafts continue beyond the grid
+    assert at("femur", 300.0) < -5.0
+    # cartilage cover: 2 mm over the lateral condyle; the medial one's 2-row bone bump
+    # (0.73 mm) takes that much of its cartilage
+    thickness, region = template.cover("femur", np.array([-8.0, 8.0]), np.zeros(2), np.array([-1.0, -1.0]))
+    np.testing.assert_allclose(thickness, [2.0 - 2 * 0.3645833, 2.0], atol=0.3)
+    assert list(region) == [1, 2]                  # FM, FL
+    assert template.mean_thickness_mm["TM"] == pytest.approx(2.0, abs=0.5)
