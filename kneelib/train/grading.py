@@ -48,7 +48,7 @@ def _phases(schedule: str, max_epochs: int, scratch_lr: float = 1e-4):
 def train_kl_model(train_images: np.ndarray, train_grades, internal_images: np.ndarray, internal_grades,
                    image_size: int, max_epochs: int, backbone: str = "efficientnet_lite0",
                    imagenet: bool = True, schedule: str = "transfer", batch_size: int = 32,
-                   noise_std: float = 0.03, gamma_range=(0.7, 1.5)):
+                   noise_std: float = 0.03, gamma_range=(0.7, 1.5), show_progress: bool = True):
     """Train the KL head of the multi-task network with paper 004's schedule.
 
     Parameters
@@ -67,6 +67,8 @@ def train_kl_model(train_images: np.ndarray, train_grades, internal_images: np.n
         then 1e-4; ``scratch``: 1e-4 divided by 10 at 50% and 75% of the epochs.
     batch_size : int
     noise_std, gamma_range : augmentation (Gaussian noise, random gamma).
+    show_progress : bool
+        fastai's progress bars and per-epoch tables.
 
     Returns
     -------
@@ -89,7 +91,7 @@ def train_kl_model(train_images: np.ndarray, train_grades, internal_images: np.n
         RadiographDataset(internal_images, np.asarray(internal_grades), image_size, augment=False),
         batch_size=batch_size)
     learn = build_learner(model, dls, monitor_task="kl")
-    history = fit_phases(learn, phases, restore_best=True)
+    history = fit_phases(learn, phases, restore_best=True, show_progress=show_progress)
     model.eval()
     return model, history, learn.select_best.best_epoch
 

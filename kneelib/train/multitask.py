@@ -376,12 +376,17 @@ def build_learner(model, dls, weight_decay: float = 1e-4, monitor_task: str = "k
     return learn
 
 
-def fit_phases(learn, phases: Sequence[Phase], restore_best: bool = True) -> pd.DataFrame:
+def fit_phases(learn, phases: Sequence[Phase], restore_best: bool = True,
+               show_progress: bool = True) -> pd.DataFrame:
     """Train through ``phases`` (heads only = backbone frozen) and return the epoch history.
 
     With ``restore_best`` the model ends with the weights of the best epoch on the
-    learner's validation set (which must be an internal validation split).
+    learner's validation set (which must be an internal validation split). Without
+    ``show_progress`` fastai's progress bars and per-epoch tables are not printed (the
+    history is returned either way).
     """
+    from contextlib import ExitStack
+
     for phase in phases:
         if phase.n_epochs <= 0:
             continue
@@ -390,7 +395,11 @@ def fit_phases(learn, phases: Sequence[Phase], restore_best: bool = True) -> pd.
         else:
             learn.freeze()
         learn.select_best.phase = phase.name
-        learn.fit(phase.n_epochs, lr=phase.lr)
+        with ExitStack() as quiet:
+            if not show_progress:
+                quiet.enter_context(learn.no_bar())
+                quiet.enter_context(learn.no_logging())
+            learn.fit(phase.n_epochs, lr=phase.lr)
     learn.unfreeze()  # leave every parameter trainable (and differentiable, e.g. for Grad-CAM)
     if restore_best:
         learn.select_best.restore_best()

@@ -220,7 +220,8 @@ def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_
     set_determinism(seed, threads)
     model, history, best_epoch = train_kl_model(
         crops.images[train_rows], grades[train_rows], crops.images[internal_rows], grades[internal_rows],
-        image_size, max_epochs, backbone=backbone, imagenet=imagenet, batch_size=batch_size)
+        image_size, max_epochs, backbone=backbone, imagenet=imagenet, batch_size=batch_size,
+        show_progress=progress)
     real_images, real_table = real_knee_crops(real_root, "val", image_size, progress=progress)
     probabilities = predict_probabilities(model, real_images, image_size)["kl"]
     evaluation = evaluate_kl(real_table["kl_grade"], probabilities, grades[train_rows], real_table["oai_id"],
@@ -250,7 +251,7 @@ def discriminability(synthetic_images: np.ndarray, synthetic_subjects, real_imag
                      image_size: int, backbone: str = "efficientnet_lite0", imagenet: bool = True,
                      max_epochs: int = 3, batch_size: int = 32, test_fraction: float = 0.3,
                      synthetic_test=None, real_test=None, n_boot: int = 1000, n_cam: int = 32,
-                     seed: int = 0, threads: int = 1) -> dict:
+                     seed: int = 0, threads: int = 1, progress: bool = False) -> dict:
     """Real-vs-synthetic CNN: AUC with a subject-level CI and a Grad-CAM summary.
 
     The network (:func:`kneelib.models.multitask.build_multitask_model` with one head
@@ -318,7 +319,8 @@ def discriminability(synthetic_images: np.ndarray, synthetic_subjects, real_imag
                            batch_size=batch_size)
     learn = build_learner(model, dls, monitor_task="real")
     phases = transfer_phases(max_epochs) if imagenet else scratch_phases(max_epochs, 1e-3)
-    history = fit_phases(learn, phases, restore_best=False)  # monitored on training images only: no choice
+    # monitored on training images only: no choice
+    history = fit_phases(learn, phases, restore_best=False, show_progress=progress)
     model.eval()
     test_rows = np.flatnonzero(test)
     score = predict_probabilities(model, images[test_rows], image_size)["real"][:, 1]
@@ -356,7 +358,7 @@ def radiograph_discriminability(crops, real_root, image_size: int = 128, n_real_
     real_images, real_table = real_knee_crops(real_root, "train", image_size, n_real_subjects, seed=seed,
                                               progress=progress)
     result = discriminability(crops.images, crops.subjects, real_images, real_table["oai_id"].to_numpy(),
-                              image_size, seed=seed, **options)
+                              image_size, seed=seed, progress=progress, **options)
     result["caveat"] = "real = Chen train crops (OAI); their val crops are kept for the transfer test"
     return result
 
@@ -522,7 +524,7 @@ def measure_realism(synthetic_root, real_root, settings: dict | None = None, see
     mark = time.perf_counter()
     mri = mri_discriminability(synthetic_root, real_root, s["mri_subjects"], s["mri_slices_per_exam"],
                                s["mri_image_size"], s["mri_pixel_mm"], s["mri_fov_mm"], s["mri_central_fraction"],
-                               s["mri_real_slabs"], s["mri_gap_slices"], seed=seed, **common)
+                               s["mri_real_slabs"], s["mri_gap_slices"], seed=seed, progress=s["progress"], **common)
     seconds["mri_discriminability"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - start
     return {"transfer": transfer, "radiograph_discriminability": radiograph, "mri_discriminability": mri,
