@@ -77,6 +77,19 @@ inventory
 # (`Enrollees`, `AllClinical00/01`, `kXR_SQ_BU00/01`, `kXR_QJSW_Duryea00/01`) and
 # `contents.csv`. The folder `ground_truth/` holds what the causal model planted. Everything
 # below is read back with `kneelib.data`, as a real OAI download would be.
+#
+# Every knee is built from one real knee: the segmentation of a right knee at OAI DESS
+# geometry that pymskt ships (bones, cartilage plates, menisci), kept in the package as a
+# compact template (`kneelib.synth.template`). Per knee it is bent by a smooth random
+# deformation, scaled by body size and in width and depth, mirrored for a left knee, and its
+# cartilage cover keeps the template's thickness pattern scaled to each region's planted
+# mean. Soft tissues the segmentation lacks (cruciate and collateral ligaments, tendons,
+# Hoffa's fat pad, fluid recesses, muscle, fat, skin, vessels) are placed relative to the
+# template's bones. The findings of the causal model are edits of this anatomy: the joint
+# opened to the planted minimum joint space width per compartment, cartilage thinned and
+# focally lost, osteophytes grown at the template's articular margins, sclerosis and bone
+# marrow lesions under the compartment's surfaces, effusion in the suprapatellar recess,
+# meniscal tears, so every ground-truth mask is exact.
 
 # %%
 cohort_root = cohort.synthetic_cohort(preset, seed=seed, n_subjects=n_subjects, progress=False)
