@@ -1,30 +1,44 @@
-"""Knee anatomy from signed distance functions, with the planted findings as label edits.
+"""Knee anatomy from a real knee, with the planted findings as label edits.
 
 Implements step 1 of "A synthetic knee from physics" (``DESIGN.md``) for the synthetic
-OAI cohort of issue 3, section 2: bones, articular cartilage of spatially varying
-thickness, menisci, cruciate and collateral ligaments, joint fluid, Hoffa's fat pad,
-tendons, muscle, subcutaneous fat and skin are smooth implicit shapes evaluated on a
-regular millimetre grid, bent by a smooth random deformation drawn from
-``KneeSpec.shape_seed``. Findings of the causal model (bone marrow lesions,
-effusion-synovitis, Hoffa-synovitis, focal cartilage loss, meniscal damage,
-osteophytes per OARSI site, joint space width per compartment, subchondral
-sclerosis) are edits of these labels, so their ground-truth masks are exact.
+OAI cohort (issue 3, section 2; issue 10, items 1-2). The bones (femur, tibia, patella,
+fibula), the cartilage cover of each bone (where cartilage lies, its regional thickness
+pattern) and the menisci come from a real right knee, the pymskt segmentation at OAI DESS
+geometry kept as a compact template (:mod:`kneelib.synth.template`). Each knee bends the
+template by a smooth random deformation drawn from ``KneeSpec.shape_seed`` (a sum of
+separable smooth terms; its Jacobian stays positive, tested), scales it by
+``size_scale`` (sex and height) and by a few per cent in width and depth, and mirrors it
+for a left knee. The cartilage thickness is the template's pattern scaled so that each
+region's mean is the planted one. Soft tissues the segmentation lacks (cruciate and
+collateral ligaments, patellar and quadriceps tendons, Hoffa's fat pad, joint fluid and
+its recesses, popliteal vessels, muscle, subcutaneous fat and skin) are smooth implicit
+shapes placed relative to the template's bones and landmarks. Findings of the causal model
+(bone marrow lesions, effusion-synovitis, Hoffa-synovitis, focal cartilage loss, meniscal
+damage, osteophytes per OARSI site at the template's articular margins, joint space width
+per compartment, subchondral sclerosis) are edits of these labels, so their ground-truth
+masks are exact.
 
 Frames
 ------
-*Shape space* is the canonical right knee of unit size: ``x`` lateral (+), ``y``
-anterior (+), ``z`` superior (+), origin at the centre of the tibio-femoral joint
-space on the plane of the posterior cruciate ligament (PCL), femoral condyles
-resting with their lowest point on ``z = 0`` and tibial plateau centres at
-``z = 0`` before the joint space is opened. *Knee-local* millimetres
-(:mod:`kneelib.synth.spec`) are shape space scaled by ``size_scale``, deformed, and
-with the joint opened to ``jsw_medial_mm`` / ``jsw_lateral_mm``. A left knee is the
-mirror image in ``x`` (lateral at ``-x``). The label volume of a :class:`KneeModel`
-lives in knee-local millimetres *without* the scanner pose; the pose
-(``flexion_deg``, ``rotation_deg``, ``varus_deg``, ``offset_mm``) is the rigid
-transform :attr:`KneeModel.pose_matrix` that the renderers apply when they sample the
-volume (:mod:`kneelib.synth.mri`), so one anatomy serves the MRI pose and the
-fixed-flexion radiograph pose (:mod:`kneelib.synth.radiograph`).
+*Shape space* is the template's canonical right knee: ``x`` lateral (+), ``y`` anterior
+(+), ``z`` superior (+), ``x = 0`` midway between the femoral condyles' low points. The
+femur and patella live in the *femoral space*, where both condyle low points lie on
+``z = 0``; the tibia, fibula and menisci in the *tibial space*, where, at the
+medio-lateral position of each compartment's minimum joint space width (as a radiograph
+sees it), the tibia's highest point is level with the femur's lowest. *Knee-local*
+millimetres (:mod:`kneelib.synth.spec`) are shape space scaled by ``size_scale``,
+deformed, and with the joint opened to ``jsw_medial_mm`` / ``jsw_lateral_mm`` (a
+vertical shift of the two spaces, linear in ``x`` between the compartments). A left knee
+is the mirror image in ``x`` (lateral at ``-x``). The label volume of a :class:`KneeModel`
+lives in knee-local millimetres *without* the scanner pose; the pose (``flexion_deg``,
+``rotation_deg``, ``varus_deg``, ``offset_mm``) is the rigid transform
+:attr:`KneeModel.pose_matrix` that the renderers apply when they sample the volume
+(:mod:`kneelib.synth.mri`), so one anatomy serves the MRI pose and the fixed-flexion
+radiograph pose (:mod:`kneelib.synth.radiograph`).
+
+This module is over 600 lines because the label painting is one ordered sequence (each
+tissue overwrites the ones before it) that shares the articular block's distance fields;
+split, every part would need the whole state.
 
 References
 ----------
