@@ -37,6 +37,8 @@ def test_sample_is_seeded_and_capped(tmp_path):
 
 def test_missing_dataset_is_reported_not_raised(tmp_path):
     table = inventory.dataset_inventory(tmp_path)
+    assert set(table["dataset"]) == {"chen_kl_radiographs", "pykneer_knee_mri", "deep_pain_regression",
+                                     "pymskt_knee_mri"}
     assert not table["present"].any()
     assert not table["location"].str.contains(str(tmp_path)).any()
     message = inventory.missing_dataset_message("chen_kl_radiographs", tmp_path)

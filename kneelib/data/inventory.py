@@ -1,13 +1,15 @@
 """Inventory of the public real data under ``KNEELIB_DATA`` and readers of its tables.
 
-The book shows three public data sets beside the synthetic cohort (:data:`REAL_DATASETS`):
+The book shows four public data sets beside the synthetic cohort (:data:`REAL_DATASETS`):
 
 - ``chen_kl_radiographs``: OAI knee radiograph crops with KL grades (Chen et al. 2019):
   :func:`kl_label_counts`, :func:`sample_kl_images`;
 - ``pykneer_knee_mri``: one real knee exam (3D DESS and T1rho), read with
   :func:`kneelib.data.read_dicom_series`; :func:`series_acquisition_row` describes a series;
 - ``deep_pain_regression``: the per-knee table behind Table 3 of Morales et al. 2021:
-  :func:`load_deep_pain_tables`, :func:`deep_pain_summary`, :func:`deep_pain_model_selection`.
+  :func:`load_deep_pain_tables`, :func:`deep_pain_summary`, :func:`deep_pain_model_selection`;
+- ``pymskt_knee_mri``: a real 8-echo MSME T2 series and a real knee segmentation at OAI DESS
+  geometry, the source of the synthetic knee's template (:mod:`kneelib.synth.derive_template`).
 
 A data set that is absent is reported (:func:`dataset_inventory`,
 :func:`missing_dataset_message`), never a crash of the chapter. Locations are written
@@ -35,6 +37,8 @@ REAL_DATASETS = {
     "chen_kl_radiographs": "OAI knee radiograph crops with KL grades (Chen et al. 2019, CC BY 4.0)",
     "pykneer_knee_mri": "one real knee MRI exam: 3D DESS and T1rho (pyKNEEr demo data, GPL-3.0)",
     "deep_pain_regression": "per-knee data behind Table 3 of Morales et al. 2021 (MIT)",
+    "pymskt_knee_mri": ("a real 8-echo MSME T2 series and a real knee segmentation at OAI DESS geometry, "
+                        "the synthetic knee's template (pymskt test data, MIT)"),
 }
 
 #: Bones of the per-knee regression tables of Morales et al. 2021, Table 3.
