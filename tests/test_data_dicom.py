@@ -48,6 +48,24 @@ def write(folder, side="R", array=None, geometry=None, seed=0, **extra):
     return write_dicom_series(folder, array, geometry, header(side, **extra), uid_seed=seed)
 
 
+@pytest.mark.parametrize("n_echoes", [1, 3])
+def test_series_files_are_the_bytes_pydicom_writes(tmp_path, n_echoes):
+    """The series encoder re-encodes only per-file elements; each file must still be
+    exactly what ``pydicom.dcmwrite(..., enforce_file_format=True)`` writes for it."""
+    shape = (n_echoes, N_SLICES, N_ROWS, N_COLS) if n_echoes > 1 else (N_SLICES, N_ROWS, N_COLS)
+    echo = [10.0 * (e + 1) for e in range(n_echoes)] if n_echoes > 1 else 30.0
+    files = write(tmp_path / "s", array=pixels(shape=shape), EchoTime=echo, PatientName="Doe^Jane")
+    assert len(files) == n_echoes * N_SLICES
+    for path in files:
+        dataset = pydicom.dcmread(path)
+        for tag in list(dataset.keys()):  # decode every element, so pydicom re-encodes it
+            dataset[tag].value
+        dataset.file_meta = pydicom.dataset.FileMetaDataset(dataset.file_meta)
+        again = tmp_path / "again"
+        dataset.save_as(again, enforce_file_format=True)
+        assert path.read_bytes() == again.read_bytes(), path.name
+
+
 def test_round_trip_affine_pixels_and_side(tmp_path):
     array = pixels()
     files = write(tmp_path / "s", array=array)
