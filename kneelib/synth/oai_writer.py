@@ -42,6 +42,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -418,45 +419,78 @@ def _new_buffer() -> DicomBytesIO:
     return buffer
 
 
+#: Value representations with a 4-byte length field in Explicit VR Little Endian (PS3.5 7.1.2).
+_LONG_LENGTH_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"}
+
+
+def _explicit_le(tag: int, vr: str, value: bytes) -> bytes:
+    """One data element in Explicit VR Little Endian; ``value`` already padded to even length."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr.encode("ascii")
+    if vr in _LONG_LENGTH_VRS:
+        return head + struct.pack("<HI", 0, len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+def _text_value(text: str, vr: str) -> bytes:
+    """A string value padded as PS3.5 6.2 asks: UI with NUL, other text VRs with a space."""
+    value = text.encode("ascii")
+    if len(value) % 2:
+        value += b"\x00" if vr == "UI" else b" "
+    return value
+
+
 class _SeriesEncoder:
-    """Encode the files of one series from a template dataset, re-encoding only what varies.
+    """Encode the files of one series, re-encoding only the elements that vary per file.
 
     ``pydicom``'s :func:`~pydicom.filewriter.dcmwrite` re-encodes and re-validates every
     element of every file; a series of 160 slices repeats ~60 identical elements 160
     times, which made DICOM writing half of the cohort generation time. This encoder
-    encodes each constant element once (Explicit VR Little Endian, the template's
-    character set), re-encodes the per-file elements (``varying``) and writes the
-    elements in ascending tag order after the 128-byte preamble, ``DICM`` and the file
-    meta group, which is what ``dcmwrite(..., enforce_file_format=True)`` writes
-    (``tests/test_data_dicom.py`` checks the bytes against it).
+    encodes the template's constant elements once with pydicom (Explicit VR Little
+    Endian, the template's character set) and the per-file ones (UIDs, numbers,
+    decimal strings, pixel data: :data:`_PER_FILE_ELEMENTS`) directly, and writes them
+    in ascending tag order after the 128-byte preamble, ``DICM`` and the file meta
+    group: the bytes ``dcmwrite(..., enforce_file_format=True)`` writes, which
+    ``tests/test_data_dicom.py`` checks file by file.
     """
 
     def __init__(self, template: Dataset, varying: Iterable[str]):
         correct_ambiguous_vr(template, True)
-        self.template = template
-        self.varying_tags = sorted(Tag(keyword) for keyword in varying)
-        self.encodings = convert_encodings(template.get("SpecificCharacterSet", default_encoding))
-        self.constant = [(tag, self._encode(tag)) for tag in sorted(template.keys())
-                         if tag not in self.varying_tags]
+        self.varying = {keyword: (Tag(keyword), template[keyword].VR) for keyword in varying
+                        if keyword in template}
+        encodings = convert_encodings(template.get("SpecificCharacterSet", default_encoding))
+        varying_tags = {tag for tag, _ in self.varying.values()}
+        self.constant = [(tag, self._encode(template[tag], encodings)) for tag in sorted(template.keys())
+                         if tag not in varying_tags]
+        write_file_meta_info(_new_buffer(), template.file_meta, enforce_standard=True)  # completes the group
+        meta = template.file_meta
+        self.meta = [(tag, self._encode(meta[tag], encodings)) for tag in sorted(meta.keys())
+                     if tag not in (Tag("FileMetaInformationGroupLength"), Tag("MediaStorageSOPInstanceUID"))]
 
-    def _encode(self, tag) -> bytes:
+    @staticmethod
+    def _encode(element, encodings) -> bytes:
         buffer = _new_buffer()
-        write_data_element(buffer, self.template[tag], self.encodings)
+        write_data_element(buffer, element, encodings)
         return buffer.getvalue()
 
-    def write(self, path: Path) -> None:
-        """Write the template, with its current per-file values, to ``path``."""
-        template = self.template
-        template.file_meta.MediaStorageSOPInstanceUID = template.SOPInstanceUID
-        meta = _new_buffer()
-        write_file_meta_info(meta, template.file_meta, enforce_standard=True)
-        varying = [(tag, self._encode(tag)) for tag in self.varying_tags if tag in template]
+    def write(self, path: Path, values: Mapping[str, str | bytes]) -> None:
+        """Write one file whose per-file elements hold ``values``.
+
+        ``values`` maps each per-file keyword to its value as written: the text of a
+        string VR (multiple values joined by ``\\``) or the bytes of ``PixelData``.
+        """
+        varying = []
+        for keyword, (tag, vr) in self.varying.items():
+            value = values[keyword]
+            varying.append((tag, _explicit_le(tag, vr, value if isinstance(value, bytes) else _text_value(value, vr))))
+        uid_tag = Tag("MediaStorageSOPInstanceUID")
+        meta = sorted(self.meta + [(uid_tag, _explicit_le(uid_tag, "UI", _text_value(values["SOPInstanceUID"], "UI")))],
+                      key=lambda item: item[0])
+        meta_bytes = b"".join(encoded for _, encoded in meta)
+        group_length = _explicit_le(Tag("FileMetaInformationGroupLength"), "UL", struct.pack("<I", len(meta_bytes)))
         elements = sorted(self.constant + varying, key=lambda item: item[0])
         with open(path, "wb") as handle:
-            handle.write(b"\x00" * 128 + b"DICM")
-            handle.write(meta.getvalue())
-            for _, encoded in elements:
-                handle.write(encoded)
+            handle.write(b"\x00" * 128 + b"DICM" + group_length + meta_bytes)
+            handle.write(b"".join(encoded for _, encoded in elements))
 
 
 # --------------------------------------------------------------------------------------
@@ -577,20 +611,24 @@ def write_dicom_series(
     encoder = None
     for slice_index in range(n_slices):
         position = np.asarray(geometry.image_positions_patient[slice_index], dtype=float)
-        template.ImagePositionPatient = [_ds(v) for v in position]
-        template.SliceLocation = _ds(float(position @ normal))
         for echo_index in range(n_echoes):
             instance += 1
-            template.InstanceNumber = instance
-            template.SOPInstanceUID = deterministic_uid(series_uid, instance)
+            values = {
+                "ImagePositionPatient": "\\".join(_ds(v) for v in position),
+                "SliceLocation": _ds(float(position @ normal)),
+                "InstanceNumber": str(instance),
+                "SOPInstanceUID": deterministic_uid(series_uid, instance),
+                "EchoNumbers": str(echo_index + 1),
+                "PixelData": np.ascontiguousarray(array[echo_index, slice_index], dtype="<u2").tobytes(),
+            }
             if echo_times_list[echo_index] is not None:
-                template.EchoTime = _ds(echo_times_list[echo_index])
-            template.EchoNumbers = echo_index + 1
-            template.PixelData = np.ascontiguousarray(array[echo_index, slice_index], dtype="<u2").tobytes()
-            if encoder is None:  # the first file fixes the template's elements
+                values["EchoTime"] = _ds(echo_times_list[echo_index])
+            if encoder is None:  # the first file sets the template's elements, pydicom checks them
+                for keyword, value in values.items():
+                    setattr(template, keyword, value.split("\\") if "ImagePosition" in keyword else value)
                 encoder = _SeriesEncoder(template, _PER_FILE_ELEMENTS)
             path = folder / f"{instance:03d}"
-            encoder.write(path)
+            encoder.write(path, values)
             written.append(path)
     return written
 
