@@ -484,8 +484,8 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         """Implicit function of a template structure in shape space (aspect applied)."""
         return lambda x, y, z: template.distance(name, x * inv_aspect[0], y * inv_aspect[1], z)
 
-    def template_cover(bone_name, x, y, z):
-        return template.cover(bone_name, x * inv_aspect[0], y * inv_aspect[1], z)
+    def template_cover(bone_name, x, y, z, where):
+        return template.cover(bone_name, x * inv_aspect[0], y * inv_aspect[1], z, where=where)
 
     ax, ay, az = _grid_axes(voxel_mm)
     # a left knee is the mirror image: evaluate the right-knee shapes at -x
@@ -649,12 +649,19 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     ratio_lut = np.zeros(len(CARTILAGE_REGIONS) + 1, np.float32)
     for i, r in enumerate(CARTILAGE_REGIONS):
         ratio_lut[i + 1] = thick[r] / template.mean_thickness_mm[r]
-    fem_t, femoral_region = template_cover("femur", Xs, Ys, Zf)
+    # The cover is sampled only where a voxel can be cartilage or joint film: within
+    # `reach` outside the femur or tibia (tibio-femoral) or the patella. Farther out
+    # every test below is false whatever the cover holds (cartilage needs 0 < distance <
+    # thickness, the film fd + td < fem_t + tib_t + 1), so the labels are unchanged.
+    reach = 2.0 * template.max_cover_thickness_mm() * float(ratio_lut.max()) + 1.5
+    near_tf = ((fd > 0) & (fd < reach)) | ((td > 0) & (td < reach))
+    fem_t, femoral_region = template_cover("femur", Xs, Ys, Zf, near_tf)
     fem_t *= ratio_lut[femoral_region]
-    tib_t, tibial_region = template_cover("tibia", Xs, Ys, Zt)
+    tib_t, tibial_region = template_cover("tibia", Xs, Ys, Zt, near_tf)
     tib_t *= ratio_lut[tibial_region]
-    pat_t, patellar_region = template_cover("patella", Xs, Ys, Zf)
+    pat_t, patellar_region = template_cover("patella", Xs, Ys, Zf, (pd_ > 0) & (pd_ < reach))
     pat_t *= ratio_lut[patellar_region]
+    del near_tf
 
     gap_total = np.maximum(fd, 0) + np.maximum(td, 0) + 1e-3
     fem_share = fem_t / np.maximum(fem_t + tib_t, 1e-3)
@@ -676,8 +683,13 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
 
     # --- menisci: the template's, on the tibia; a narrower joint squeezes them -----------
     Xt, Yt = Xs * inv_aspect[0], Ys * inv_aspect[1]
-    meniscus_m = (template.distance("meniscus_medial", Xt, Yt, Zt) < 0) & (fd > 0.0) & ~femoral_cart
-    meniscus_l = (template.distance("meniscus_lateral", Xt, Yt, Zt) < 0) & (fd > 0.0) & ~femoral_cart
+
+    def meniscus(name):
+        """The template meniscus ``name`` (sampled only in its grid box, where it is)."""
+        where = (fd > 0.0) & ~femoral_cart & template.inside_box(name, Xt, Yt, Zt)
+        return template.distance(name, Xt, Yt, Zt, where=where) < 0
+
+    meniscus_m, meniscus_l = meniscus("meniscus_medial"), meniscus("meniscus_lateral")
     del Xt, Yt
     tibiofemoral = (tibial_region > 0) | (((femoral_region == CARTILAGE_REGIONS.index("FM") + 1)
                                            | (femoral_region == CARTILAGE_REGIONS.index("FL") + 1)) & (Zt > -4.0))

@@ -39,9 +39,18 @@ class _Grid:
     origin_mm: np.ndarray       # canonical mm of voxel (0, 0, 0)
     spacing_mm: float
 
-    def sample(self, x, y, z, order: int = 1) -> np.ndarray:
-        """Values at canonical points (arrays broadcast together); nearest outside the grid."""
+    def sample(self, x, y, z, order: int = 1, where: np.ndarray | None = None, fill: float = 0.0) -> np.ndarray:
+        """Values at canonical points (arrays broadcast together); nearest outside the grid.
+
+        With a boolean ``where`` (the points' shape) only those points are interpolated
+        and every other one holds ``fill``; interpolation of order 0 or 1 is pointwise,
+        so the sampled points get exactly the values of a full pass.
+        """
         x, y, z = np.broadcast_arrays(x, y, z)
+        if where is not None:
+            out = np.full(x.shape, fill, dtype=self.values.dtype if order == 0 else np.float32)
+            out[where] = self.sample(x[where], y[where], z[where], order=order)
+            return out
         inv = np.float32(1.0 / self.spacing_mm)
         coords = np.stack([(x - np.float32(self.origin_mm[0])) * inv,
                            (y - np.float32(self.origin_mm[1])) * inv,
@@ -78,14 +87,36 @@ class KneeTemplate:
     mean_thickness_mm: dict
     sdf_clip_mm: float
 
-    def distance(self, name: str, x, y, z) -> np.ndarray:
-        """Signed distance (mm) to structure ``name`` at canonical points of its space."""
-        return self.sdf[name].sample(x, y, z)
+    def distance(self, name: str, x, y, z, where: np.ndarray | None = None) -> np.ndarray:
+        """Signed distance (mm) to structure ``name`` at canonical points of its space.
 
-    def cover(self, bone: str, x, y, z) -> tuple[np.ndarray, np.ndarray]:
-        """(thickness mm, region code) of the template cartilage over ``bone`` at points."""
-        return (self.cover_thickness[bone].sample(x, y, z, order=1),
-                self.cover_region[bone].sample(x, y, z, order=0))
+        With ``where``, only those points are sampled; the others hold ``sdf_clip_mm``
+        (as far as the grid stores).
+        """
+        return self.sdf[name].sample(x, y, z, where=where, fill=self.sdf_clip_mm)
+
+    def inside_box(self, name: str, x, y, z) -> np.ndarray:
+        """Whether canonical points lie in the grid box of structure ``name``.
+
+        The grids end at the distance clip on every face, so outside this box a
+        structure's signed distance is the clip: sampling ``where=inside_box(...)``
+        changes no value.
+        """
+        low, high = self.box_mm[name]
+        return ((x >= low[0]) & (x <= high[0]) & (y >= low[1]) & (y <= high[1])
+                & (z >= low[2]) & (z <= high[2]))
+
+    def cover(self, bone: str, x, y, z, where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(thickness mm, region code) of the template cartilage over ``bone`` at points.
+
+        With ``where``, only those points are sampled; the others hold (0, 0): no cover.
+        """
+        return (self.cover_thickness[bone].sample(x, y, z, order=1, where=where),
+                self.cover_region[bone].sample(x, y, z, order=0, where=where))
+
+    def max_cover_thickness_mm(self) -> float:
+        """The thickest template cartilage over any bone (mm)."""
+        return max(float(grid.values.max()) for grid in self.cover_thickness.values())
 
 
 @lru_cache(maxsize=1)
