@@ -612,20 +612,22 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         name = "femur" if site[0] == "F" else "tibia"
         mx, my, mz = landmark(f"{name}_margin_{'medial' if site[1] == 'M' else 'lateral'}")
         # a lip (beak) at the template's articular margin: thick where it grows out of the
-        # bone, tapering to its tip; femoral lips point outward and down toward the joint
-        # line, tibial lips outward and up
+        # bone, tapering to its tip; femoral lips point obliquely outward and down along the
+        # condyle toward the joint line, tibial lips obliquely outward and up (a horizontal
+        # lip projects as a shelf on the radiograph, which real marginal osteophytes are not)
         if site[0] == "F":
-            a, b = (mx - side_sign * 5.0, my, mz), (mx + side_sign * length, my, mz - 5.0 - 0.2 * length)
+            a, b = (mx - side_sign * 4.0, my, mz + 2.0), (mx + side_sign * 0.6 * length, my, mz - 4.0 - 0.6 * length)
             which = "f"
         else:
-            a, b = (mx - side_sign * 5.0, my, mz - 1.0), (mx + side_sign * length, my, mz + 3.0 + 0.15 * length)
+            a, b = (mx - side_sign * 4.0, my, mz - 3.0), (mx + side_sign * 0.6 * length, my, mz + 1.0 + 0.6 * length)
             which = "t"
         base_radius = 2.2 + 0.6 * grade
-        lo = np.minimum(a, b) - np.array([base_radius + 2, 14.0, base_radius + 2])
-        hi = np.maximum(a, b) + np.array([base_radius + 2, 14.0, base_radius + 2])
+        ridge = 2.0 + 0.5 * grade  # the lip runs along the margin (antero-posterior)
+        lo = np.minimum(a, b) - np.array([base_radius + 2, base_radius * ridge + 2, base_radius + 2])
+        hi = np.maximum(a, b) + np.array([base_radius + 2, base_radius * ridge + 2, base_radius + 2])
         block = intersect(region(lo, hi), fields[name].block)
-        spur = evaluate(lambda x, y, z: _sd_tapered_capsule(x, y, z, a, b, base_radius, 0.5,
-                                                             squash=(1.0, 3.0 + grade, 1.0)), which, block)
+        spur = evaluate(lambda x, y, z: _sd_tapered_capsule(x, y, z, a, b, base_radius, 0.8,
+                                                             squash=(1.0, ridge, 1.0)), which, block)
         target = dense[name][sub(block, fields[name].block)]
         grown = _smin(target, spur, 2.0).astype(np.float32)
         osteophyte_mask[block] |= (grown < 0) & (target >= 0)
