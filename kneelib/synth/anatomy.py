@@ -203,15 +203,7 @@ def _sd_ellipsoid(x, y, z, centre, radii):
 
 def _sd_capsule(x, y, z, a, b, radius, squash=(1.0, 1.0, 1.0)):
     """Signed distance to a capsule from ``a`` to ``b`` (optionally squashed per axis)."""
-    sx, sy, sz = (float(q) for q in squash)
-    a = [float(q) / w for q, w in zip(a, (sx, sy, sz))]
-    b = [float(q) / w for q, w in zip(b, (sx, sy, sz))]
-    px, py, pz = x * (1 / sx) - a[0], y * (1 / sy) - a[1], z * (1 / sz) - a[2]
-    ba = [b[i] - a[i] for i in range(3)]
-    inv = 1.0 / (ba[0] ** 2 + ba[1] ** 2 + ba[2] ** 2)
-    h = np.clip((px * ba[0] + py * ba[1] + pz * ba[2]) * inv, 0.0, 1.0)
-    dx, dy, dz = px - h * ba[0], py - h * ba[1], pz - h * ba[2]
-    return np.sqrt(dx * dx + dy * dy + dz * dz) * min(sx, sy, sz) - float(radius)
+    return _sd_tapered_capsule(x, y, z, a, b, radius, radius, squash=squash)
 
 
 def _sd_tapered_capsule(x, y, z, a, b, radius_a, radius_b, squash=(1.0, 1.0, 1.0)):
