@@ -261,7 +261,7 @@ def _affine_from_geometry(geometry, order: np.ndarray | None = None) -> np.ndarr
 
 
 def write_nifti_deterministic(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
-    """Write ``array`` (voxel axes column, row, slice) as ``.nii.gz`` with gzip mtime 0."""
+    """Write ``array`` (voxel axes column, row, slice) as ``.nii.gz`` with gzip mtime 0 (level 3)."""
     import nibabel as nib
 
     image = nib.Nifti1Image(np.asarray(array), np.asarray(affine, dtype=float))
@@ -269,7 +269,7 @@ def write_nifti_deterministic(array: np.ndarray, affine: np.ndarray, path: Path)
     image.set_qform(np.asarray(affine, dtype=float), code=1)
     image.set_sform(np.asarray(affine, dtype=float), code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=6, mtime=0))
+    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=3, mtime=0))  # 3x faster than 6
     return path
 
 
