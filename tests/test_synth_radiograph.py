@@ -93,3 +93,40 @@ def test_deterministic(pair):
     np.testing.assert_array_equal(a.pixels, b.pixels)
     with pytest.raises(ValueError, match="right, left"):
         render_radiograph(pair[1], pair[0], PROTOCOL, np.random.default_rng(0))
+
+
+def test_attenuation_at_the_knee_beams_effective_energy():
+    """Bone/soft-tissue ratios of a ~40 keV effective energy (NIST XCOM); the table before issue 10
+    had cortex/water 3.7 (50 keV), too flat a film; the one-voxel cortex shell holds ~0.8 mm cortex."""
+    from kneelib.synth.radiograph import CORTEX_THICKNESS_MM, attenuation_volume
+    from kneelib.synth.tissue import LESION_TISSUES, TISSUES
+
+    water = TISSUES["joint_fluid"].attenuation_per_mm
+    assert LESION_TISSUES["cortex"].attenuation_per_mm / water == pytest.approx(4.8, abs=0.3)
+    assert 1.5 < TISSUES["tibia"].attenuation_per_mm / TISSUES["muscle"].attenuation_per_mm < 1.9
+    assert TISSUES["subcutaneous_fat"].attenuation_per_mm < TISSUES["muscle"].attenuation_per_mm
+    knee = build_knee(_spec("R"), voxel_mm=2.0)
+    mu = attenuation_volume(knee)
+    share = CORTEX_THICKNESS_MM / 2.0
+    expected = share * LESION_TISSUES["cortex"].attenuation_per_mm + (1 - share) * TISSUES["tibia"].attenuation_per_mm
+    cortex_only = knee.cortex & ~knee.sclerosis
+    np.testing.assert_allclose(mu[cortex_only], expected, rtol=1e-5)
+
+
+def test_trabecular_texture_grows_as_the_square_root_of_the_bone_path():
+    """Independent trabecular cells add in quadrature: 4x the bone path, 2x the texture SD; on a
+    64 mm thick bone it stays a small part of the bone/soft-tissue step (the renderer before issue
+    10 let it grow linearly: 0.29 at 64 mm, 43% of its bone/soft-tissue step)."""
+    from kneelib.synth.radiograph import trabecular_texture
+    from kneelib.synth.tissue import TISSUES
+
+    protocol = xr_protocol("default")
+    path = np.full((200, 200), 16.0, np.float32)
+    path[:, 100:] = 64.0
+    texture = trabecular_texture(path, protocol.pixel_spacing_mm, protocol.trabecular_contrast,
+                                 np.random.default_rng(0))
+    thin, thick = texture[:, 10:90].std(), texture[:, 110:190].std()
+    assert thick / thin == pytest.approx(2.0, rel=0.15)
+    step = 64.0 * (TISSUES["tibia"].attenuation_per_mm - TISSUES["muscle"].attenuation_per_mm)
+    assert thick / step < 0.25
+    assert np.all(trabecular_texture(np.zeros((20, 20), np.float32), 0.35, 0.02, np.random.default_rng(0)) == 0)

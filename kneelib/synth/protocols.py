@@ -128,17 +128,23 @@ class XRProtocol:
     display_max : int
         Maximum stored value (12-bit CR: 4095).
     trabecular_contrast : float
-        Attenuation texture of trabecular bone per mm of bone path (relative SD).
+        SD of the projected trabecular attenuation texture per square root of mm of
+        bone along the ray (independent trabecular cells add in quadrature).
     detector_blur_mm : float
         Gaussian SD of the detector's light spread (MTF); applied when it exceeds
         0.3 pixel.
     edge_enhancement, edge_enhancement_mm : float
         Unsharp-mask gain and Gaussian SD of the computed-radiography processing.
+    equalisation, equalisation_mm : float
+        Gain and Gaussian SD of the large-kernel unsharp mask (dynamic range
+        compression) of computed radiography, applied to the log signal.
 
     The noise, texture and sharpening defaults were set so that 100 mm knee crops
     match the real OAI crops of ``chen_kl_radiographs`` in high-frequency energy,
     noise SD and edge gradients (:func:`kneelib.synth.realism_stats.radiograph_crop_stats`;
-    issue 10, section 3).
+    issue 10, section 3), and the equalisation so that the radial power spectrum and
+    grey-level percentiles of 90 mm crops (prepared as the realism measures prepare
+    them) come close to those of the real ``train`` crops.
     """
 
     beam_angle_deg: float
@@ -149,14 +155,16 @@ class XRProtocol:
     knee_separation_mm: float = 190.0
     tube_kvp: float = 70.0
     contrast: float = 1.0
-    noise_fraction: float = 0.02
+    noise_fraction: float = 0.016
     scatter_fraction: float = 0.15
     display_max: int = 4095
     description: str = "Bilateral PA Fixed Flexion Knee"
-    trabecular_contrast: float = 0.0045
+    trabecular_contrast: float = 0.026
     detector_blur_mm: float = 0.1
     edge_enhancement: float = 1.0
     edge_enhancement_mm: float = 1.5
+    equalisation: float = 1.2
+    equalisation_mm: float = 10.0
 
 
 # (n_slices, rows, cols) per preset; geometry (FOV, thickness) is fixed per series

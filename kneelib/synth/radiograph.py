@@ -32,10 +32,22 @@ from scipy import ndimage
 
 from kneelib.synth.anatomy import KneeModel
 from kneelib.synth.protocols import XRProtocol
-from kneelib.synth.tissue import LESION_TISSUES, property_table
+from kneelib.synth.spec import TISSUE_LABELS
+from kneelib.synth.tissue import LESION_TISSUES, TISSUES, property_table
 
 __all__ = ["RenderedRadiograph", "render_radiograph", "attenuation_volume", "project_knee", "ray_direction",
-           "detector_coordinates"]
+           "detector_coordinates", "bone_mask", "trabecular_texture"]
+
+#: Labels whose ray path carries the trabecular texture (cortex and sclerosis are added).
+BONE_TISSUES = ("femur", "tibia", "patella", "fibula")
+
+#: Thickness of the epiphyseal cortex and subchondral bone plate (about 0.5-1 mm).
+CORTEX_THICKNESS_MM = 0.8
+
+#: Gaussian SD (mm) of the projected trabecular grain along the rows (superior-inferior,
+#: the principal trabeculae) and across; the band-pass removes structure beyond one cell.
+TRABECULAR_GRAIN_MM = (0.8, 0.25)
+TRABECULAR_CELL_MM = 1.0
 
 #: Landmarks reported per knee (pixel coordinates ``(row, col)``).
 LANDMARK_NAMES = ("joint_centre", "condyle_lowest_medial", "condyle_lowest_lateral", "plateau_medial",
@@ -75,10 +87,18 @@ class RenderedRadiograph:
 
 
 def attenuation_volume(knee: KneeModel) -> np.ndarray:
-    """Linear attenuation (1/mm) on the knee's label grid, cortex and sclerosis denser."""
+    """Linear attenuation (1/mm) on the knee's label grid, cortex and sclerosis denser.
+
+    The cortex mask is a shell one voxel thick, while the epiphyseal cortex and the
+    subchondral plate of the knee are only about ``CORTEX_THICKNESS_MM`` thick: a shell
+    voxel holds that much cortical bone and trabecular bone for the rest (partial
+    volume), so coarse grids do not project rims several times too bright.
+    """
     table = property_table()
     mu = table["attenuation_per_mm"][knee.labels]
-    mu[knee.cortex] = LESION_TISSUES["cortex"].attenuation_per_mm
+    share = min(1.0, CORTEX_THICKNESS_MM / float(knee.voxel_mm))
+    trabecular = TISSUES["tibia"].attenuation_per_mm
+    mu[knee.cortex] = share * LESION_TISSUES["cortex"].attenuation_per_mm + (1.0 - share) * trabecular
     mu[knee.sclerosis] = LESION_TISSUES["sclerosis"].attenuation_per_mm
     return mu
 
@@ -146,8 +166,14 @@ def project_knee(knee: KneeModel, tilt_deg: float, rotation_deg: float = 0.0):
     step = knee.voxel_mm / d[1]                     # path length per y-slice
     dxdy, dzdy = d[0] / d[1], d[2] / d[1]
     line = _oblique_sum(mu, knee.voxel_mm, y_mm, dxdy, dzdy) * np.float32(step)
-    bone = _oblique_sum((mu >= 0.030).view(np.uint8), knee.voxel_mm, y_mm, dxdy, dzdy) * np.float32(step)
+    bone = _oblique_sum(bone_mask(knee).view(np.uint8), knee.voxel_mm, y_mm, dxdy, dzdy) * np.float32(step)
     return line, bone, d
+
+
+def bone_mask(knee: KneeModel) -> np.ndarray:
+    """Trabecular and cortical bone of the four bones (with sclerosis), the texture's support."""
+    codes = [TISSUE_LABELS[name] for name in BONE_TISSUES]
+    return np.isin(knee.labels, codes) | knee.cortex | knee.sclerosis
 
 
 def _resample_separable(image, index_rows_of_cols, index_cols_of_rows, order):
@@ -184,6 +210,27 @@ def _smooth_coarse(image, sigma_px, factor=8):
     small = ndimage.gaussian_filter(small, sigma=sigma_px / factor, mode="nearest")
     zoom = ndimage.zoom(small, factor, order=1, mode="nearest", grid_mode=True)
     return zoom[:rows, :cols].astype(np.float32)
+
+
+def trabecular_texture(bone_path_mm: np.ndarray, spacing_mm: float, amplitude: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Projected trabecular texture (attenuation units) for a map of bone path lengths.
+
+    A band-pass random network of plates and rods (spacing about 0.5-1 mm) with a
+    vertical grain (the principal compressive trabeculae; ``TRABECULAR_GRAIN_MM``). A
+    ray crosses about one trabecular cell per mm of bone, so the projected fluctuation
+    is a sum of independent cells: its SD is ``amplitude * sqrt(bone path in mm)``.
+    (The renderer before issue 10 let it grow linearly with the path, which made the
+    texture of a 70 mm thick condyle coarse and as loud as the bone/soft-tissue
+    contrast itself.)
+    """
+    grain_rows, grain_cols = TRABECULAR_GRAIN_MM
+    noise = rng.standard_normal(bone_path_mm.shape, dtype=np.float32)
+    fine = ndimage.gaussian_filter(noise, sigma=(grain_rows / spacing_mm, grain_cols / spacing_mm))
+    coarse = ndimage.gaussian_filter(fine, sigma=TRABECULAR_CELL_MM / spacing_mm)
+    texture = fine - coarse
+    texture /= max(float(texture.std()), 1e-6)
+    return np.float32(amplitude) * texture * np.sqrt(np.clip(bone_path_mm, 0, None)).astype(np.float32)
 
 
 def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
@@ -240,14 +287,7 @@ def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
             marks[name] = (float(centre_row - v_mm / spacing), float(centre_col - u_mm / spacing))
         landmarks[knee.side] = marks
 
-    # trabecular texture: a band-pass random network (plates and rods of about 0.5-1.5 mm)
-    # with a vertical grain (principal compressive trabeculae), growing with the bone path
-    noise = rng.standard_normal((rows, cols), dtype=np.float32)
-    fine = ndimage.gaussian_filter(noise, sigma=(1.0 / spacing, 0.3 / spacing))
-    coarse = ndimage.gaussian_filter(fine, sigma=1.0 / spacing)
-    texture = fine - coarse
-    texture /= max(float(texture.std()), 1e-6)
-    line_integral = line_integral + protocol.trabecular_contrast * protocol.contrast * texture * bone_path
+    line_integral = line_integral + trabecular_texture(bone_path, spacing, protocol.trabecular_contrast, rng)
     attenuation = np.clip(line_integral * protocol.contrast, 0, None)
     primary = np.exp(-attenuation)
     scatter = protocol.scatter_fraction * _smooth_coarse(primary, sigma_px=25.0 / spacing)
@@ -260,6 +300,12 @@ def render_radiograph(right: KneeModel, left: KneeModel, protocol: XRProtocol,
         log_signal = ndimage.gaussian_filter(log_signal, sigma=protocol.detector_blur_mm / spacing)
     enhanced = log_signal + protocol.edge_enhancement * (
         log_signal - ndimage.gaussian_filter(log_signal, sigma=protocol.edge_enhancement_mm / spacing))
+    # dynamic range compression / equalisation of computed radiography (large-kernel
+    # unsharp mask): lifts structure of a few mm to cm (condyles, notch, patella, tibial
+    # rims) against the wide bone/soft-tissue range, as on the real OAI films
+    if protocol.equalisation > 0:
+        enhanced = enhanced + protocol.equalisation * (
+            log_signal - _smooth_coarse(log_signal, sigma_px=protocol.equalisation_mm / spacing, factor=4))
     # automatic windowing as computed radiography does: from the exposure histogram of the
     # body (thin soft tissue dark grey, thick bone near white)
     body = log_signal > 0.5

@@ -6,8 +6,14 @@ fraction (fat has its own T1/T2) and an X-ray linear attenuation coefficient. Va
 are textbook-typical, rounded: relaxation times at 3 T after Gold GE et al., AJR
 2004;183:343-51 and Stanisz GJ et al., MRM 2005;54:507-12 (cartilage T2 deep to
 superficial about 30 to 55 ms as in OAI MSME T2 maps, Joseph GB et al. / paper 001);
-attenuation at an effective energy near 50 keV (NIST XCOM: water 0.0227/mm, cortical
-bone about 0.09/mm, adipose 0.019/mm).
+X-ray attenuation at an effective energy near 40 keV, the mean energy of a 70 kVp knee
+beam after the knee's own filtration (NIST XCOM mass attenuation times density: water
+0.0268/mm, muscle 0.028/mm, adipose 0.0224/mm, ICRU cortical bone 0.128/mm). Trabecular
+bone is a mixture by volume: about 20% bone tissue (0.128/mm) in fatty marrow
+(0.023/mm) gives 0.045/mm in the epiphyses; diaphyseal fatty marrow (about 5% bone)
+0.029/mm; sclerotic subchondral bone (about 40%) 0.068/mm. The bone to soft-tissue
+ratio (about 1.7 for trabecular, 4.8 for cortical bone) is what makes condyles, cortical
+rims and the patella stand out on a knee film.
 
 Lesions are alternative tissues: bone marrow lesions are marrow with oedema (more
 water, long T2, less fat), effusion is free fluid, Hoffa-synovitis is oedematous fat
@@ -59,7 +65,7 @@ class Tissue:
         Fraction of the proton density that is fat (relaxing with ``FAT_T1_MS``,
         ``FAT_T2_MS``); fat suppression removes it.
     attenuation_per_mm : float
-        X-ray linear attenuation coefficient at about 50 keV.
+        X-ray linear attenuation coefficient at an effective energy of about 40 keV.
     """
 
     proton_density: float
@@ -74,34 +80,34 @@ _T = Tissue
 TISSUES: dict[str, Tissue] = {
     "background": _T(0.0, 1000.0, 1.0, 0.0, 0.0),
     # trabecular bone: fatty marrow between trabeculae (attenuation includes the trabeculae)
-    "femur": _T(0.80, 1100.0, 45.0, 0.82, 0.034),
-    "tibia": _T(0.80, 1100.0, 45.0, 0.82, 0.034),
-    "patella": _T(0.80, 1100.0, 45.0, 0.80, 0.034),
-    "fibula": _T(0.80, 1100.0, 45.0, 0.82, 0.034),
-    "femoral_cartilage": _T(0.78, 1200.0, 40.0, 0.0, 0.024),
-    "tibial_cartilage_medial": _T(0.78, 1200.0, 40.0, 0.0, 0.024),
-    "tibial_cartilage_lateral": _T(0.78, 1200.0, 40.0, 0.0, 0.024),
-    "patellar_cartilage": _T(0.78, 1200.0, 40.0, 0.0, 0.024),
-    "meniscus_medial": _T(0.35, 1000.0, 9.0, 0.0, 0.025),
-    "meniscus_lateral": _T(0.35, 1000.0, 9.0, 0.0, 0.025),
-    "acl": _T(0.40, 1000.0, 14.0, 0.0, 0.025),
-    "pcl": _T(0.30, 1000.0, 8.0, 0.0, 0.025),
-    "joint_fluid": _T(1.00, 3000.0, 500.0, 0.0, 0.0227),
-    "hoffa_fat_pad": _T(0.92, 900.0, 40.0, 0.92, 0.019),
-    "muscle": _T(0.65, 1420.0, 32.0, 0.04, 0.0235),
-    "subcutaneous_fat": _T(0.92, 900.0, 40.0, 0.93, 0.019),
-    "skin": _T(0.70, 1000.0, 30.0, 0.15, 0.024),
-    "patellar_tendon": _T(0.25, 1000.0, 6.0, 0.0, 0.026),
-    "marrow_fat": _T(0.85, 1100.0, 45.0, 0.88, 0.030),
-    "collateral_ligament": _T(0.25, 1000.0, 6.0, 0.0, 0.026),
+    "femur": _T(0.80, 1100.0, 45.0, 0.82, 0.045),
+    "tibia": _T(0.80, 1100.0, 45.0, 0.82, 0.045),
+    "patella": _T(0.80, 1100.0, 45.0, 0.80, 0.045),
+    "fibula": _T(0.80, 1100.0, 45.0, 0.82, 0.045),
+    "femoral_cartilage": _T(0.78, 1200.0, 40.0, 0.0, 0.029),
+    "tibial_cartilage_medial": _T(0.78, 1200.0, 40.0, 0.0, 0.029),
+    "tibial_cartilage_lateral": _T(0.78, 1200.0, 40.0, 0.0, 0.029),
+    "patellar_cartilage": _T(0.78, 1200.0, 40.0, 0.0, 0.029),
+    "meniscus_medial": _T(0.35, 1000.0, 9.0, 0.0, 0.03),
+    "meniscus_lateral": _T(0.35, 1000.0, 9.0, 0.0, 0.03),
+    "acl": _T(0.40, 1000.0, 14.0, 0.0, 0.03),
+    "pcl": _T(0.30, 1000.0, 8.0, 0.0, 0.03),
+    "joint_fluid": _T(1.00, 3000.0, 500.0, 0.0, 0.0268),
+    "hoffa_fat_pad": _T(0.92, 900.0, 40.0, 0.92, 0.0224),
+    "muscle": _T(0.65, 1420.0, 32.0, 0.04, 0.028),
+    "subcutaneous_fat": _T(0.92, 900.0, 40.0, 0.93, 0.0224),
+    "skin": _T(0.70, 1000.0, 30.0, 0.15, 0.0285),
+    "patellar_tendon": _T(0.25, 1000.0, 6.0, 0.0, 0.031),
+    "marrow_fat": _T(0.85, 1100.0, 45.0, 0.88, 0.029),
+    "collateral_ligament": _T(0.25, 1000.0, 6.0, 0.0, 0.031),
 }
 
 #: Properties of lesion and special tissues that override a label's properties.
 LESION_TISSUES: dict[str, Tissue] = {
-    "bml": _T(0.95, 1400.0, 75.0, 0.35, 0.031),              # marrow oedema
-    "hoffa_synovitis": _T(0.95, 1600.0, 95.0, 0.30, 0.021),  # oedematous fat pad
-    "cortex": _T(0.05, 1000.0, 1.0, 0.0, 0.085),             # cortical bone / subchondral plate
-    "sclerosis": _T(0.45, 1100.0, 30.0, 0.60, 0.065),        # dense subchondral bone
+    "bml": _T(0.95, 1400.0, 75.0, 0.35, 0.043),              # marrow oedema
+    "hoffa_synovitis": _T(0.95, 1600.0, 95.0, 0.30, 0.0245),  # oedematous fat pad
+    "cortex": _T(0.05, 1000.0, 1.0, 0.0, 0.128),             # cortical bone / subchondral plate
+    "sclerosis": _T(0.45, 1100.0, 30.0, 0.60, 0.068),        # dense subchondral bone
     "foreign_object": _T(0.0, 1000.0, 1.0, 0.0, 0.60),       # metal: void on MRI
 }
 
