@@ -34,7 +34,7 @@ seed = 0  # cohort seed; also seeds the causal-model sample and the image sampli
 n_model_sample = 5000  # participants of the no-image sample of the causal model
 qc_n_subjects = None  # participants whose series are all loaded for the QC table (None: all)
 crops_per_grade = 2  # real and synthetic radiograph crops shown per KL grade
-crop_width_per_plateau = 1.3  # side of a synthetic knee crop / distance of the outer plateau margins
+crop_width_per_plateau = 1.15  # side of a synthetic knee crop / distance of the outer plateau margins
 data_root = None  # None: $KNEELIB_DATA
 montage_per_grade = 4  # real radiographs shown per KL grade
 image_size = 224  # display size of each radiograph crop (pixels)
@@ -238,10 +238,13 @@ else:
     display(Markdown(cohort.missing_dataset_message("pymskt_knee_mri", data_root)))
 
 # %% [markdown]
-# **Radiograph crops.** Knee-joint crops of the synthetic bilateral radiographs (square,
-# centred on the ground-truth joint centre, 1.3 times the plateau width) beside real OAI
+# **Radiograph crops.** Knee-joint crops of the synthetic bilateral radiographs beside real OAI
 # crops of the same KL grade {footcite}`chen2019,chen2018data`; both clipped to their
-# 5th-99th percentiles.
+# 5th-99th percentiles. Each synthetic crop is square, centred on the ground-truth joint
+# centre and framed on its knee as the real crops are (they were cut from detected knee
+# boxes): its side is the parameter `crop_width_per_plateau` times the distance of the outer
+# plateau margins, the share a real crop shows. The realism measures below cut their
+# synthetic crops with the same framing.
 
 # %%
 synthetic_crops = cohort.synthetic_knee_crops(cohort_root, knees, width_per_plateau=crop_width_per_plateau)
@@ -267,7 +270,8 @@ else:
 realism_result = None
 missing = [name for name in ("chen_kl_radiographs", "pykneer_knee_mri") if not present[name]]
 if not missing:
-    realism_result = cohort.measure_realism(cohort_root, root, realism, seed=seed)
+    realism_result = cohort.measure_realism(cohort_root, root, {"width_per_plateau": crop_width_per_plateau,
+                                                                 **realism}, seed=seed)
     display(cohort.realism_table(realism_result))
     gradcam_figures = cohort.plot_realism_gradcam(realism_result)
 for name in missing:

@@ -55,6 +55,26 @@ def test_ground_truth_crops_cover_every_knee(smoke_cohort):
     np.testing.assert_allclose(crops.knees["centre_row"], knees["joint_centre_row"])
 
 
+def test_crops_are_framed_on_each_knee_like_the_real_crops(smoke_cohort):
+    from kneelib.data.knee_radiographs import load_synthetic_knees, read_radiographs
+
+    knees = load_synthetic_knees(smoke_cohort)
+    radiographs = read_radiographs(knees, progress=False)
+    sizes_mm = realism.plateau_framed_crop_mm(knees, radiographs, 1.15)
+    spacing = np.array([radiographs[path][1] for path in knees["path"]])
+    plateau_mm = spacing * np.hypot(knees["plateau_margin_lateral_col"] - knees["plateau_margin_medial_col"],
+                                    knees["plateau_margin_lateral_row"] - knees["plateau_margin_medial_row"])
+    np.testing.assert_allclose(sizes_mm, 1.15 * plateau_mm)
+    assert 50 < np.median(plateau_mm) < 100          # a tibial plateau, in mm
+    assert np.ptp(sizes_mm) > 0                        # each knee its own frame
+    with pytest.raises(ValueError):
+        realism.plateau_framed_crop_mm(knees, radiographs, 0.0)
+    framed = realism.synthetic_knee_crops(smoke_cohort, 48)  # the default framing
+    fixed = realism.synthetic_knee_crops(smoke_cohort, 48, crop_mm=90.0)
+    assert framed.images.shape == fixed.images.shape
+    assert not np.array_equal(framed.images, fixed.images)
+
+
 def test_subject_split_keeps_every_subject_on_one_side():
     subjects = np.repeat([f"s{i}" for i in range(10)], 3)
     test = realism.subject_split(subjects, 0.3, seed=1)

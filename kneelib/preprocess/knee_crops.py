@@ -95,6 +95,9 @@ def prepare_knees(knees: pd.DataFrame, radiographs: dict, localiser, image_size:
                   high_percentile: float = 99.0, progress: bool = True) -> PreparedKnees:
     """Localise, crop 140 mm, level the plateau, mirror, clip the histogram, resize (paper 004).
 
+    ``size_mm`` is the side of the square crop: one value (paper 004: 140 mm) or one
+    per knee (a crop framed on each knee's size, as a knee detector's box is).
+
     The crop is resampled straight to ``resize_for_crop(image_size)`` pixels (310 for
     the paper's 300 px network input); global contrast normalisation happens per
     image at the network input (:class:`kneelib.train.multitask.RadiographDataset`).
@@ -113,6 +116,9 @@ def prepare_knees(knees: pd.DataFrame, radiographs: dict, localiser, image_size:
     from kneelib.train.multitask import resize_for_crop
 
     localiser.check_unseen(knees["participant_id"])
+    sizes_mm = np.broadcast_to(np.asarray(size_mm, dtype=float), (len(knees),))
+    if not np.all(sizes_mm > 0):
+        raise ValueError(f"crop sizes must be positive mm; got {sorted(set(sizes_mm[~(sizes_mm > 0)].tolist()))}")
     out_size = resize_for_crop(image_size)
     images = np.zeros((len(knees), out_size, out_size), dtype=np.uint8)
     masks = {task: np.zeros((len(knees), out_size, out_size), dtype=bool)
@@ -123,13 +129,14 @@ def prepare_knees(knees: pd.DataFrame, radiographs: dict, localiser, image_size:
         found = localiser.predict(pixels, spacing, sides=(row.side,))[row.side]
         angle = plateau_angle_deg(found["plateau_lateral"], found["plateau_medial"], row.side)
         geometry = dict(centre_rc=found["joint_centre"], angle_deg=angle, side=row.side,
-                        pixel_spacing_mm=spacing, size_mm=size_mm, out_size=out_size, mirror_side=mirror_side)
+                        pixel_spacing_mm=spacing, size_mm=float(sizes_mm[i]), out_size=out_size,
+                        mirror_side=mirror_side)
         crop = clip_histogram(knee_crop(pixels, **geometry), low_percentile, high_percentile)
         images[i] = np.round(crop * 255).astype(np.uint8)
         margins = crop_points([[getattr(row, f"plateau_margin_{c}_row"), getattr(row, f"plateau_margin_{c}_col")]
                                for c in ("lateral", "medial")], **geometry)
         for task, mask in osteophyte_region_masks({"lateral": margins[0], "medial": margins[1]},
-                                                  out_size, size_mm).items():
+                                                  out_size, float(sizes_mm[i])).items():
             masks[task][i] = mask
         centres.append(found["joint_centre"])
         angles.append(angle)

@@ -321,12 +321,13 @@ def causal_model_knee_table(n_subjects: int, seed: int = 0, variant: str = "oai"
 
 # --------------------------------------------------------------------------- radiograph crops
 def synthetic_knee_crops(cohort_root: str | Path, knees: pd.DataFrame, visit_month: int = 0,
-                         width_per_plateau: float = 1.3) -> pd.DataFrame:
+                         width_per_plateau: float = 1.15) -> pd.DataFrame:
     """Knee-joint crops of the synthetic bilateral radiographs, like the Chen et al. crops.
 
     Each knee is cropped square around its ground-truth ``joint_centre``; the side is
-    ``width_per_plateau`` times the distance between the outer plateau margins (the real
-    crops show the joint with a margin of about 15 % on each side).
+    ``width_per_plateau`` times the distance between the outer plateau margins (the
+    plateau spans about 87 % of a real Chen crop's width: a margin of about 7 % on each
+    side).
 
     Parameters
     ----------

@@ -26,9 +26,13 @@ anything held out:
 
 Synthetic crops (:func:`synthetic_knee_crops`) are cut by
 :func:`kneelib.preprocess.knee_crops.prepare_knees` at the *ground-truth* landmarks
-(:class:`GroundTruthLocaliser`), so localiser error does not blur the comparison, with a
-field of view (``crop_mm``, default 90 mm) near that of the Chen crops (a real knee's
-~80 mm condyles span ~90% of a Chen crop); left knees are mirrored in both sets.
+(:class:`GroundTruthLocaliser`), so localiser error does not blur the comparison. Each is
+framed on its knee as the Chen crops are (cut from detected knee boxes, so every knee
+fills its crop alike): the side is ``width_per_plateau`` (1.15) times the distance of the
+outer plateau margins, the share a real Chen ``train`` crop shows (the plateau spans
+about 87 % of its width); a fixed field of view (``crop_mm``) made small knees look
+small and large ones large, which real crops never do. Left knees are mirrored in both
+sets.
 
 The single entry point for the cohort chapter is :func:`measure_realism`.
 """
@@ -43,14 +47,15 @@ import pandas as pd
 from kneelib.data.errors import KneelibDataError
 
 __all__ = ["DEFAULT_SETTINGS", "RealImageLeakError", "refuse_real_images", "GroundTruthLocaliser",
-           "synthetic_knee_crops", "real_knee_crops", "sim_to_real_transfer", "subject_split",
+           "plateau_framed_crop_mm", "synthetic_knee_crops", "real_knee_crops", "sim_to_real_transfer", "subject_split",
            "discriminability", "radiograph_discriminability", "dess_slices", "real_dess_slices",
            "mri_discriminability", "measure_realism"]
 
 #: Settings of :func:`measure_realism` (the light ``default``; a key not here is refused).
 DEFAULT_SETTINGS: dict = {
     "image_size": 128,             # network input of the radiograph networks (px)
-    "crop_mm": 90.0,               # field of view of the synthetic knee crops
+    "crop_mm": None,               # side of every synthetic knee crop (mm); None: framed per knee, as below
+    "width_per_plateau": 1.15,     # crop side / outer plateau margins' distance (a real Chen crop: ~1.15)
     "n_synthetic_subjects": None,  # None: every participant of the cohort (both knees, both visits)
     "transfer_backbone": "efficientnet_lite0",
     "transfer_imagenet": True,
@@ -127,9 +132,30 @@ class GroundTruthLocaliser:
         return {side: self._points[(path, side)] for side in sides}
 
 
-def synthetic_knee_crops(synthetic_root, image_size: int, crop_mm: float = 90.0, n_subjects: int | None = None,
-                         seed: int = 0, real_root=None, progress: bool = False):
+def plateau_framed_crop_mm(knees: pd.DataFrame, radiographs: dict, width_per_plateau: float) -> np.ndarray:
+    """Side (mm) of each knee's crop: ``width_per_plateau`` times its outer plateau margins' distance.
+
+    Frames every knee as a knee detector's box does (Chen et al. 2019 cut their crops from
+    detected knee boxes and resized them): the knee's size, not a fixed field of view,
+    sets the crop. ``knees`` has ``path`` and ``plateau_margin_{lateral,medial}_{row,col}``
+    (:func:`kneelib.data.knee_radiographs.load_synthetic_knees`); ``radiographs`` maps
+    ``path`` to ``(pixels, spacing_mm)``.
+    """
+    if not width_per_plateau > 0:
+        raise ValueError(f"width_per_plateau must be positive, got {width_per_plateau}")
+    lateral = knees[["plateau_margin_lateral_row", "plateau_margin_lateral_col"]].to_numpy(float)
+    medial = knees[["plateau_margin_medial_row", "plateau_margin_medial_col"]].to_numpy(float)
+    spacing = np.array([float(radiographs[path][1]) for path in knees["path"]])
+    return width_per_plateau * np.hypot(*(lateral - medial).T) * spacing
+
+
+def synthetic_knee_crops(synthetic_root, image_size: int, crop_mm: float | None = None,
+                         n_subjects: int | None = None, seed: int = 0, real_root=None, progress: bool = False,
+                         width_per_plateau: float = 1.15):
     """Knee crops of a synthetic OAI-format cohort at the ground-truth landmarks.
+
+    ``crop_mm`` fixes the crop side for every knee; ``None`` (default) frames each knee
+    like the real Chen crops (:func:`plateau_framed_crop_mm`, ``width_per_plateau``).
 
     Returns
     -------
@@ -150,8 +176,9 @@ def synthetic_knee_crops(synthetic_root, image_size: int, crop_mm: float = 90.0,
     knees = stratified_subject_subset(knees, n_subjects, seed=seed, subject_column="participant_id")
     refuse_real_images(knees["path"], real_root)
     radiographs = read_radiographs(knees, progress=progress)
+    sizes_mm = crop_mm if crop_mm is not None else plateau_framed_crop_mm(knees, radiographs, width_per_plateau)
     return prepare_knees(knees, radiographs, GroundTruthLocaliser(knees, radiographs), image_size,
-                         size_mm=crop_mm, progress=progress)
+                         size_mm=sizes_mm, progress=progress)
 
 
 def real_knee_crops(real_root, split: str, image_size: int, n_subjects: int | None = None, seed: int = 0,
@@ -170,11 +197,11 @@ def real_knee_crops(real_root, split: str, image_size: int, n_subjects: int | No
     return prepare_images(table, image_size, mirror_side="L", progress=progress), table
 
 
-def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_mm: float = 90.0,
+def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_mm: float | None = None,
                          backbone: str = "efficientnet_lite0", imagenet: bool = True, max_epochs: int = 4,
                          internal_fraction: float = 0.15, batch_size: int = 32, n_synthetic_subjects=None,
                          n_boot: int = 1000, seed: int = 0, threads: int = 1, crops=None,
-                         progress: bool = False) -> dict:
+                         progress: bool = False, width_per_plateau: float = 1.15) -> dict:
     """KL grader trained and selected on synthetic crops only, tested once on the real ``val`` crops.
 
     Parameters
@@ -184,7 +211,8 @@ def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_
     real_root : path
         Data root holding ``chen_kl_radiographs/`` (``$KNEELIB_DATA``).
     image_size, crop_mm, backbone, imagenet, max_epochs, batch_size
-        The grader (paper 004's transfer schedule cut to ``max_epochs``).
+        The grader (paper 004's transfer schedule cut to ``max_epochs``); ``crop_mm`` and
+        ``width_per_plateau`` frame the synthetic crops (:func:`synthetic_knee_crops`).
     internal_fraction : float
         Share of the *synthetic* subjects held out to choose the epoch (best kappa).
     crops : PreparedKnees, optional
@@ -210,7 +238,7 @@ def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_
 
     if crops is None:
         crops = synthetic_knee_crops(synthetic_root, image_size, crop_mm, n_synthetic_subjects, seed=seed,
-                                     real_root=real_root, progress=progress)
+                                     real_root=real_root, progress=progress, width_per_plateau=width_per_plateau)
     refuse_real_images(crops.knees["path"], real_root)
     table = crops.knees.assign(row=np.arange(len(crops.knees)))
     train, internal = carve_internal_validation(table, internal_fraction, seed=seed, grade_column="kl_grade",
@@ -506,7 +534,7 @@ def measure_realism(synthetic_root, real_root, settings: dict | None = None, see
     s = {**DEFAULT_SETTINGS, **(settings or {})}
     seconds, start = {}, time.perf_counter()
     crops = synthetic_knee_crops(synthetic_root, s["image_size"], s["crop_mm"], s["n_synthetic_subjects"], seed=seed,
-                                 real_root=real_root, progress=s["progress"])
+                                 real_root=real_root, progress=s["progress"], width_per_plateau=s["width_per_plateau"])
     seconds["synthetic_crops"] = time.perf_counter() - start
     mark = time.perf_counter()
     transfer = sim_to_real_transfer(
