@@ -419,6 +419,9 @@ def _new_buffer() -> DicomBytesIO:
     return buffer
 
 
+_GROUP_LENGTH_TAG = Tag("FileMetaInformationGroupLength")
+_MEDIA_INSTANCE_UID_TAG = Tag("MediaStorageSOPInstanceUID")
+
 #: Value representations with a 4-byte length field in Explicit VR Little Endian (PS3.5 7.1.2).
 _LONG_LENGTH_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"}
 
@@ -463,8 +466,11 @@ class _SeriesEncoder:
                          if tag not in varying_tags]
         write_file_meta_info(_new_buffer(), template.file_meta, enforce_standard=True)  # completes the group
         meta = template.file_meta
-        self.meta = [(tag, self._encode(meta[tag], encodings)) for tag in sorted(meta.keys())
-                     if tag not in (Tag("FileMetaInformationGroupLength"), Tag("MediaStorageSOPInstanceUID"))]
+        encoded = {tag: self._encode(meta[tag], encodings) for tag in meta.keys()
+                   if tag not in (_GROUP_LENGTH_TAG, _MEDIA_INSTANCE_UID_TAG)}
+        # the file meta group: its elements before and after the per-file instance UID
+        self.meta_head = b"".join(encoded[tag] for tag in sorted(encoded) if tag < _MEDIA_INSTANCE_UID_TAG)
+        self.meta_tail = b"".join(encoded[tag] for tag in sorted(encoded) if tag > _MEDIA_INSTANCE_UID_TAG)
 
     @staticmethod
     def _encode(element, encodings) -> bytes:
@@ -482,11 +488,9 @@ class _SeriesEncoder:
         for keyword, (tag, vr) in self.varying.items():
             value = values[keyword]
             varying.append((tag, _explicit_le(tag, vr, value if isinstance(value, bytes) else _text_value(value, vr))))
-        uid_tag = Tag("MediaStorageSOPInstanceUID")
-        meta = sorted(self.meta + [(uid_tag, _explicit_le(uid_tag, "UI", _text_value(values["SOPInstanceUID"], "UI")))],
-                      key=lambda item: item[0])
-        meta_bytes = b"".join(encoded for _, encoded in meta)
-        group_length = _explicit_le(Tag("FileMetaInformationGroupLength"), "UL", struct.pack("<I", len(meta_bytes)))
+        uid = _explicit_le(_MEDIA_INSTANCE_UID_TAG, "UI", _text_value(values["SOPInstanceUID"], "UI"))
+        meta_bytes = self.meta_head + uid + self.meta_tail
+        group_length = _explicit_le(_GROUP_LENGTH_TAG, "UL", struct.pack("<I", len(meta_bytes)))
         elements = sorted(self.constant + varying, key=lambda item: item[0])
         with open(path, "wb") as handle:
             handle.write(b"\x00" * 128 + b"DICM" + group_length + meta_bytes)
@@ -624,8 +628,9 @@ def write_dicom_series(
             if echo_times_list[echo_index] is not None:
                 values["EchoTime"] = _ds(echo_times_list[echo_index])
             if encoder is None:  # the first file sets the template's elements, pydicom checks them
-                for keyword, value in values.items():
-                    setattr(template, keyword, value.split("\\") if "ImagePosition" in keyword else value)
+                for keyword, value in values.items():  # a multi-valued string becomes a list
+                    setattr(template, keyword, value.split("\\") if isinstance(value, str) and "\\" in value
+                            else value)
                 encoder = _SeriesEncoder(template, _PER_FILE_ELEMENTS)
             path = folder / f"{instance:03d}"
             encoder.write(path, values)
