@@ -16,7 +16,16 @@ import pandas as pd
 
 from kneelib.data.knee_radiographs import GRADE_TASKS
 
-__all__ = ["PreparedKnees", "osteophyte_region_masks", "prepare_knees", "prepare_images"]
+__all__ = ["PreparedKnees", "CHEN_WIDTH_PER_PLATEAU", "osteophyte_region_masks", "prepare_knees",
+           "prepare_images"]
+
+#: Side of a knee crop framed like the Chen et al. (2019) crops, over the distance of the
+#: outer plateau margins: the plateau spans about 87 % of a real crop's width (looked at
+#: on the ``train`` crops of ``chen_kl_radiographs``). The Chen crops were cut from
+#: detected knee boxes and resized, so every knee fills its crop alike. Used by the
+#: realism measures (:func:`kneelib.train.realism.plateau_framed_crop_mm`) and the cohort
+#: chapter's crops figure (:func:`kneelib.synth.ground_truth.synthetic_knee_crops`).
+CHEN_WIDTH_PER_PLATEAU = 1.15
 
 
 def osteophyte_region_masks(margins_rc: dict[str, np.ndarray], out_size: int, size_mm: float = 140.0,

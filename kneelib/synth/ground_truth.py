@@ -321,13 +321,12 @@ def causal_model_knee_table(n_subjects: int, seed: int = 0, variant: str = "oai"
 
 # --------------------------------------------------------------------------- radiograph crops
 def synthetic_knee_crops(cohort_root: str | Path, knees: pd.DataFrame, visit_month: int = 0,
-                         width_per_plateau: float = 1.15) -> pd.DataFrame:
+                         width_per_plateau: float | None = None) -> pd.DataFrame:
     """Knee-joint crops of the synthetic bilateral radiographs, like the Chen et al. crops.
 
-    Each knee is cropped square around its ground-truth ``joint_centre``; the side is
-    ``width_per_plateau`` times the distance between the outer plateau margins (the
-    plateau spans about 87 % of a real Chen crop's width: a margin of about 7 % on each
-    side).
+    Each knee is cropped square around its ground-truth ``joint_centre``, framed on the
+    knee like the real crops: the side is ``width_per_plateau`` times the horizontal
+    distance between the outer plateau margins (the crop is not rotated).
 
     Parameters
     ----------
@@ -336,7 +335,8 @@ def synthetic_knee_crops(cohort_root: str | Path, knees: pd.DataFrame, visit_mon
         Per-knee table with ``ID``, ``SIDE``, ``VISIT``, ``kl_grade`` (the KL grade read
         back from ``kXR_SQ_BU``).
     visit_month : int
-    width_per_plateau : float
+    width_per_plateau : float, optional
+        None: :data:`kneelib.preprocess.knee_crops.CHEN_WIDTH_PER_PLATEAU`.
 
     Returns
     -------
@@ -344,7 +344,11 @@ def synthetic_knee_crops(cohort_root: str | Path, knees: pd.DataFrame, visit_mon
         participant_id, side, kl_grade, crop (2-D array).
     """
     from kneelib.data import read_image_index, read_radiograph
+    from kneelib.preprocess.knee_crops import CHEN_WIDTH_PER_PLATEAU
     from kneelib.preprocess.radiograph import crop_around
+
+    if width_per_plateau is None:
+        width_per_plateau = CHEN_WIDTH_PER_PLATEAU
 
     root = Path(cohort_root)
     index = read_image_index(root)

@@ -28,11 +28,10 @@ Synthetic crops (:func:`synthetic_knee_crops`) are cut by
 :func:`kneelib.preprocess.knee_crops.prepare_knees` at the *ground-truth* landmarks
 (:class:`GroundTruthLocaliser`), so localiser error does not blur the comparison. Each is
 framed on its knee as the Chen crops are (cut from detected knee boxes, so every knee
-fills its crop alike): the side is ``width_per_plateau`` (1.15) times the distance of the
-outer plateau margins, the share a real Chen ``train`` crop shows (the plateau spans
-about 87 % of its width); a fixed field of view (``crop_mm``) made small knees look
-small and large ones large, which real crops never do. Left knees are mirrored in both
-sets.
+fills its crop alike): the side is ``width_per_plateau`` times the distance of the outer
+plateau margins (:func:`plateau_framed_crop_mm`); a fixed field of view (``crop_mm``) made
+small knees look small and large ones large, which real crops never do. Left knees are
+mirrored in both sets.
 
 The single entry point for the cohort chapter is :func:`measure_realism`.
 """
@@ -45,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from kneelib.data.errors import KneelibDataError
+from kneelib.preprocess.knee_crops import CHEN_WIDTH_PER_PLATEAU
 
 __all__ = ["DEFAULT_SETTINGS", "RealImageLeakError", "refuse_real_images", "GroundTruthLocaliser",
            "plateau_framed_crop_mm", "synthetic_knee_crops", "real_knee_crops", "sim_to_real_transfer", "subject_split",
@@ -55,7 +55,7 @@ __all__ = ["DEFAULT_SETTINGS", "RealImageLeakError", "refuse_real_images", "Grou
 DEFAULT_SETTINGS: dict = {
     "image_size": 128,             # network input of the radiograph networks (px)
     "crop_mm": None,               # side of every synthetic knee crop (mm); None: framed per knee, as below
-    "width_per_plateau": 1.15,     # crop side / outer plateau margins' distance (a real Chen crop: ~1.15)
+    "width_per_plateau": CHEN_WIDTH_PER_PLATEAU,  # crop side / outer plateau margins' distance
     "n_synthetic_subjects": None,  # None: every participant of the cohort (both knees, both visits)
     "transfer_backbone": "efficientnet_lite0",
     "transfer_imagenet": True,
@@ -137,7 +137,8 @@ def plateau_framed_crop_mm(knees: pd.DataFrame, radiographs: dict, width_per_pla
 
     Frames every knee as a knee detector's box does (Chen et al. 2019 cut their crops from
     detected knee boxes and resized them): the knee's size, not a fixed field of view,
-    sets the crop. ``knees`` has ``path`` and ``plateau_margin_{lateral,medial}_{row,col}``
+    sets the crop (:data:`kneelib.preprocess.knee_crops.CHEN_WIDTH_PER_PLATEAU`). ``knees``
+    has ``path`` and ``plateau_margin_{lateral,medial}_{row,col}``
     (:func:`kneelib.data.knee_radiographs.load_synthetic_knees`); ``radiographs`` maps
     ``path`` to ``(pixels, spacing_mm)``.
     """
@@ -151,7 +152,7 @@ def plateau_framed_crop_mm(knees: pd.DataFrame, radiographs: dict, width_per_pla
 
 def synthetic_knee_crops(synthetic_root, image_size: int, crop_mm: float | None = None,
                          n_subjects: int | None = None, seed: int = 0, real_root=None, progress: bool = False,
-                         width_per_plateau: float = 1.15):
+                         width_per_plateau: float = CHEN_WIDTH_PER_PLATEAU):
     """Knee crops of a synthetic OAI-format cohort at the ground-truth landmarks.
 
     ``crop_mm`` fixes the crop side for every knee; ``None`` (default) frames each knee
@@ -201,7 +202,7 @@ def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_
                          backbone: str = "efficientnet_lite0", imagenet: bool = True, max_epochs: int = 4,
                          internal_fraction: float = 0.15, batch_size: int = 32, n_synthetic_subjects=None,
                          n_boot: int = 1000, seed: int = 0, threads: int = 1, crops=None,
-                         progress: bool = False, width_per_plateau: float = 1.15) -> dict:
+                         progress: bool = False, width_per_plateau: float = CHEN_WIDTH_PER_PLATEAU) -> dict:
     """KL grader trained and selected on synthetic crops only, tested once on the real ``val`` crops.
 
     Parameters
