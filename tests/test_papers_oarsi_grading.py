@@ -212,3 +212,19 @@ def test_tables_and_curves_warn_about_nothing_on_small_samples():
         warnings.simplefilter("error")
         grading_evaluation.table3(prepared, _perfect_probabilities(predicted), n_boot=30)
         grading_evaluation.binary_curves(prepared, _perfect_probabilities(predicted), n_boot=30)
+
+
+def test_best_runs_keep_only_backbones_close_to_the_best_out_of_fold_kappa():
+    from types import SimpleNamespace
+
+    def long(kappas):
+        return pd.DataFrame([{"model": m, "task": t, "metric": "quadratic_kappa", "estimate": k}
+                             for m, k in kappas.items() for t in ("kl", "jsn_medial")])
+
+    good, weak, failed = (SimpleNamespace(name=n) for n in ("good", "weak", "failed"))
+    runs = [failed, weak, good]
+    assert grading.best_runs(long({"good": 0.70, "weak": 0.65, "failed": 0.05}), runs) == [good, weak]
+    assert grading.best_runs(long({"good": 0.70, "failed": 0.05}), runs) == [good]
+    assert grading.best_runs(long({"good": 0.70, "failed": 0.05}), runs, max_kappa_gap=1.0) == [good, failed]
+    with pytest.raises(ValueError, match="max_kappa_gap"):
+        grading.best_runs(long({"good": 0.7}), runs, max_kappa_gap=-0.1)

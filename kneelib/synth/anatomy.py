@@ -72,7 +72,7 @@ L = TISSUE_LABELS
 #: Relative standard deviation of the per-knee width (x) and depth (y) scaling of the template.
 SHAPE_ASPECT_SD = 0.03
 #: Size grades -> osteophyte length (mm) beyond the articular margin (OARSI atlas grades 1-3).
-OSTEOPHYTE_LENGTH_MM = {0: 0.0, 1: 2.5, 2: 5.0, 3: 8.0}
+OSTEOPHYTE_LENGTH_MM = {0: 0.0, 1: 3.5, 2: 6.0, 3: 9.0}
 #: BML size grade -> radius (mm) of the edema-like region (MOAKS grades: <10%, 10-33%, >33%).
 BML_RADIUS_MM = {1: 4.0, 2: 7.0, 3: 10.5}
 
@@ -608,10 +608,10 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
         # condyle toward the joint line, tibial lips obliquely outward and up (a horizontal
         # lip projects as a shelf on the radiograph, which real marginal osteophytes are not)
         if site[0] == "F":
-            a, b = (mx - side_sign * 4.0, my, mz + 2.0), (mx + side_sign * 0.6 * length, my, mz - 4.0 - 0.6 * length)
+            a, b = (mx - side_sign * 4.0, my, mz + 2.0), (mx + side_sign * 0.8 * length, my, mz - 3.0 - 0.5 * length)
             which = "f"
         else:
-            a, b = (mx - side_sign * 4.0, my, mz - 3.0), (mx + side_sign * 0.6 * length, my, mz + 1.0 + 0.6 * length)
+            a, b = (mx - side_sign * 4.0, my, mz - 3.0), (mx + side_sign * 0.8 * length, my, mz + 0.5 + 0.5 * length)
             which = "t"
         base_radius = 2.2 + 0.6 * grade
         ridge = 2.0 + 0.5 * grade  # the lip runs along the margin (antero-posterior)
@@ -709,10 +709,12 @@ def build_knee(spec: KneeSpec, voxel_mm: float = DEFAULT_VOXEL_MM) -> KneeModel:
     for lo, hi, fn, extra in (
             ((-42, 28, -48), (46, 96, 56), lambda x, y, z: _sd_ellipsoid(x, y, z, (2.0, 62.0, 4.0), (44.0, 34.0, 52.0)), None),
             ((-22, -84, -26), (22, -32, 54), lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, -58.0, 14.0), (22.0, 26.0, 40.0)), None),
-            ((-80, -40, -22), (80, 40, 22), lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, 0.0, 0.0), (80.0, 40.0, 22.0)), "side")):
+            # medial and lateral peri-articular fat: lenses beside the joint, thin front to
+            # back and tall, so their projected thickness fades over centimetres (a tall,
+            # deep block cut at fixed heights drew sharp horizontal bands on the radiograph)
+            ((-90, -26, -42), (-34, 26, 42), lambda x, y, z: _sd_ellipsoid(x, y, z, (-64.0, 0.0, 0.0), (30.0, 24.0, 40.0)), None),
+            ((34, -26, -42), (90, 26, 42), lambda x, y, z: _sd_ellipsoid(x, y, z, (64.0, 0.0, 0.0), (30.0, 24.0, 40.0)), None)):
         block, mask = shape_mask(fn, lo, hi)
-        if extra == "side":
-            mask &= np.abs(frame.coords(block, which=("x",))[0]) > 34.0
         paint(block, mask & (depth_from_skin[block] >= 1.6), L["subcutaneous_fat"])
     block, mask = shape_mask(lambda x, y, z: _sd_ellipsoid(x, y, z, (0.0, -4.0, 12.0), (16.0, 32.0, 18.0)),
                              (-16, -36, -6), (16, 28, 30))

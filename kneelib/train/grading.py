@@ -176,10 +176,21 @@ def cross_validate_backbone(prepared, folds: np.ndarray, backbone: str, schedule
                        time.perf_counter() - start)
 
 
-def best_runs(long_table2: pd.DataFrame, runs: list, n_best: int = 2) -> list:
-    """The ``n_best`` backbones by mean out-of-fold kappa over heads (paper: the two best)."""
+def best_runs(long_table2: pd.DataFrame, runs: list, n_best: int = 2, max_kappa_gap: float = 0.1) -> list:
+    """The ``n_best`` backbones by mean out-of-fold kappa over heads (paper: the two best).
+
+    The paper ensembles the two best of many trained backbones (*Training strategy*), so
+    both members grade about equally well. With only two candidates, "the two best" would
+    take a backbone that failed to learn too, and averaging its near-uniform softmax with
+    the good one's pulls every head toward the majority grade. A candidate joins only if
+    its mean out-of-fold kappa is within ``max_kappa_gap`` of the best one's. The rule
+    reads out-of-fold kappas only; the test cohort never enters it.
+    """
+    if max_kappa_gap < 0:
+        raise ValueError(f"max_kappa_gap must be >= 0, got {max_kappa_gap}")
     kappa = long_table2[long_table2["metric"] == "quadratic_kappa"].groupby("model")["estimate"].mean()
-    order = kappa.sort_values(ascending=False).index[:n_best]
+    kappa = kappa.sort_values(ascending=False)
+    order = [name for name in kappa.index[:n_best] if kappa[name] >= kappa.iloc[0] - max_kappa_gap]
     return [run for name in order for run in runs if run.name == name]
 
 
