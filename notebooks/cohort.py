@@ -300,13 +300,14 @@ for name, value in cohort.realism_numbers(realism_result).items():
 # Every expected series of every participant is loaded through
 # `kneelib.data.iter_series_volumes`: what does not load is excluded and recorded with its
 # reason, and loading carries on. The inventory shows what loaded; the QC table what did
-# not; the last table puts each artefact the generator planted next to what the QC caught.
+# not (each reason up to its first clause); the last table puts each artefact the generator
+# planted next to what the QC caught.
 
 # %%
 qc_table, series_inventory = cohort.load_every_series(cohort_root, n_participants=qc_n_subjects,
                                                       progress=False)
 display(series_inventory)
-display(qc_table if len(qc_table) else Markdown("No series was excluded."))
+display(cohort.qc_display_table(qc_table) if len(qc_table) else Markdown("No series was excluded."))
 loaded_ids = sorted(knees["ID"].unique())[:qc_n_subjects]
 cohort.planted_artefacts_vs_qc(cohort_root, qc_table, participants=loaded_ids)
 

@@ -94,6 +94,23 @@ def test_qc_paths_are_relative_to_the_cohort_root(tmp_path):
     assert str(tmp_path) not in shown.loc[0, "reason"] and "<cohort>/1.C.2/x" in shown.loc[0, "reason"]
 
 
+def test_qc_display_table_keeps_each_reason_to_its_first_clause():
+    positions = ", ".join(f"{50 + 1.75 * i:.3f}" for i in range(62))
+    table = pd.DataFrame({
+        "series": ["SAG_3D_DESS_RIGHT", "SAG_IW_TSE_LEFT", "COR_IW_TSE_LEFT"],
+        "reason": [f"uneven slice spacing in <cohort>/0.C.2/9000011/x: gap of 5.250 mm; slice positions: [{positions}]",
+                   "series missing from the image index",
+                   "word " * 60],
+        "path": ["<cohort>/0.C.2/9000011/x", "", ""]})
+    shown = qc.qc_display_table(table, max_reason_chars=80)
+    assert "path" not in shown.columns and "path" in table.columns
+    assert shown.loc[0, "reason"] == "uneven slice spacing in <cohort>/0.C.2/9000011/x: gap of 5.250 mm ..."
+    assert shown.loc[1, "reason"] == "series missing from the image index"
+    assert len(shown.loc[2, "reason"]) <= 84 and shown.loc[2, "reason"].endswith("word ...")
+    with pytest.raises(ValueError, match="max_reason_chars"):
+        qc.qc_display_table(table, max_reason_chars=5)
+
+
 def test_cohort_location_hides_the_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("KNEELIB_CACHE", str(tmp_path))
     assert cohort.cohort_location(tmp_path / "synthetic" / "oai_smoke_seed0") == "$KNEELIB_CACHE/synthetic/oai_smoke_seed0"

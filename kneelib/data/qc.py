@@ -19,7 +19,7 @@ import pandas as pd
 from kneelib.data.oai_layout import SERIES_DESCRIPTIONS
 
 __all__ = ["RADIOGRAPH_DESCRIPTION", "expected_mr_descriptions", "load_every_series", "planted_artefacts_vs_qc",
-           "relative_to_root"]
+           "relative_to_root", "qc_display_table"]
 
 #: Description of the bilateral radiograph in the OAI image index.
 RADIOGRAPH_DESCRIPTION = SERIES_DESCRIPTIONS["xr_pa_knee"]
@@ -55,6 +55,32 @@ def relative_to_root(table: pd.DataFrame, root: str | Path, columns=("path", "re
         for prefix in prefixes:
             values = values.str.replace(prefix, placeholder, regex=False)
         table[column] = values
+    return table
+
+
+def qc_display_table(qc: pd.DataFrame, max_reason_chars: int = 110) -> pd.DataFrame:
+    """The QC table as a page shows it: one short reason per excluded series.
+
+    A reason names its file and then the evidence (e.g. every slice position of a series
+    with a gap); on a page that makes rows of many lines. The display keeps the reason up to
+    its first ``"; "`` clause border, cut at a word border to at most ``max_reason_chars``
+    characters (``" ..."`` marks a cut), and drops the ``path`` column, which the reason
+    already names. The full table stays what :func:`load_every_series` returns.
+    """
+    if max_reason_chars < 20:
+        raise ValueError(f"max_reason_chars must be at least 20, got {max_reason_chars}")
+
+    def shorten(reason: str) -> str:
+        head = reason.split("; ", 1)[0]
+        cut = len(head) < len(reason)
+        if len(head) > max_reason_chars:
+            head = head[:max_reason_chars].rsplit(" ", 1)[0]
+            cut = True
+        return head + (" ..." if cut else "")
+
+    table = qc.drop(columns=[c for c in ("path",) if c in qc.columns]).copy()
+    if "reason" in table.columns:
+        table["reason"] = table["reason"].astype(str).map(shorten)
     return table
 
 

@@ -43,7 +43,7 @@ from kneelib.data.inventory import (  # noqa: F401  (the notebook calls these th
     resolve_root,
     sample_kl_images,
 )
-from kneelib.data.qc import load_every_series
+from kneelib.data.qc import load_every_series, qc_display_table
 from kneelib.figures.causal_dag import plot_causal_dag
 from kneelib.figures.cohort_distributions import plot_kl_distribution, plot_label_prevalences, plot_thickness_by_pain
 from kneelib.figures.mri_sequences import (
@@ -67,7 +67,7 @@ __all__ = [
     "sample_kl_images", "load_deep_pain_tables", "deep_pain_summary", "deep_pain_model_selection",
     "published", "synthetic_cohort", "cohort_location", "CLINICAL_VARIABLES", "cohort_knee_table",
     "causal_model_knee_table", "effect_sizes_by_block", "demographics_table", "label_prevalences_by_source",
-    "prevalence_table", "published_prevalence_percent", "load_every_series", "planted_artefacts_vs_qc",
+    "prevalence_table", "published_prevalence_percent", "load_every_series", "qc_display_table", "planted_artefacts_vs_qc",
     "choose_showcase_participant", "synthetic_knee_crops", "cohort_comparisons", "headline_numbers",
     "plot_causal_dag", "plot_kl_montage", "plot_dess_and_t1rho", "plot_thickness_by_pain", "plot_sequence_gallery",
     "plot_msme_echoes", "plot_radiograph_truth", "plot_radiograph_crops",
