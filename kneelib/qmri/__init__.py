@@ -4,9 +4,9 @@
   voxel at once (vectorised Levenberg-Marquardt) and deep/superficial/total cartilage T2.
 - :mod:`kneelib.qmri.thickness`: cartilage thickness per sagittal slice (skeleton + distance
   transform, doubled) and an independent 3-D thickness along bone-surface normals.
-- (planned) ``kneelib.qmri.surface``: bone/cartilage meshes and the projection onto the bone
-  surface; a first version is in the history (commit dc55844), kept out of the tree until a
-  crash of its KD-tree query inside the full test suite is understood.
+- :mod:`kneelib.qmri.surface`: bone/cartilage meshes (marching cubes, outward normals), the
+  shaft crop, bone shape, and the projection of cartilage thickness and per-voxel maps onto the
+  bone surface in a 0.729 mm cylinder along each normal (a voxel lookup, no KD-tree).
 - :mod:`kneelib.qmri.spherical`: 224 x 224 spherical maps of per-vertex values and the inverse
   map from a 2-D map (e.g. a Grad-CAM) back onto the surface vertices.
 
