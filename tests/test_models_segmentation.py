@@ -68,3 +68,17 @@ def test_construction_is_seeded():
     b = build_segmentation_network("bone")
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
+
+
+def test_weights_are_xavier_uniform_with_zero_biases():
+    torch.manual_seed(0)
+    model = build_segmentation_network("bone", "unet")
+    convolutions = [m for m in model.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    assert convolutions
+    for conv in convolutions:
+        fan_in, fan_out = torch.nn.init._calculate_fan_in_and_fan_out(conv.weight)
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        assert conv.weight.abs().max() <= bound + 1e-6
+        assert conv.weight.abs().max() > 0.8 * bound  # uniform over the whole range, not a narrower init
+        if conv.bias is not None:
+            assert torch.count_nonzero(conv.bias) == 0

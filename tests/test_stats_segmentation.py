@@ -41,6 +41,16 @@ def test_mpts_of_concentric_spheres_is_the_radius_difference():
     assert np.isnan(mean_point_to_surface_distance(sphere(5), np.zeros((24, 24, 24), bool)))
 
 
+def test_mpts_is_symmetric_over_both_surfaces():
+    truth = np.zeros((1, 1, 6), bool)
+    truth[0, 0, 0] = True
+    prediction = truth.copy()
+    prediction[0, 0, 4] = True   # a stray voxel 4 mm away
+    # prediction -> truth: 0 and 4 mm; truth -> prediction: 0 mm; mean over the three points
+    assert mean_point_to_surface_distance(prediction, truth) == pytest.approx(4 / 3)
+    assert mean_point_to_surface_distance(truth, prediction) == pytest.approx(4 / 3)
+
+
 def test_metrics_per_structure_and_volumes():
     truth = sphere(8).astype(np.uint8) + sphere(4).astype(np.uint8)   # 1 outer shell, 2 core
     prediction = truth.copy()

@@ -152,6 +152,31 @@ def test_training_is_deterministic_with_a_seed_and_validates():
     assert runs[0].best_step == int(valid.loc[valid["valid_loss"].idxmin(), "step"])
 
 
+def test_early_stopping_restores_the_best_validation_weights(monkeypatch):
+    import kneelib.train.segmentation as training
+
+    scripted = iter([0.5, 0.3, 0.4, 0.6, 0.1])
+    states = {}
+
+    def fake_validation(model, loss_fn, images, labels, weights, config):
+        value = next(scripted)
+        states[value] = {k: v.clone() for k, v in model.state_dict().items()}
+        return value
+
+    monkeypatch.setattr(training, "_validation_loss", fake_validation)
+    image, labels = two_spheres(0, n=16)
+    config = SegmentationTrainConfig(loss="dice", n_steps=20, patch_size=(16, 16, 16), batch_size=1,
+                                     learning_rate=1e-2, validate_every=2, patience=2)
+    torch.manual_seed(0)
+    model = build_segmentation_network("bone", "unet", unet=UNetSettings(channels=(4, 8), strides=(2,)))
+    result = train_segmentation(model, [image], [labels], (1, 1, 1), config, valid_images=[image],
+                                valid_labels=[labels], show_progress=False)
+    assert result.best_step == 4
+    assert len(result.history) == 8          # 0.4 and 0.6 did not improve on 0.3: stop at step 8
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, states[0.3][key]), key
+
+
 def test_training_refuses_bad_input():
     image, labels = two_spheres(0, n=16)
     model = build_segmentation_network("bone", "unet")

@@ -19,8 +19,9 @@ CPU budget (the chapter's ``default``): volumes resampled to ~1.5-2 mm
 (:func:`resample_to_spacing`, about 64^3 voxels for a knee field of view), patches of
 32^3-48^3 voxels, batch 2, the small UNet of
 :data:`kneelib.models.segmentation.SMALL_UNET` (~0.15 M parameters): one step of a
-batch of two 48^3 patches takes ~0.3-0.5 s on one core, so two members of ~200 steps
-each train in a few minutes on two cores. ``paper``: MONAI's V-Net (45.6 M parameters)
+batch of two patches took 0.15 s (32^3) and 0.32 s (48^3) on one loaded core, so two
+members of 200-300 steps each train in about 2-3 minutes; inference of a 64^3 volume
+takes ~0.5 s per member (whole volume) or ~1.2 s per member (48^3 sliding windows). ``paper``: MONAI's V-Net (45.6 M parameters)
 at the full DESS grid, on a GPU.
 
 Axis convention: volumes are ``(slices, rows, columns)`` as
