@@ -5,6 +5,10 @@ compare the mean value of two different groups, and Fisher's exact test was used
 examine the non-random association between two groups of categorical variables."
 Table 1b-d compares subjects with left and right knee pain: percent female (Fisher),
 age and BMI (mean +/- SD, t-test).
+
+Paper 001, Table 4: independence of the demographics across the training, validation and
+test splits, Pearson's chi-square for sex (:func:`pearson_chi_square_test`) and a one-way
+MANOVA of age and BMI (:func:`one_way_manova`); :func:`split_independence` gives both.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["unpaired_t_test", "fisher_exact_test", "table1_by_group"]
+__all__ = ["unpaired_t_test", "fisher_exact_test", "table1_by_group", "pearson_chi_square_test",
+           "one_way_manova", "split_independence"]
 
 
 def _two_groups(values, groups, name: str):
@@ -117,3 +122,83 @@ def table1_by_group(cohort: pd.DataFrame, group: str, continuous: Sequence[str] 
     table = pd.DataFrame(rows, columns=["Parameter", *headers, "p-value"]).set_index("Parameter")
     table.attrs["values"] = raw
     return table
+
+
+# --------------------------------------------------------------------------- paper 001, Table 4
+def pearson_chi_square_test(categories, groups, name: str = "categories") -> tuple[float, float, int]:
+    """Pearson's chi-square test of independence of a categorical variable across groups.
+
+    Paper 001, Methods "Chronic pain model training" / Table 4: "The independence of sex was
+    tested with a Pearson's chi-squared test" across the training, validation and test splits
+    (any number of groups). No continuity correction (Pearson's statistic as printed).
+    Rows with a missing category or group are dropped.
+
+    Returns
+    -------
+    statistic : float
+    p_value : float
+        NaN when the table has a single row or column (nothing varies).
+    dof : int
+
+    Raises
+    ------
+    ValueError
+        Lengths differ, or no row is left.
+    """
+    categories, groups = pd.Series(np.asarray(categories)), pd.Series(np.asarray(groups))
+    if len(categories) != len(groups):
+        raise ValueError(f"{name}: {len(categories)} values but {len(groups)} group labels")
+    keep = categories.notna() & groups.notna()
+    if not keep.any():
+        raise ValueError(f"{name}: no row with both a value and a group")
+    table = pd.crosstab(groups[keep].rename("group"), categories[keep].rename(name))
+    if min(table.shape) < 2:
+        return float("nan"), float("nan"), 0
+    result = stats.chi2_contingency(table.to_numpy(), correction=False)
+    return float(result.statistic), float(result.pvalue), int(result.dof)
+
+
+def one_way_manova(frame: pd.DataFrame, outcomes: Sequence[str], group: str) -> tuple[float, float]:
+    """One-way MANOVA of several continuous outcomes across groups (statsmodels), Wilks' lambda.
+
+    Paper 001, Table 4: "a one-way Multivariate Analysis of Variance (MANOVA) for the joint
+    effect of age and BMI" across the splits. Rows missing an outcome or the group are dropped.
+
+    Returns
+    -------
+    wilks_lambda : float
+    p_value : float
+        The F approximation of Wilks' lambda (statsmodels ``MANOVA.mv_test``).
+
+    Raises
+    ------
+    ValueError
+        A column is missing, fewer than two groups, or too few rows for the test.
+    """
+    from statsmodels.multivariate.manova import MANOVA
+
+    missing = [c for c in [*outcomes, group] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"MANOVA: frame has no column(s) {missing}")
+    data = frame[[*outcomes, group]].dropna().copy()
+    data.columns = [f"y{i}" for i in range(len(outcomes))] + ["group"]
+    data["group"] = data["group"].astype(str)
+    n_groups = data["group"].nunique()
+    if n_groups < 2 or len(data) <= n_groups + len(outcomes):
+        raise ValueError(f"MANOVA of {list(outcomes)} by {group!r}: {len(data)} complete rows in {n_groups} "
+                         "groups is too few")
+    formula = " + ".join(data.columns[:-1]) + " ~ C(group)"
+    test = MANOVA.from_formula(formula, data=data).mv_test()
+    row = test.results["C(group)"]["stat"].loc["Wilks' lambda"]
+    return float(row["Value"]), float(row["Pr > F"])
+
+
+def split_independence(frame: pd.DataFrame, split: str = "split", sex: str = "sex",
+                       continuous: Sequence[str] = ("age", "bmi")) -> dict[str, float]:
+    """Table 4 of paper 001: chi-square p for sex and one-way MANOVA p for age and BMI across splits.
+
+    ``frame`` holds one row per image volume (time point), as the paper's table counts volumes.
+    """
+    _, p_sex, _ = pearson_chi_square_test(frame[sex].to_numpy(), frame[split].to_numpy(), sex)
+    _, p_manova = one_way_manova(frame, continuous, split)
+    return {"chi_square_sex_p": p_sex, "manova_age_bmi_p": p_manova}
