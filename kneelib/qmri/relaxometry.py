@@ -127,13 +127,14 @@ def log_linear_t2(signal, echo_times_ms) -> tuple[np.ndarray, np.ndarray]:
     positive = y > 0
     w = np.where(positive, y * y, 0.0)
     log_y = np.log(np.where(positive, y, 1.0))
-    sw = w.sum(-1)
+    # weighted sums over the echoes as matrix products (BLAS), centred by the usual identities
+    w_log_y = w * log_y
+    sw = w @ np.ones_like(te)
     sw_safe = np.where(sw > 0, sw, 1.0)
-    t_mean = (w * te).sum(-1) / sw_safe
-    l_mean = (w * log_y).sum(-1) / sw_safe
-    dt = te - t_mean[..., None]
-    sxx = (w * dt * dt).sum(-1)
-    sxy = (w * dt * (log_y - l_mean[..., None])).sum(-1)
+    t_mean = (w @ te) / sw_safe
+    l_mean = (w_log_y @ np.ones_like(te)) / sw_safe
+    sxx = np.maximum(w @ (te * te) - sw * t_mean * t_mean, 0.0)
+    sxy = w_log_y @ te - sw * t_mean * l_mean
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where(sxx > 0, sxy / sxx, 0.0)
         t2 = np.where(slope < 0, -1.0 / slope, np.inf)
@@ -176,7 +177,8 @@ def _decay_function(te: np.ndarray):
 def _linear_amplitudes(signal: np.ndarray, decay: np.ndarray, signal_sum: np.ndarray):
     """Least-squares ``S0`` and ``C`` for given decays (E, m): the 2 x 2 normal equations in closed form."""
     n_echoes = signal.shape[0]
-    se, see, sey = decay.sum(0), (decay * decay).sum(0), (decay * signal).sum(0)
+    ones = np.ones(n_echoes)
+    se, see, sey = ones @ decay, ones @ (decay * decay), ones @ (decay * signal)
     det = n_echoes * see - se * se
     det = np.where(det > 0, det, np.inf)
     return (n_echoes * sey - se * signal_sum) / det, (see * signal_sum - se * sey) / det
@@ -186,25 +188,27 @@ def _levenberg_marquardt(y: np.ndarray, te: np.ndarray, p: np.ndarray, max_itera
                          ftol: float, xtol: float, rate_floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched LM on ``y`` (n, E) from ``p`` (n, 3) = (S0, R2, C); returns p, cost, converged, iterations.
 
-    Per voxel and iteration: Jacobian columns ``e = exp(-R2 TE)``, ``-S0 TE e`` and ``1``; the
-    damped normal equations ``(J'J + lambda diag(J'J)) step = J'r`` (3 x 3, symmetric, Marquardt's
-    scaling) solved by Cramer's rule. The R2 component of the step is taken and ``S0``, ``C`` are
-    then set to their exact least-squares values for the new R2 (2 x 2 closed form; variable
-    projection of the two linear parameters). This crosses the long, curved S0-C valley of
-    slowly decaying voxels in a few steps instead of hundreds, and the minimum is the same
-    as the plain three-parameter LM's (there the linear parameters are optimal for the rate). The
-    step is accepted when it lowers the sum of squares and keeps ``R2 > 0`` (then
-    ``lambda /= 10``), else rejected (``lambda *= 10``). A voxel stops when an accepted step lowers
-    the cost by at most ``ftol`` relatively, a step is at most ``xtol`` relative to the parameters,
-    or ``lambda`` exceeds 1e16 (no step lowers the cost: a minimum to machine precision), all
-    counted as converged; or, not converged, when R2 falls below ``rate_floor`` (T2 runs off to
-    infinity: the echoes are fitted better by a line than by any decay). Arrays are laid out
-    echoes x voxels so every sum over echoes is a row sum, and finished voxels leave the
-    working set; an iteration is a few dozen vectorised operations.
+    Levenberg-Marquardt on the rate ``R2 = 1/T2`` alone, with ``S0`` and ``C`` eliminated by
+    variable projection (Golub & Pereyra 1973; Kaufman's Jacobian): for a given R2 they are
+    the exact least-squares amplitudes (2 x 2 closed form), so the residual ``r`` is
+    orthogonal to the columns ``e = exp(-R2 TE)`` and ``1``, and the Jacobian of the
+    projected residual is ``v_perp``, ``v = S0 TE e`` minus its projection onto those
+    columns. The damped Gauss-Newton step is ``-(v_perp.r) / (|v_perp|^2 (1 + lambda))``
+    (``v_perp.r = v.r`` once ``r`` is orthogonal), then S0 and C are re-solved for the new
+    rate. The minimum is the plain three-parameter LM's (there the linear
+    parameters are optimal for the rate); the one nonlinear parameter crosses the long,
+    curved S0-C valley of slowly decaying voxels in a few steps. The step is accepted when
+    it lowers the sum of squares and keeps ``R2 > 0`` (then ``lambda /= 10``), else rejected
+    (``lambda *= 10``). A voxel stops when an accepted step lowers the cost by at most
+    ``ftol`` relatively, a step is at most ``xtol`` relative to the parameters, or
+    ``lambda`` exceeds 1e16 (no step lowers the cost: a minimum to machine precision), all
+    counted as converged; or, not converged, when R2 falls below ``rate_floor`` (T2 runs off
+    to infinity: the echoes are fitted better by a line than by any decay). Arrays are laid
+    out echoes x voxels; every sum over echoes is a product with the rows ``(1, TE, TE^2)``
+    (BLAS), and finished voxels leave the working set.
     """
     n, n_echoes = y.shape
     decay_of = _decay_function(te)
-    te_column = te[:, None]
     signal = np.ascontiguousarray(y.T)  # (E, m)
     s0, rate, offset = p[:, 0].copy(), p[:, 1].copy(), p[:, 2].copy()
     lam = np.full(n, _LAMBDA_START)
@@ -216,35 +220,30 @@ def _levenberg_marquardt(y: np.ndarray, te: np.ndarray, p: np.ndarray, max_itera
     cost = (residual * residual).sum(0)
     signal_sum = signal.sum(0)
     active = np.arange(n)
+    # sums over echoes as products with the rows (1, TE, TE^2): BLAS matrix products instead of
+    # an (E, m) temporary and a reduction per sum
+    powers = np.stack([np.ones_like(te), te, te * te])
     for _ in range(max_iterations):
-        te_decay = te_column * decay
-        # J'J (symmetric) and J'r
-        a00 = (decay * decay).sum(0)
-        a01 = -s0 * (te_decay * decay).sum(0)
-        a02 = decay.sum(0)
-        a11 = s0 * s0 * (te_decay * te_decay).sum(0)
-        a12 = -s0 * te_decay.sum(0)
-        a22 = float(n_echoes)
-        g0 = (decay * residual).sum(0)
-        g1 = -s0 * (te_decay * residual).sum(0)
-        g2 = residual.sum(0)
-        # Marquardt damping of the diagonal, then Cramer's rule
-        d0 = a00 + lam * np.maximum(a00, 1e-12)
-        d1 = a11 + lam * np.maximum(a11, 1e-12)
-        d2 = a22 * (1.0 + lam)
-        c00 = d1 * d2 - a12 * a12
-        c01 = a02 * a12 - a01 * d2
-        c02 = a01 * a12 - a02 * d1
-        c11 = d0 * d2 - a02 * a02
-        c12 = a01 * a02 - d0 * a12
-        det = d0 * c00 + a01 * c01 + a02 * c02
-        det = np.where(det > 0, det, np.inf)  # damped J'J is positive definite; else no step
-        step1 = (c01 * g0 + c11 * g1 + c12 * g2) / det
+        sum_dd = powers @ (decay * decay)          # sum e^2, sum TE e^2, sum TE^2 e^2
+        sum_d = powers[:2] @ decay                 # sum e, sum TE e
+        sum_dr = powers[:2] @ (decay * residual)   # sum e r, sum TE e r
+        sum_r = powers[0] @ residual
+        # projection of v = S0 TE e onto span{e, 1}: 2 x 2 normal equations in closed form
+        see, se = sum_dd[0], sum_d[0]
+        v_dot_e, v_dot_1 = s0 * sum_dd[1], s0 * sum_d[1]
+        det = n_echoes * see - se * se
+        det = np.where(det > 0, det, np.inf)
+        alpha = (n_echoes * v_dot_e - se * v_dot_1) / det
+        beta = (see * v_dot_1 - se * v_dot_e) / det
+        v_perp_sq = np.maximum(s0 * s0 * sum_dd[2] - (alpha * v_dot_e + beta * v_dot_1), 1e-300)
+        # v_perp . r (= v . r once S0 and C are the least-squares amplitudes, as after every step)
+        v_perp_dot_r = s0 * sum_dr[1] - alpha * sum_dr[0] - beta * sum_r
+        step1 = -v_perp_dot_r / (v_perp_sq * (1.0 + lam))
         trial_rate = rate + step1
         trial_decay = decay_of(trial_rate)
         trial_s0, trial_offset = _linear_amplitudes(signal, trial_decay, signal_sum)
         trial_residual = signal - trial_s0 * trial_decay - trial_offset
-        trial_cost = (trial_residual * trial_residual).sum(0)
+        trial_cost = powers[0] @ (trial_residual * trial_residual)
         accepted = (trial_cost < cost) & (trial_rate > 0)  # NaN compares False
         step_sq = (trial_s0 - s0) ** 2 + step1 * step1 + (trial_offset - offset) ** 2
         small_step = step_sq <= (xtol * (np.sqrt(s0 * s0 + rate * rate + offset * offset) + xtol)) ** 2
@@ -253,8 +252,8 @@ def _levenberg_marquardt(y: np.ndarray, te: np.ndarray, p: np.ndarray, max_itera
         rate = np.where(accepted, trial_rate, rate)
         offset = np.where(accepted, trial_offset, offset)
         cost = np.where(accepted, trial_cost, cost)
-        decay = np.where(accepted, trial_decay, decay)
-        residual = np.where(accepted, trial_residual, residual)
+        np.copyto(decay, trial_decay, where=accepted)
+        np.copyto(residual, trial_residual, where=accepted)
         lam = np.where(accepted, np.maximum(lam * 0.1, _LAMBDA_MIN), lam * 10.0)
         iterations[active] += 1
         settled = (accepted & (small_step | small_decrease)) | (~accepted & small_step) | (lam > _LAMBDA_MAX)
@@ -345,14 +344,15 @@ def fit_t2_monoexponential(
     out = {name: np.full(flat.shape[0], np.nan) for name in ("s0", "t2_ms", "offset", "residual_rms")}
     converged = np.zeros(flat.shape[0], dtype=bool)
     iterations = np.zeros(flat.shape[0], dtype=np.int64)
-    for start in range(0, index.size, max(int(chunk_voxels), 1)):
-        chunk = index[start:start + chunk_voxels]
+    batch = max(int(chunk_voxels), 1)
+
+    def fit_batch(chunk: np.ndarray) -> None:
         y = flat[chunk].astype(float)
         scale = y.max(1)
         usable = np.all(np.isfinite(y), axis=1) & (scale > 0)
         chunk, y, scale = chunk[usable], y[usable], scale[usable]
         if chunk.size == 0:
-            continue
+            return
         y = y / scale[:, None]
         with np.errstate(all="ignore"):
             p = _start_parameters(y, te, t2_low, t2_high)
@@ -367,6 +367,9 @@ def fit_t2_monoexponential(
         out["residual_rms"][chunk] = np.sqrt(cost / te.size) * scale
         converged[chunk] = ok
         iterations[chunk] = n_iter
+
+    for start in range(0, index.size, batch):
+        fit_batch(index[start:start + batch])
     return T2Fit(**{k: v.reshape(voxel_shape) for k, v in out.items()},
                  converged=converged.reshape(voxel_shape), iterations=iterations.reshape(voxel_shape))
 
