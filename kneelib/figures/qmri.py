@@ -218,8 +218,15 @@ def plot_bland_altman(pairs, summary, biomarker_labels: Mapping[str, str] | None
         ax.text(0.5, 0.5, "fewer than two knees per bone", ha="center", va="center")
         ax.axis("off")
         return fig
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.0), squeeze=False)
-    for ax, (biomarker, bone) in zip(axes[0], panels):
+    biomarkers = list(dict.fromkeys(b for b, _ in panels))
+    bones = list(dict.fromkeys(b for _, b in panels))
+    fig, axes = plt.subplots(len(biomarkers), len(bones), figsize=(3.2 * len(bones), 2.8 * len(biomarkers)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for biomarker, bone in panels:
+        ax = axes[biomarkers.index(biomarker), bones.index(bone)]
+        ax.set_visible(True)
         part = pairs[(pairs.bone == bone) & (pairs.biomarker == biomarker)]
         row = summary[(summary.bone == bone) & (summary.biomarker == biomarker)].iloc[0]
         mean = (part["spherical_mean"] + part["surface_mean"]) / 2
@@ -231,7 +238,8 @@ def plot_bland_altman(pairs, summary, biomarker_labels: Mapping[str, str] | None
         ax.set_title(f"{bone}, {labels.get(biomarker, biomarker)}", fontsize=9)
         ax.set_xlabel("mean of the two averages", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel("spherical - surface average", fontsize=8)
+    for row in axes:
+        row[0].set_ylabel("spherical - surface average", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -98,10 +98,10 @@ class SegmentationSettings:
     grid_mm: dict = field(default_factory=lambda: {"bone": 2.0, "cartilage": None})
     losses: tuple = ("mixed", "dice")
     architecture: str = "unet"
-    n_steps: int = 250
-    patch_size: tuple = (32, 32, 32)
+    n_steps: int = 300
+    patch_size: tuple = (48, 48, 48)
     batch_size: int = 2
-    learning_rate: dict = field(default_factory=lambda: {"bone": 5e-4, "cartilage": 1e-3})
+    learning_rate: dict = field(default_factory=lambda: {"bone": 3e-3, "cartilage": 3e-3})
     validate_every: int = 50
     patience: int = 4
     seed: int = 0
