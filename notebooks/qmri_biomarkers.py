@@ -367,6 +367,14 @@ print(f"whole chapter {minutes:.1f} min with {torch_threads} threads")
 #   `cartilage_learning_rate`; the supplement's at `paper`) to converge in that budget, and
 #   training uses random patches rather than whole volumes.
 # - **Splits.** Subjects at one time point; sizes from the parameters, not Table 4's.
+# - **QC rule.** Table S1 scores every test volume (as the supplement's test set); the 3-SD
+#   volume rule of "Patient inclusion" decides which segmentations go on to the biomarkers, and
+#   its reference is the ground-truth volumes of our training split (the paper's: its training
+#   segmentations).
+# - **Fig. S3 and the error tables** use the biomarkers of the ground-truth labels (every test
+#   knee has them); the segmented knees that pass QC are measured and checked the same way.
+# - **Reference values.** The real-data thickness and T1rho are set beside the descriptions of
+#   the public data sets (`SOURCE.md`), not beside numbers of paper 001.
 # - **Real data.** The networks never saw a real scan: on the real pyKNEEr DESS (another scanner,
 #   another contrast and resolution) the labels above show how far they transfer; the real
 #   thickness and spherical maps use the real pymskt segmentation instead, and the T1rho of
