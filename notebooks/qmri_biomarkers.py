@@ -291,12 +291,13 @@ display(t2_regions.round(1))
 # %%
 t1rho_folders = sorted((real_root / "pykneer_knee_mri" / "cubequant_T1rho").glob("TSL*"))
 t1rho, t1rho_spacing, spin_lock = study.read_volume_slices(t1rho_folders)
-t1rho_map = study.real_relaxation_map(t1rho, spin_lock, t_range_ms=(1.0, 400.0))
 cartilage_on_t1rho = study.femoral_cartilage_on_slab(real_labels["cartilage"], dess.shape, t1rho_folders[0],
                                                      real_root / "pykneer_knee_mri" / "DESS_echo1")
+slab = t1rho.shape[0] // 2
+t1rho_map = study.real_relaxation_map(t1rho, spin_lock, t_range_ms=(1.0, 400.0), shown_slices=[slab],
+                                      regions=cartilage_on_t1rho)
 t1rho_regions = study.roi_statistics(t1rho_map, {"femoral cartilage (model)": cartilage_on_t1rho})
 real["t1rho_femoral_ms"] = float(t1rho_regions["median ms"].iloc[0])
-slab = t1rho.shape[0] // 2
 fig = figures.plot_relaxation_map(t1rho[slab, ..., 0], t1rho_map[slab], {"femoral cartilage (model)": cartilage_on_t1rho[slab]},
                                   t1rho_spacing[1:], "Real cubequant (pyKNEEr): three-parameter T1rho fit", vmax=120,
                                   label="T1rho (ms)")

@@ -160,6 +160,11 @@ def test_real_relaxation_map_recovers_a_known_t2_phantom():
     signal = 1000 * np.exp(-te / t2[..., None]) + 20 + rng.normal(0, 2, t2.shape + (8,))
     fitted = study.real_relaxation_map(signal, te)
     assert np.isfinite(fitted).all() and np.median(np.abs(fitted - t2)) < 0.5 and np.max(np.abs(fitted - t2)) < 3.0
+    regions = np.zeros(t2.shape, bool)
+    regions[1, 0, 0] = True
+    partial = study.real_relaxation_map(signal, te, shown_slices=[0], regions=regions)
+    assert np.isfinite(partial[0]).all() and np.isfinite(partial[1]).sum() == 1
+    assert partial[0] == pytest.approx(fitted[0])
 
 
 def test_roi_statistics_and_mese_regions():

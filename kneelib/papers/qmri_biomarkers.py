@@ -450,12 +450,15 @@ def femoral_cartilage_on_slab(cartilage_labels: np.ndarray, dess_shape: Sequence
 
 
 def real_relaxation_map(signal: np.ndarray, times_ms: Sequence[float], mask: np.ndarray | None = None,
-                        t_range_ms: tuple[float, float] = (1.0, 300.0)) -> np.ndarray:
+                        t_range_ms: tuple[float, float] = (1.0, 300.0), shown_slices: Sequence[int] | None = None,
+                        regions: np.ndarray | None = None) -> np.ndarray:
     """Relaxation-time map (ms) of a real multi-echo (T2) or spin-lock (T1rho) series.
 
     The three-parameter mono-exponential of paper 001 (:func:`kneelib.qmri.relaxometry.fit_t2_monoexponential`)
     on every voxel of ``mask`` (default: voxels whose first echo exceeds 10% of its 99th percentile);
-    NaN elsewhere and where the fit did not converge.
+    NaN elsewhere and where the fit did not converge. ``shown_slices`` (indices along axis 0) and
+    ``regions`` (a boolean volume) restrict the fit to the slices a figure shows plus the voxels a
+    table reads, instead of the whole series.
     """
     from kneelib.qmri.relaxometry import fit_t2_monoexponential
 
@@ -463,6 +466,13 @@ def real_relaxation_map(signal: np.ndarray, times_ms: Sequence[float], mask: np.
     if mask is None:
         first = signal[..., 0]
         mask = first > 0.1 * np.percentile(first, 99)
+    if shown_slices is not None or regions is not None:
+        keep = np.zeros(mask.shape, bool)
+        if shown_slices is not None:
+            keep[list(shown_slices)] = True
+        if regions is not None:
+            keep |= np.asarray(regions, bool)
+        mask = mask & keep
     fit = fit_t2_monoexponential(signal, times_ms, mask=mask, t2_range_ms=t_range_ms)
     return np.where(mask & fit.converged, fit.t2_ms, np.nan).astype(np.float32)
 
