@@ -135,3 +135,22 @@ def test_bad_input_raises_typed_errors(sphere):
         spherical_map([np.nan, 0, 1, 2], [0, 0, 0, 0], [1, 2, 3, 4])
     with pytest.raises(QmriInputError, match="at least 4"):
         spherical_map(sphere["theta"], sphere["phi"], np.full(sphere["theta"].size, np.nan))
+
+
+def test_map_of_a_surface_met_twice_by_a_ray_stays_within_the_values():
+    """Two layers of vertices at nearly the same angles (a notch seen from the centroid) with
+    different values: the map averages them and never leaves the values' range."""
+    rng = np.random.default_rng(3)
+    n = 6000
+    theta = rng.uniform(-np.pi, np.pi, n)
+    phi = rng.uniform(-np.pi / 2, np.pi / 8, n)
+    values = np.where(np.arange(n) % 2 == 0, 20.0, 60.0) + rng.normal(0.0, 0.5, n)
+    theta2 = theta + rng.normal(0.0, 1e-4, n)  # near-duplicate angles, other layer's value
+    image = spherical_map(np.r_[theta, theta2], np.r_[phi, phi], np.r_[values, values[::-1]])
+    finite = image[np.isfinite(image)]
+    assert finite.size > 0.9 * image.size
+    assert finite.min() >= min(values.min(), values[::-1].min()) - 1e-9
+    assert finite.max() <= max(values.max(), values[::-1].max()) + 1e-9
+    assert abs(np.median(finite) - 40.0) < 5.0
+    with pytest.raises(QmriInputError, match="oversample"):
+        spherical_map(theta, phi, values, oversample=0)

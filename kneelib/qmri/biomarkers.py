@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 #: Bump when the output for the same input changes (part of the cache key).
-CODE_VERSION = "qmri-biomarkers-1"
+CODE_VERSION = "qmri-biomarkers-2"
 
 BONES: tuple[str, ...] = ("femur", "tibia", "patella")
 CARTILAGE_OF: dict[str, str] = {"femur": "femoral_cartilage", "tibia": "tibial_cartilage",

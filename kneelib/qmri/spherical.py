@@ -231,9 +231,31 @@ def _pad_angles(theta, phi, values, grid: SphericalGrid, margin_pixels: float):
     return theta[keep], phi[keep], values[keep]
 
 
+def _bin_means(theta, phi, values, grid: SphericalGrid, oversample: int):
+    """Mean angles and value of the points in each bin of ``1 / oversample`` grid pixel."""
+    if int(oversample) < 1:
+        raise QmriInputError(f"oversample must be a positive integer, got {oversample}", what="spherical map")
+    column = np.floor((theta - grid.theta_min) / grid.d_theta * oversample).astype(np.int64)
+    row = np.floor((grid.phi_max - phi) / grid.d_phi * oversample).astype(np.int64)
+    column -= column.min()
+    row -= row.min()
+    key = row * (int(column.max()) + 1) + column
+    unique, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    def mean(a):
+        return np.bincount(inverse, weights=a, minlength=unique.size) / counts
+    return mean(theta), mean(phi), mean(values)
+
+
 def spherical_map(theta, phi, values, grid: SphericalGrid = PAPER_GRID, *, method: str = "cubic",
-                  fill_value: float = np.nan, margin_pixels: float = 8.0, wrap: bool = True) -> np.ndarray:
+                  fill_value: float = np.nan, margin_pixels: float = 8.0, wrap: bool = True,
+                  oversample: int = 2) -> np.ndarray:
     """2-D spherical map of per-vertex values (paper 001, "Spherical transformation", Fig. 3b-d).
+
+    The valued vertices are first averaged in bins of ``1 / oversample`` pixel (angles and
+    values): a surface that a ray from the centre meets more than once puts vertices with
+    different values at almost the same (theta, phi), and the cubic interpolant through such
+    near-duplicates swings far beyond the data (a bone shape of -50 mm). The map is then
+    clipped to the range of the vertex values.
 
     Parameters
     ----------
@@ -254,6 +276,8 @@ def spherical_map(theta, phi, values, grid: SphericalGrid = PAPER_GRID, *, metho
     wrap : bool
         Copy vertices across the theta seam (for a 2 pi grid); False only to show what the
         seam looks like without it.
+    oversample : int
+        Bins per pixel along each axis for the averaging of near-duplicate vertices.
 
     Returns
     -------
@@ -274,8 +298,10 @@ def spherical_map(theta, phi, values, grid: SphericalGrid = PAPER_GRID, *, metho
         raise QmriInputError(f"{int(valued.sum())} vertices with a value in the map's range; needs at least 4",
                              what="spherical map")
     grid_theta, grid_phi = grid.angles()
-    image = griddata((theta[valued], phi[valued]), values[valued], (grid_theta, grid_phi), method=method,
-                     fill_value=np.nan)
+    bin_theta, bin_phi, bin_values = _bin_means(theta[valued], phi[valued], values[valued], grid, oversample)
+    image = griddata((bin_theta, bin_phi), bin_values, (grid_theta, grid_phi), method=method, fill_value=np.nan)
+    # the cubic interpolant overshoots next to steep changes; no pixel leaves the values' range
+    image = np.clip(image, values[valued].min(), values[valued].max())
     if not valued.all():
         # pixels whose nearest vertex has no value lie outside the valued region
         scale = np.array([1.0 / grid.d_theta, 1.0 / grid.d_phi])
