@@ -203,8 +203,9 @@ display(study.paper_table2())
 # ### The ensemble on the independent cohort (Table 3, Fig. 3, Fig. 4)
 #
 # The two best backbones by mean out-of-fold kappa, all fold snapshots each, softmax averaged.
-# A backbone joins only when its mean out-of-fold kappa is within 0.1 of the best one's, so
-# one that did not learn does not dilute the other (the rule reads out-of-fold kappas only).
+# A backbone joins only when its mean out-of-fold kappa is close to the best one's
+# (`max_kappa_gap` of `best_runs`), so one that did not learn does not dilute the other (the
+# rule reads out-of-fold kappas only).
 
 # %%
 ensemble = study.best_runs(cv_long, runs, n_best=2)
@@ -305,9 +306,9 @@ print(f"metrics saved to {metrics_file.name}; notebook wall time {wall_minutes:.
 #   transfer backbone is `efficientnet_lite0` (paper: SE-ResNet-50 and SE-ResNeXt50-32x4d from
 #   ImageNet); the second backbone is trained from scratch (`resnet18` at `default`, SE-ResNet-50
 #   in `paper`). The "two best" backbones of the ensemble are the two trained here; with only
-#   two candidates, one joins only within 0.1 of the best mean out-of-fold kappa. In an earlier
-#   `default` run the transfer backbone did not learn at 64 px (out-of-fold KL kappa 0.09)
-#   and, averaged in, pulled the lateral heads of the test cohort to one grade.
+#   two candidates, one joins only when its mean out-of-fold kappa is close to the best one's.
+#   In an earlier `default` run the transfer backbone did not learn at 64 px and, averaged in,
+#   pulled the lateral heads of the test cohort to one grade.
 # - **Compute.** CPU: `default` trains `max_epochs` epochs at `image_size` px
 #   ({glue:text}`pixel_mm:.1f` mm per pixel; paper: 0.45 mm) instead of 20 epochs at 300 px;
 #   each fold keeps its last epoch (no selection on the held-out fold). At that resolution small
