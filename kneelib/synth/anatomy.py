@@ -71,8 +71,11 @@ GRID_HALF_EXTENT_MM = (78.0, 82.0, 96.0)
 L = TISSUE_LABELS
 #: Relative standard deviation of the per-knee width (x) and depth (y) scaling of the template.
 SHAPE_ASPECT_SD = 0.03
-#: Size grades -> osteophyte length (mm) beyond the articular margin (OARSI atlas grades 1-3).
-OSTEOPHYTE_LENGTH_MM = {0: 0.0, 1: 3.5, 2: 6.0, 3: 9.0}
+#: Size grades -> osteophyte length (mm) beyond the articular margin (OARSI atlas grades 1-3),
+#: large enough that a grade-1 lip reaches about two pixels beyond the margin in the
+#: `default` grading crops (140 mm at 64 px, 2.2 mm per pixel); at 3.5 mm most grade-1
+#: osteophytes were graded 0 and KL 2 knees graded KL 0.
+OSTEOPHYTE_LENGTH_MM = {0: 0.0, 1: 4.5, 2: 6.5, 3: 9.5}
 #: BML size grade -> radius (mm) of the edema-like region (MOAKS grades: <10%, 10-33%, >33%).
 BML_RADIUS_MM = {1: 4.0, 2: 7.0, 3: 10.5}
 
