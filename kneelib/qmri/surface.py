@@ -46,6 +46,7 @@ from scipy import ndimage
 from skimage import measure
 
 from kneelib.qmri import QmriInputError
+from kneelib.qmri.thickness import _check_mask_and_spacing
 
 __all__ = [
     "PAPER_CYLINDER_RADIUS_MM",
@@ -62,16 +63,6 @@ __all__ = [
 
 #: Paper 001, "Bone surface projection": the cylinder radius, "double the in-plane pixel resolution".
 PAPER_CYLINDER_RADIUS_MM = 0.729
-
-
-def _check_mask(mask, spacing_mm, what: str) -> tuple[np.ndarray, np.ndarray]:
-    mask = np.asarray(mask)
-    if mask.ndim != 3:
-        raise QmriInputError(f"needs a 3-D mask, got shape {mask.shape}", what=what)
-    spacing = np.asarray(spacing_mm, dtype=float).reshape(-1)
-    if spacing.size != 3 or np.any(~np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise QmriInputError(f"spacing_mm needs 3 positive values (one per axis), got {spacing_mm}", what=what)
-    return mask.astype(bool), spacing
 
 
 def _check_mesh(mesh) -> tuple[np.ndarray, np.ndarray]:
@@ -150,7 +141,7 @@ def crop_shaft(bone_mask: np.ndarray, spacing_mm: Sequence[float], *, long_axis:
     QmriInputError
         Not 3-D, bad spacing or axes, empty mask.
     """
-    mask, spacing = _check_mask(bone_mask, spacing_mm, "shaft crop")
+    mask, spacing = _check_mask_and_spacing(bone_mask, spacing_mm, "shaft crop")
     if not (-3 <= long_axis < 3 and -3 <= mediolateral_axis < 3) or long_axis % 3 == mediolateral_axis % 3:
         raise QmriInputError(f"long_axis {long_axis} and mediolateral_axis {mediolateral_axis} must be two "
                              "different axes among 0, 1, 2",
@@ -190,7 +181,7 @@ def mask_centroid_mm(mask: np.ndarray, spacing_mm: Sequence[float]) -> np.ndarra
     QmriInputError
         Not 3-D, bad spacing, empty mask.
     """
-    mask, spacing = _check_mask(mask, spacing_mm, "centroid")
+    mask, spacing = _check_mask_and_spacing(mask, spacing_mm, "centroid")
     if not mask.any():
         raise QmriInputError("the mask is empty", what="centroid")
     return np.argwhere(mask).mean(axis=0) * spacing
@@ -227,7 +218,7 @@ def mesh_from_mask(mask: np.ndarray, spacing_mm: Sequence[float], *, smoothing_s
     QmriInputError
         Not 3-D, bad spacing, empty mask, bad step size.
     """
-    mask, spacing = _check_mask(mask, spacing_mm, "marching cubes")
+    mask, spacing = _check_mask_and_spacing(mask, spacing_mm, "marching cubes")
     if not mask.any():
         raise QmriInputError("the mask is empty", what="marching cubes")
     if int(step_size) < 1:
@@ -447,7 +438,7 @@ def project_cartilage_to_bone(mesh: SurfaceMesh, cartilage_mask: np.ndarray, spa
     QmriInputError
         Bad mask, spacing, radius, or a map/depth of another shape.
     """
-    cartilage, spacing = _check_mask(cartilage_mask, spacing_mm, "cartilage projection")
+    cartilage, spacing = _check_mask_and_spacing(cartilage_mask, spacing_mm, "cartilage projection")
     if not (np.isfinite(radius_mm) and radius_mm > 0 and np.isfinite(max_depth_mm) and max_depth_mm > 0):
         raise QmriInputError(f"radius_mm and max_depth_mm must be positive, got {radius_mm}, {max_depth_mm}",
                              what="cartilage projection")
@@ -543,7 +534,7 @@ def bone_surface_projection(bone_mask: np.ndarray, spacing_mm: Sequence[float], 
     -------
     BoneSurfaceProjection
     """
-    bone, spacing = _check_mask(bone_mask, spacing_mm, "bone surface projection")
+    bone, spacing = _check_mask_and_spacing(bone_mask, spacing_mm, "bone surface projection")
     if crop:
         bone = crop_shaft(bone, spacing, long_axis=long_axis, mediolateral_axis=mediolateral_axis,
                           joint_end=joint_end)
