@@ -114,6 +114,19 @@ def test_paper_schedules():
     assert [(p.n_epochs, p.lr, p.train_backbone) for p in phases] == \
         [(2, 1e-2, False), (1, 1e-3, True), (17, 1e-4, True)]
     assert [p.n_epochs for p in transfer_phases(1)] == [1]
+
+
+def test_transfer_schedule_decays_at_the_given_share_of_the_epochs():
+    phases = transfer_phases(8, head_epochs=1, lrs=(1e-2, 3e-3, 3e-4), decay_at=0.75)
+    assert [(p.n_epochs, p.lr, p.train_backbone) for p in phases] == \
+        [(1, 1e-2, False), (5, 3e-3, True), (2, 3e-4, True)]
+    assert sum(p.n_epochs for p in transfer_phases(3, head_epochs=1, decay_at=0.75)) == 3
+    assert [p.n_epochs for p in transfer_phases(4, head_epochs=0, decay_at=1.0)] == [4]
+    # decay_at=None is the paper's split, whatever the epoch count
+    assert [p.n_epochs for p in transfer_phases(8)] == [2, 1, 5]
+    for bad in (dict(decay_at=0.0), dict(decay_at=1.5), dict(head_epochs=-1), dict(lrs=(1e-2, 1e-3))):
+        with pytest.raises(ValueError):
+            transfer_phases(8, **bad)
     scratch = scratch_phases(20)
     assert [p.n_epochs for p in scratch] == [10, 5, 5]
     assert np.allclose([p.lr for p in scratch], [1e-4, 1e-5, 1e-6])

@@ -35,11 +35,11 @@ def set_determinism(seed: int, threads: int | None = None) -> None:
     set_seed(seed, reproducible=True)
 
 
-def _phases(schedule: str, max_epochs: int, scratch_lr: float = 1e-4):
+def _phases(schedule: str, max_epochs: int, scratch_lr: float = 1e-4, transfer_schedule: dict | None = None):
     from kneelib.train.multitask import scratch_phases, transfer_phases
 
     if schedule == "transfer":
-        return transfer_phases(max_epochs)
+        return transfer_phases(max_epochs, **(transfer_schedule or {}))
     if schedule == "scratch":
         return scratch_phases(max_epochs, scratch_lr)
     raise ValueError(f"schedule must be 'transfer' or 'scratch', got {schedule!r}")
@@ -130,11 +130,12 @@ class BackboneRun:
 def cross_validate_backbone(prepared, folds: np.ndarray, backbone: str, schedule: str,
                             imagenet: bool, image_size: int, max_epochs: int, batch_size: int = 32,
                             noise_std: float = 0.03, gamma_range=(0.7, 1.5), seed: int = 0,
-                            scratch_lr: float = 1e-4) -> BackboneRun:
+                            scratch_lr: float = 1e-4, transfer_schedule: dict | None = None) -> BackboneRun:
     """Train one model per fold on the other folds (7 heads); predict the held-out fold.
 
     Every fold trains a fixed number of epochs with the paper's schedule (transfer:
-    heads at 1e-2 for 2 epochs, all layers at 1e-3 then 1e-4; scratch: ``scratch_lr``
+    heads at 1e-2 for 2 epochs, all layers at 1e-3 then 1e-4, or ``transfer_schedule``,
+    keyword arguments of :func:`kneelib.train.multitask.transfer_phases`; scratch: ``scratch_lr``
     (paper: 1e-4) /10 at 50% and 75%); the held-out fold is only predicted, never used for
     selection, so the out-of-fold metrics are unbiased. The last-epoch weights are the
     fold's snapshot.
@@ -150,7 +151,7 @@ def cross_validate_backbone(prepared, folds: np.ndarray, backbone: str, schedule
     from kneelib.train.multitask import (AugmentationSettings, RadiographDataset, build_learner, fit_phases,
                                          make_dataloaders, predict_probabilities)
 
-    phases = _phases(schedule, max_epochs, scratch_lr)
+    phases = _phases(schedule, max_epochs, scratch_lr, transfer_schedule)
     start = time.perf_counter()
     augmentation = AugmentationSettings(noise_std=noise_std, gamma_range=tuple(gamma_range))
     oof = {task: np.full((len(folds), len(TASK_GRADES[task])), np.nan) for task in GRADE_TASKS}
