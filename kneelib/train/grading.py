@@ -48,7 +48,8 @@ def _phases(schedule: str, max_epochs: int, scratch_lr: float = 1e-4, transfer_s
 def train_kl_model(train_images: np.ndarray, train_grades, internal_images: np.ndarray, internal_grades,
                    image_size: int, max_epochs: int, backbone: str = "efficientnet_lite0",
                    imagenet: bool = True, schedule: str = "transfer", batch_size: int = 32,
-                   noise_std: float = 0.03, gamma_range=(0.7, 1.5), show_progress: bool = True):
+                   noise_std: float = 0.03, gamma_range=(0.7, 1.5), show_progress: bool = True,
+                   transfer_schedule: dict | None = None):
     """Train the KL head of the multi-task network with paper 004's schedule.
 
     Parameters
@@ -69,6 +70,9 @@ def train_kl_model(train_images: np.ndarray, train_grades, internal_images: np.n
     noise_std, gamma_range : augmentation (Gaussian noise, random gamma).
     show_progress : bool
         fastai's progress bars and per-epoch tables.
+    transfer_schedule : dict, optional
+        Keyword arguments of :func:`kneelib.train.multitask.transfer_phases` (``None``: the
+        paper's transfer schedule).
 
     Returns
     -------
@@ -82,7 +86,7 @@ def train_kl_model(train_images: np.ndarray, train_grades, internal_images: np.n
     from kneelib.train.multitask import (AugmentationSettings, RadiographDataset, build_learner,
                                          fit_phases, make_dataloaders)
 
-    phases = _phases(schedule, max_epochs)
+    phases = _phases(schedule, max_epochs, transfer_schedule=transfer_schedule)
     model = build_multitask_model(backbone, KL_ONLY, imagenet=imagenet)
     augmentation = AugmentationSettings(noise_std=noise_std, gamma_range=tuple(gamma_range))
     dls = make_dataloaders(
