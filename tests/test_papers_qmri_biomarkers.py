@@ -211,3 +211,24 @@ def test_figures_draw_on_tiny_arrays():
         plt.close(fig)
     overlay = figures.overlay_rgba(truth[0])
     assert overlay.shape == (16, 16, 4) and overlay[0, 0, 3] == 0 and overlay[5, 5, 3] > 0
+
+
+def test_region_mean_fits_recover_a_known_relaxation_time_of_a_region():
+    rng = np.random.default_rng(0)
+    times = (1.0, 10.0, 30.0, 60.0)
+    signal = 500.0 * np.exp(-np.asarray(times) / 55.0) + rng.normal(0, 5.0, size=(2, 6, 6, 4))
+    region = np.zeros((2, 6, 6), bool)
+    region[:, 1:4, 1:4] = True
+    signal[~region] = 100.0  # outside the region: flat, no decay
+    table = study.region_mean_fits(signal, times, {"region": region})
+    assert table.loc["region", "voxels"] == 18
+    assert abs(table.loc["region", "2-parameter fit of the mean signal, ms"] - 55.0) < 2.0
+    assert abs(table.loc["region", "3-parameter fit of the mean signal, ms"] - 55.0) < 10.0
+
+
+def test_t1rho_cartilage_region_is_a_thin_band_on_the_drawn_slices_only():
+    region = study.t1rho_cartilage_region((12, 512, 512), slices=(8, 9, 10), radius_px=3.0)
+    assert set(np.flatnonzero(region.any(axis=(1, 2)))) == {8, 9, 10}
+    # a band of width 2 x 3 px along a line about 60 px long: a few hundred pixels per slice
+    assert 200 < region[9].sum() < 600
+    assert region[9, 270, 172] and not region[9, 270, 185]

@@ -40,6 +40,7 @@ __all__ = [
     "evaluate_segmentation", "table_s1", "knee_biomarkers", "biomarker_inputs", "read_volume_slices",
     "read_pymskt_segmentation", "real_relaxation_map", "roi_statistics", "comparisons", "biomarker_summary",
     "segment_real_dess", "real_label_fractions", "validation_tables", "spherical_vs_surface", "strategy_images", "pymskt_biomarkers", "mese_regions", "femoral_cartilage_on_slab",
+    "t1rho_cartilage_region", "region_mean_fits",
 ]
 
 STUDY = "qmri_biomarkers"
@@ -431,6 +432,31 @@ def mese_regions(shape: Sequence[int]) -> dict:
     return out
 
 
+def t1rho_cartilage_region(shape: Sequence[int], slices: Sequence[int] = (8, 9, 10),
+                           radius_px: float = 3.0) -> np.ndarray:
+    """A femoral-cartilage region drawn by hand on the real pyKNEEr T1rho slab (boolean volume).
+
+    The pyKNEEr exam has no labels, and the cartilage network trained on synthetic DESS does not
+    transfer to it (see the chapter). The region is the band within ``radius_px`` pixels of a
+    line along the middle of the bright posterior femoral cartilage crescent of slices 8-10
+    (read off the first spin-lock image, 512 x 512 matrix, 0.3125 mm pixels); the line's points
+    are fractions of the matrix. It is drawn on the figure so a reader can judge it, like the
+    small femoral cartilage regions of the data's SOURCE.md check fit.
+    """
+    line_rc = np.array([(250, 165), (270, 172), (290, 186), (300, 196)], float) / 512.0
+    n_slices, rows, cols = shape[-3:]
+    points = line_rc * np.array([rows, cols])
+    rr, cc = np.mgrid[:rows, :cols].astype(float)
+    distance = np.full((rows, cols), np.inf)
+    for a, b in zip(points[:-1], points[1:]):
+        ab = b - a
+        t = np.clip(((rr - a[0]) * ab[0] + (cc - a[1]) * ab[1]) / float(ab @ ab), 0.0, 1.0)
+        distance = np.minimum(distance, np.hypot(rr - a[0] - t * ab[0], cc - a[1] - t * ab[1]))
+    region = np.zeros((n_slices, rows, cols), bool)
+    region[[s for s in slices if 0 <= s < n_slices]] = distance <= radius_px
+    return region
+
+
 def femoral_cartilage_on_slab(cartilage_labels: np.ndarray, dess_shape: Sequence[int], slab_folder, dess_folder) -> np.ndarray:
     """The femoral-cartilage class on a real slab series (pyKNEEr T1rho) through the DICOM coordinates.
 
@@ -484,6 +510,29 @@ def roi_statistics(values: np.ndarray, rois: dict) -> pd.DataFrame:
         inside = values[mask & np.isfinite(values)]
         q = np.percentile(inside, [25, 50, 75]) if inside.size else [np.nan] * 3
         rows.append({"region": name, "voxels": int(inside.size), "median ms": q[1], "q25 ms": q[0], "q75 ms": q[2]})
+    return pd.DataFrame(rows).set_index("region")
+
+
+def region_mean_fits(signal: np.ndarray, times_ms: Sequence[float], rois: dict,
+                     t_range_ms: tuple[float, float] = (1.0, 400.0)) -> pd.DataFrame:
+    """Relaxation time (ms) of each region's mean signal: the three-parameter fit and the two-parameter one.
+
+    A region's voxels are averaged per echo (spin-lock time) first, then fitted once: the
+    three-parameter ``S0 exp(-t/T) + C`` of paper 001 (:func:`kneelib.qmri.relaxometry.fit_t2_monoexponential`)
+    and the two-parameter ``S0 exp(-t/T)`` (:func:`kneelib.qmri.relaxometry.log_linear_t2`). With
+    four times, as the pyKNEEr T1rho series has, the offset ``C`` of the first is poorly determined.
+    """
+    from kneelib.qmri.relaxometry import fit_t2_monoexponential, log_linear_t2
+
+    signal = np.asarray(signal)
+    rows = []
+    for name, mask in rois.items():
+        mean = signal[np.asarray(mask, bool)].astype(np.float64).mean(axis=0)
+        three = fit_t2_monoexponential(mean[None, None, None, :].astype(np.float32), times_ms, t2_range_ms=t_range_ms)
+        _, two = log_linear_t2(mean[None, :], times_ms)
+        rows.append({"region": name, "voxels": int(np.count_nonzero(mask)),
+                     "3-parameter fit of the mean signal, ms": float(np.ravel(three.t2_ms)[0]),
+                     "2-parameter fit of the mean signal, ms": float(np.ravel(two)[0])})
     return pd.DataFrame(rows).set_index("region")
 
 
