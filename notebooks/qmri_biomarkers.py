@@ -289,22 +289,14 @@ plt.show()
 display(t2_regions.round(1))
 
 # %%
-t1rho_folders = sorted((real_root / "pykneer_knee_mri" / "cubequant_T1rho").glob("TSL*"))
-t1rho, t1rho_spacing, spin_lock = study.read_volume_slices(t1rho_folders)
-cartilage_on_t1rho = study.femoral_cartilage_on_slab(real_labels["cartilage"], dess.shape, t1rho_folders[0],
-                                                     real_root / "pykneer_knee_mri" / "DESS_echo1")
-t1rho_rois = {"femoral cartilage (drawn)": study.t1rho_cartilage_region(t1rho.shape[:3]),
-              "femoral cartilage (model)": cartilage_on_t1rho}
-slab = 9  # the middle slice of the drawn region
-t1rho_map = study.real_relaxation_map(t1rho, spin_lock, t_range_ms=(1.0, 400.0), shown_slices=[slab],
-                                      regions=t1rho_rois["femoral cartilage (drawn)"] | cartilage_on_t1rho)
-t1rho_regions = study.roi_statistics(t1rho_map, t1rho_rois).join(
-    study.region_mean_fits(t1rho, spin_lock, t1rho_rois).drop(columns="voxels"))
+t1rho = study.real_t1rho(real_root / "pykneer_knee_mri", real_labels["cartilage"], dess.shape)
+t1rho_regions, slab = t1rho["table"], t1rho["slab"]
 real["t1rho_femoral_ms"] = float(t1rho_regions.loc["femoral cartilage (drawn)", "2-parameter fit of the mean signal, ms"])
 real["t1rho_voxel_median_ms"] = float(t1rho_regions.loc["femoral cartilage (drawn)", "median ms"])
 real["t1rho_model_mask_ms"] = float(t1rho_regions.loc["femoral cartilage (model)", "median ms"])
-fig = figures.plot_relaxation_map(t1rho[slab, ..., 0], t1rho_map[slab], {k: v[slab] for k, v in t1rho_rois.items()},
-                                  t1rho_spacing[1:], f"Real cubequant (pyKNEEr), slice {slab}: three-parameter T1rho fit",
+fig = figures.plot_relaxation_map(t1rho["signal"][slab, ..., 0], t1rho["map_ms"][slab],
+                                  {k: v[slab] for k, v in t1rho["rois"].items()}, t1rho["spacing_mm"][1:],
+                                  f"Real cubequant (pyKNEEr), slice {slab}: three-parameter T1rho fit",
                                   vmax=120, label="T1rho (ms)")
 fig.savefig(figure_dir / "real_t1rho_map.png", dpi=90)
 plt.show()

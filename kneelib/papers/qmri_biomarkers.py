@@ -40,7 +40,7 @@ __all__ = [
     "evaluate_segmentation", "table_s1", "knee_biomarkers", "biomarker_inputs", "read_volume_slices",
     "read_pymskt_segmentation", "real_relaxation_map", "roi_statistics", "comparisons", "biomarker_summary",
     "segment_real_dess", "real_label_fractions", "validation_tables", "spherical_vs_surface", "strategy_images", "pymskt_biomarkers", "mese_regions", "femoral_cartilage_on_slab",
-    "t1rho_cartilage_region", "region_mean_fits",
+    "t1rho_cartilage_region", "region_mean_fits", "real_t1rho",
 ]
 
 STUDY = "qmri_biomarkers"
@@ -511,6 +511,40 @@ def roi_statistics(values: np.ndarray, rois: dict) -> pd.DataFrame:
         q = np.percentile(inside, [25, 50, 75]) if inside.size else [np.nan] * 3
         rows.append({"region": name, "voxels": int(inside.size), "median ms": q[1], "q25 ms": q[0], "q75 ms": q[2]})
     return pd.DataFrame(rows).set_index("region")
+
+
+def real_t1rho(pykneer_root, cartilage_labels: np.ndarray, dess_shape: Sequence[int]) -> dict:
+    """T1rho of femoral cartilage on the real pyKNEEr slab: the drawn region and the network's mask.
+
+    Reads the four spin-lock series (``cubequant_T1rho/TSL*``), carries the network's femoral
+    cartilage from the real DESS onto the slab (:func:`femoral_cartilage_on_slab`), fits the
+    three-parameter model per voxel on the shown slice and both regions
+    (:func:`real_relaxation_map`), and tabulates per-voxel medians beside the fits of each
+    region's mean signal (:func:`region_mean_fits`).
+
+    Returns
+    -------
+    dict
+        ``signal`` (slices, rows, columns, times), ``spacing_mm``, ``spin_lock_ms``, ``rois``
+        (name -> boolean volume), ``map_ms``, ``table`` and ``slab`` (the shown slice: the
+        middle of the drawn region).
+    """
+    from pathlib import Path
+
+    from kneelib.data.qmri_cohort import read_volume_slices
+
+    folders = sorted((Path(pykneer_root) / "cubequant_T1rho").glob("TSL*"))
+    signal, spacing_mm, spin_lock_ms = read_volume_slices(folders)
+    drawn_slices = (8, 9, 10)
+    rois = {"femoral cartilage (drawn)": t1rho_cartilage_region(signal.shape[:3], slices=drawn_slices),
+            "femoral cartilage (model)": femoral_cartilage_on_slab(cartilage_labels, dess_shape, folders[0],
+                                                                   Path(pykneer_root) / "DESS_echo1")}
+    slab = drawn_slices[len(drawn_slices) // 2]
+    map_ms = real_relaxation_map(signal, spin_lock_ms, t_range_ms=(1.0, 400.0), shown_slices=[slab],
+                                 regions=rois["femoral cartilage (drawn)"] | rois["femoral cartilage (model)"])
+    table = roi_statistics(map_ms, rois).join(region_mean_fits(signal, spin_lock_ms, rois).drop(columns="voxels"))
+    return {"signal": signal, "spacing_mm": spacing_mm, "spin_lock_ms": spin_lock_ms, "rois": rois,
+            "map_ms": map_ms, "table": table, "slab": slab}
 
 
 def region_mean_fits(signal: np.ndarray, times_ms: Sequence[float], rois: dict,
