@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from kneelib.data.errors import KneelibDataError  # noqa: E402
@@ -116,3 +117,11 @@ def test_realism_numbers_tables_and_comparisons():
     assert [r.reproduced for r in rows] == [0.41, 0.9, 0.99]
     assert rows[0].published == cohort.published_values("kl_real_radiographs")["test"]["quadratic_kappa"]
     assert rows[1].published is None and "[" not in "".join(r.quantity for r in rows)
+    assert "held-out synthetic" not in table["what"].iloc[0]  # no history, no internal kappa
+
+
+def test_realism_table_says_how_well_the_grader_graded_held_out_synthetic_knees():
+    result = _fake_realism_result()
+    result["transfer"]["history"] = pd.DataFrame({"kl_kappa": [0.12, 0.47, 0.65, 0.61]})
+    what = cohort.realism_table(result)["what"].iloc[0]
+    assert "held-out synthetic subjects, the epoch it kept: 0.65" in what

@@ -343,9 +343,13 @@ def realism_table(result: dict) -> pd.DataFrame:
     targets = _realism_targets()
     transfer = result["transfer"]
     radiograph, mri = result["radiograph_discriminability"], result["mri_discriminability"]
+    history = transfer.get("history")
+    internal = (f" (its kappa on held-out synthetic subjects, the epoch it kept: "
+                f"{float(history['kl_kappa'].max()):.2f})"
+                if isinstance(history, pd.DataFrame) and "kl_kappa" in history else "")
     rows = [
         ("sim-to-real transfer: quadratic kappa, KL 0-4", transfer, "kappa", f">= {targets['transfer_kappa_min']:g}",
-         "higher", f"grader trained and selected on synthetic crops only; tested once on "
+         "higher", f"grader trained and selected on synthetic crops only{internal}; tested once on "
          f"{transfer['n_test_crops']:,} real val crops of {transfer['n_test_subjects']:,} subjects"),
         ("real vs synthetic radiograph crops: discriminator AUC", radiograph, "auc",
          f"<= {targets['discriminator_auc_max']:g}", "lower",
