@@ -432,7 +432,11 @@ def mese_regions(shape: Sequence[int]) -> dict:
     return out
 
 
-def t1rho_cartilage_region(shape: Sequence[int], slices: Sequence[int] = (8, 9, 10),
+#: Slices of the real pyKNEEr T1rho slab on which the femoral cartilage region is drawn.
+T1RHO_DRAWN_SLICES = (8, 9, 10)
+
+
+def t1rho_cartilage_region(shape: Sequence[int], slices: Sequence[int] = T1RHO_DRAWN_SLICES,
                            radius_px: float = 3.0) -> np.ndarray:
     """A femoral-cartilage region drawn by hand on the real pyKNEEr T1rho slab (boolean volume).
 
@@ -529,17 +533,12 @@ def real_t1rho(pykneer_root, cartilage_labels: np.ndarray, dess_shape: Sequence[
         (name -> boolean volume), ``map_ms``, ``table`` and ``slab`` (the shown slice: the
         middle of the drawn region).
     """
-    from pathlib import Path
-
-    from kneelib.data.qmri_cohort import read_volume_slices
-
     folders = sorted((Path(pykneer_root) / "cubequant_T1rho").glob("TSL*"))
     signal, spacing_mm, spin_lock_ms = read_volume_slices(folders)
-    drawn_slices = (8, 9, 10)
-    rois = {"femoral cartilage (drawn)": t1rho_cartilage_region(signal.shape[:3], slices=drawn_slices),
+    rois = {"femoral cartilage (drawn)": t1rho_cartilage_region(signal.shape[:3]),
             "femoral cartilage (model)": femoral_cartilage_on_slab(cartilage_labels, dess_shape, folders[0],
                                                                    Path(pykneer_root) / "DESS_echo1")}
-    slab = drawn_slices[len(drawn_slices) // 2]
+    slab = T1RHO_DRAWN_SLICES[len(T1RHO_DRAWN_SLICES) // 2]
     map_ms = real_relaxation_map(signal, spin_lock_ms, t_range_ms=(1.0, 400.0), shown_slices=[slab],
                                  regions=rois["femoral cartilage (drawn)"] | rois["femoral cartilage (model)"])
     table = roi_statistics(map_ms, rois).join(region_mean_fits(signal, spin_lock_ms, rois).drop(columns="voxels"))
