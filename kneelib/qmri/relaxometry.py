@@ -7,13 +7,14 @@ projection": the deep and superficial T2 are the averages over the bottom (next 
 and top (next to the joint) halves of the cartilage, the total T2 over all of it.
 
 The fit (:func:`fit_t2_monoexponential`) runs Levenberg-Marquardt on all voxels together in
-numpy: per voxel a 3 x 3 damped normal-equation system (solved in closed form, Cramer's rule),
-a per-voxel damping factor (Marquardt's diagonal scaling, decreased after an accepted step,
-increased after a rejected one), the two linear parameters ``S0`` and ``C`` re-solved exactly
-after each step (see :func:`_levenberg_marquardt`) and per-voxel stopping, started from the
-closed-form (signal-weighted) log-linear fit of ``log S = log S0 - TE / T2``. It reaches the same least-squares
-minimum as a per-voxel :func:`scipy.optimize.curve_fit` (tested to 0.1 ms) hundreds of times
-faster (``benchmarks/bench_qmri_t2.py``).
+numpy: the two linear parameters ``S0`` and ``C`` are eliminated by variable projection (exact
+least-squares amplitudes for each rate), so the damped Gauss-Newton step is one division per
+voxel; a per-voxel damping factor (decreased after an accepted step, increased after a rejected
+one) and per-voxel stopping; every quantity of a step is a closed form in seven sums over the
+echoes, computed for all voxels by three matrix products (see :func:`_levenberg_marquardt`). It
+starts from the closed-form (signal-weighted) log-linear fit of ``log S = log S0 - TE / T2`` and
+reaches the same least-squares minimum as a per-voxel :func:`scipy.optimize.curve_fit` (tested to
+0.1 ms) over 200 times faster (``benchmarks/bench_qmri_t2.py``: 20,000 voxels, 8 echoes).
 
 The fit is parametrised internally by the rate ``R2 = 1 / T2`` (better conditioned) on the signal
 divided by each voxel's largest echo; the least-squares minimum does not depend on either choice.
@@ -123,18 +124,26 @@ def log_linear_t2(signal, echo_times_ms) -> tuple[np.ndarray, np.ndarray]:
         T2 is ``inf`` where the fitted slope is not negative.
     """
     y = np.asarray(signal, dtype=float)
-    te = np.asarray(echo_times_ms, dtype=float)
-    positive = y > 0
-    w = np.where(positive, y * y, 0.0)
-    log_y = np.log(np.where(positive, y, 1.0))
-    # weighted sums over the echoes as matrix products (BLAS), centred by the usual identities
-    w_log_y = w * log_y
-    sw = w @ np.ones_like(te)
+    s0, t2 = _log_linear_rows(np.moveaxis(y, -1, 0).reshape(y.shape[-1], -1), np.asarray(echo_times_ms, dtype=float))
+    return s0.reshape(y.shape[:-1]), t2.reshape(y.shape[:-1])
+
+
+def _log_linear_rows(rows: np.ndarray, te: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`log_linear_t2` on echoes laid out (E, m), one row per echo."""
+    positive = rows > 0
+    w = np.where(positive, rows * rows, 0.0)
+    log_y = np.log(np.where(positive, rows, 1.0))
+    log_y *= w
+    # weighted sums over the echoes as products with the rows (1, TE, TE^2) (BLAS), centred by
+    # the usual identities
+    powers = np.stack([np.ones_like(te), te, te * te])
+    sw, swt, swtt = powers @ w
+    swl, swlt = powers[:2] @ log_y
     sw_safe = np.where(sw > 0, sw, 1.0)
-    t_mean = (w @ te) / sw_safe
-    l_mean = (w_log_y @ np.ones_like(te)) / sw_safe
-    sxx = np.maximum(w @ (te * te) - sw * t_mean * t_mean, 0.0)
-    sxy = w_log_y @ te - sw * t_mean * l_mean
+    t_mean = swt / sw_safe
+    l_mean = swl / sw_safe
+    sxx = np.maximum(swtt - sw * t_mean * t_mean, 0.0)
+    sxy = swlt - sw * t_mean * l_mean
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where(sxx > 0, sxy / sxx, 0.0)
         t2 = np.where(slope < 0, -1.0 / slope, np.inf)
@@ -142,60 +151,124 @@ def log_linear_t2(signal, echo_times_ms) -> tuple[np.ndarray, np.ndarray]:
     return s0, t2
 
 
-def _start_parameters(y: np.ndarray, te: np.ndarray, t2_low: float, t2_high: float) -> np.ndarray:
-    """Closed-form start (S0, R2, C): the log-linear T2 (:func:`log_linear_t2`, clipped into the
-    plausible range), then S0 and C by linear least squares for that T2 (the log-linear S0 and
-    ``C = 0`` where that fails)."""
-    s0_start, t2_start = log_linear_t2(y, te)
-    t2_start = np.clip(np.nan_to_num(t2_start, nan=t2_high, posinf=t2_high), t2_low, t2_high)
-    s0_start = np.where(np.isfinite(s0_start) & (s0_start > 0), s0_start, 1.0)
-    rate = 1.0 / t2_start
-    signal = np.ascontiguousarray(y.T)
-    s0_lin, c_lin = _linear_amplitudes(signal, _decay_function(te)(rate), signal.sum(0))
-    good = np.isfinite(s0_lin) & (s0_lin > 0) & np.isfinite(c_lin)
-    return np.stack([np.where(good, s0_lin, s0_start), rate, np.where(good, c_lin, 0.0)], axis=1)
+def _start_rate(rows: np.ndarray, te: np.ndarray, t2_low: float, t2_high: float) -> np.ndarray:
+    """Closed-form start rate ``1 / T2`` for echoes (E, m): the log-linear T2 (:func:`log_linear_t2`),
+    clipped into the plausible range (``S0`` and ``C`` follow from it in :func:`_levenberg_marquardt`)."""
+    _, t2_start = _log_linear_rows(rows, te)
+    return 1.0 / np.clip(np.nan_to_num(t2_start, nan=t2_high, posinf=t2_high), t2_low, t2_high)
 
 
-def _decay_function(te: np.ndarray):
-    """``rate (m,) -> exp(-TE rate) (E, m)``; equally spaced echoes use one recurrence (far fewer exps)."""
+def _decay_recurrence(te: np.ndarray) -> tuple[float | None, bool]:
+    """``(step, first_is_step)``: the echo spacing when the echoes are equally spaced (then the
+    decay of echo k+1 is that of echo k times ``exp(-R2 step)``; else None), and whether the
+    first echo time equals it (``TE_k = k step``, the usual MSME layout: one exp per voxel)."""
     steps = np.diff(te)
-    te_column = te[:, None]
-    if np.allclose(steps, steps[0], rtol=1e-9, atol=0.0):
-        first, step = float(te[0]), float(steps[0])
-
-        def decay(rate):
-            out = np.empty((te.size, rate.size))
-            out[0] = np.exp(-first * rate)
-            ratio = np.exp(-step * rate)
-            for k in range(1, te.size):
-                np.multiply(out[k - 1], ratio, out=out[k])
-            return out
-        return decay
-    return lambda rate: np.exp(-te_column * rate)
+    if not np.allclose(steps, steps[0], rtol=1e-9, atol=0.0):
+        return None, False
+    return float(steps[0]), bool(np.isclose(te[0], steps[0], rtol=1e-9, atol=0.0))
 
 
-def _linear_amplitudes(signal: np.ndarray, decay: np.ndarray, signal_sum: np.ndarray):
-    """Least-squares ``S0`` and ``C`` for given decays (E, m): the 2 x 2 normal equations in closed form."""
+#: rows of the per-voxel echo sums (:func:`_echo_sums`): sum e, sum TE e, sum e^2, sum TE e^2,
+#: sum TE^2 e^2, sum y e, sum TE y e (e = exp(-R2 TE)); the TE-weighted ones feed the Jacobian
+_A, _AT, _B, _BT, _BTT, _EY, _ETY = range(7)
+
+
+def _first_decay(te: np.ndarray, rate: np.ndarray, recurrence, e: np.ndarray):
+    """``e <- exp(-R2 TE_0)``; returns the per-echo ratio ``exp(-R2 step)`` (None without a recurrence)."""
+    step, first_is_step = recurrence
+    np.multiply(rate, -(te[0] if step is None or not first_is_step else step), out=e)
+    np.exp(e, out=e)
+    if step is None:
+        return None
+    return e if first_is_step else np.exp(-step * rate)
+
+
+def _decays(te: np.ndarray, rate: np.ndarray, recurrence, out: np.ndarray) -> np.ndarray:
+    """``out (E, m) <- exp(-R2 TE_k)``; equally spaced echoes by one multiplication per echo."""
+    ratio = _first_decay(te, rate, recurrence, out[0])
+    for k in range(1, te.size):
+        if ratio is not None:
+            np.multiply(out[k - 1], ratio, out=out[k])
+        else:
+            np.multiply(rate, -te[k], out=out[k])
+            np.exp(out[k], out=out[k])
+    return out
+
+
+def _echo_sums(signal: np.ndarray, te: np.ndarray, rate: np.ndarray, recurrence, powers: np.ndarray,
+               out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Per-voxel sums over the echoes of ``e = exp(-R2 TE)`` and the signal, at the rates ``rate`` (m,).
+
+    ``signal`` is (E, m) (one row per echo); ``powers`` the rows ``(1, TE, TE^2)`` (3, E);
+    ``out`` (7, m) receives the rows ``_A ... _ETY``, ``scratch`` is (3, E, m). Everything the variable-projection step and the cost need is a
+    function of these seven sums (and the constant sums of ``y`` and ``y^2``): three products
+    with the rows ``(1, TE, TE^2)`` (BLAS) instead of a residual and its reductions.
+    """
+    e, e2, ye = scratch
+    _decays(te, rate, recurrence, e)
+    np.multiply(e, e, out=e2)
+    np.multiply(signal, e, out=ye)
+    np.matmul(powers[:2], e, out=out[_A:_B])
+    np.matmul(powers, e2, out=out[_B:_EY])
+    np.matmul(powers[:2], ye, out=out[_EY:])
+    return out
+
+
+def _residual_sum_of_squares(signal: np.ndarray, te: np.ndarray, s0, rate, offset, recurrence) -> np.ndarray:
+    """``sum_k (y_k - S0 exp(-R2 TE_k) - C)^2`` per voxel, from the residuals (``signal`` (E, m))."""
+    e, r = np.empty_like(rate), np.empty_like(rate)
+    total = np.zeros_like(rate)
+    ratio = _first_decay(te, rate, recurrence, e)
+    for k, t in enumerate(te):
+        if k:
+            if ratio is not None:
+                np.multiply(e, ratio, out=e)
+            else:
+                np.exp(-t * rate, out=e)
+        np.multiply(e, -s0, out=r)
+        r += signal[k]
+        r -= offset
+        r *= r
+        total += r
+    return total
+
+
+def _amplitudes_and_cost(sums: np.ndarray, signal: np.ndarray, signal_sum: np.ndarray, ones: np.ndarray,
+                         scratch: np.ndarray):
+    """Least-squares ``S0`` and ``C`` for the decays of the last :func:`_echo_sums` call (2 x 2
+    normal equations in closed form) and the sum of squares of the residual they leave.
+
+    The residual is formed explicitly (in ``scratch[2]``, the decays being ``scratch[0]``): the
+    closed form ``sum y^2 - S0 sum y e - C sum y`` cancels to a few significant digits where the
+    fit is good, too few to compare the trial steps of a flat (long-T2) valley.
+    """
     n_echoes = signal.shape[0]
-    ones = np.ones(n_echoes)
-    se, see, sey = ones @ decay, ones @ (decay * decay), ones @ (decay * signal)
-    det = n_echoes * see - se * se
+    a, b, ey = sums[_A], sums[_B], sums[_EY]
+    det = n_echoes * b - a * a
     det = np.where(det > 0, det, np.inf)
-    return (n_echoes * sey - se * signal_sum) / det, (see * signal_sum - se * sey) / det
+    s0 = (n_echoes * ey - a * signal_sum) / det
+    offset = (b * signal_sum - a * ey) / det
+    decay, residual = scratch[0], scratch[2]
+    np.multiply(decay, -s0, out=residual)
+    residual += signal
+    residual -= offset
+    residual *= residual
+    return s0, offset, ones @ residual
 
 
-def _levenberg_marquardt(y: np.ndarray, te: np.ndarray, p: np.ndarray, max_iterations: int,
+def _levenberg_marquardt(rows: np.ndarray, te: np.ndarray, rate: np.ndarray, max_iterations: int,
                          ftol: float, xtol: float, rate_floor: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Batched LM on ``y`` (n, E) from ``p`` (n, 3) = (S0, R2, C); returns p, cost, converged, iterations.
+    """Batched LM on the echoes ``rows`` (E, n) from the rates ``rate`` (n,); returns p (n, 3) = (S0, R2, C),
+    cost, converged, iterations.
 
     Levenberg-Marquardt on the rate ``R2 = 1/T2`` alone, with ``S0`` and ``C`` eliminated by
     variable projection (Golub & Pereyra 1973; Kaufman's Jacobian): for a given R2 they are
     the exact least-squares amplitudes (2 x 2 closed form), so the residual ``r`` is
     orthogonal to the columns ``e = exp(-R2 TE)`` and ``1``, and the Jacobian of the
     projected residual is ``v_perp``, ``v = S0 TE e`` minus its projection onto those
-    columns. The damped Gauss-Newton step is ``-(v_perp.r) / (|v_perp|^2 (1 + lambda))``
-    (``v_perp.r = v.r`` once ``r`` is orthogonal), then S0 and C are re-solved for the new
-    rate. The minimum is the plain three-parameter LM's (there the linear
+    columns. The damped Gauss-Newton step is ``-(v.r) / (|v_perp|^2 (1 + lambda))``
+    (``v_perp.r = v.r`` since ``r`` is orthogonal to both columns), then S0 and C are re-solved
+    for the new rate. The minimum is the plain three-parameter LM's (there the linear
     parameters are optimal for the rate); the one nonlinear parameter crosses the long,
     curved S0-C valley of slowly decaying voxels in a few steps. The step is accepted when
     it lowers the sum of squares and keeps ``R2 > 0`` (then ``lambda /= 10``), else rejected
@@ -203,78 +276,79 @@ def _levenberg_marquardt(y: np.ndarray, te: np.ndarray, p: np.ndarray, max_itera
     ``ftol`` relatively, a step is at most ``xtol`` relative to the parameters, or
     ``lambda`` exceeds 1e16 (no step lowers the cost: a minimum to machine precision), all
     counted as converged; or, not converged, when R2 falls below ``rate_floor`` (T2 runs off
-    to infinity: the echoes are fitted better by a line than by any decay). Arrays are laid
-    out echoes x voxels; every sum over echoes is a product with the rows ``(1, TE, TE^2)``
-    (BLAS), and finished voxels leave the working set.
+    to infinity: the echoes are fitted better by a line than by any decay).
+
+    Every quantity of a step (``v.r``, ``|v_perp|^2``, the amplitudes, the cost) is a closed
+    form in seven per-voxel sums over the echoes (:func:`_echo_sums`), so an iteration is one
+    pass over the echoes with vector operations on the active voxels; finished voxels leave the
+    working set. The returned cost is recomputed from the residuals (the sums' form
+    ``sum y^2 - S0 sum y e - C sum y`` is only used to compare trial steps).
     """
-    n, n_echoes = y.shape
-    decay_of = _decay_function(te)
-    signal = np.ascontiguousarray(y.T)  # (E, m)
-    s0, rate, offset = p[:, 0].copy(), p[:, 1].copy(), p[:, 2].copy()
+    n_echoes, n = rows.shape
+    recurrence = _decay_recurrence(te)
+    signal = rows  # (E, m): one row per echo, m the working set
+    signal_sum = signal.sum(0)
+    rate = rate.astype(float, copy=True)
+    scratch = np.empty((3, n_echoes, n))
+    powers = np.stack([np.ones_like(te), te, te * te])
+    sums = _echo_sums(signal, te, rate, recurrence, powers, np.empty((7, n)), scratch)
+    trial_sums = np.empty_like(sums)
+    s0, offset, cost = _amplitudes_and_cost(sums, signal, signal_sum, powers[0], scratch)
     lam = np.full(n, _LAMBDA_START)
+    p = np.empty((n, 3))
     converged = np.zeros(n, dtype=bool)
     iterations = np.zeros(n, dtype=np.int64)
-    final_cost = np.empty(n)
-    decay = decay_of(rate)
-    residual = signal - s0 * decay - offset
-    cost = (residual * residual).sum(0)
-    signal_sum = signal.sum(0)
-    active = np.arange(n)
-    # sums over echoes as products with the rows (1, TE, TE^2): BLAS matrix products instead of
-    # an (E, m) temporary and a reduction per sum
-    powers = np.stack([np.ones_like(te), te, te * te])
-    for _ in range(max_iterations):
-        sum_dd = powers @ (decay * decay)          # sum e^2, sum TE e^2, sum TE^2 e^2
-        sum_d = powers[:2] @ decay                 # sum e, sum TE e
-        sum_dr = powers[:2] @ (decay * residual)   # sum e r, sum TE e r
-        sum_r = powers[0] @ residual
-        # projection of v = S0 TE e onto span{e, 1}: 2 x 2 normal equations in closed form
-        see, se = sum_dd[0], sum_d[0]
-        v_dot_e, v_dot_1 = s0 * sum_dd[1], s0 * sum_d[1]
-        det = n_echoes * see - se * se
+    active = np.arange(n)  # voxel of each working column
+    alive = np.ones(n, dtype=bool)  # working columns still iterating (finished ones ride along until compaction)
+    for iteration in range(1, max_iterations + 1):
+        a, b, at, bt, btt = sums[_A], sums[_B], sums[_AT], sums[_BT], sums[_BTT]
+        # |v_perp|^2 / S0^2: sum TE^2 e^2 minus the projection of TE e onto span{e, 1}
+        # (2 x 2 normal equations in closed form)
+        det = n_echoes * b - a * a
         det = np.where(det > 0, det, np.inf)
-        alpha = (n_echoes * v_dot_e - se * v_dot_1) / det
-        beta = (see * v_dot_1 - se * v_dot_e) / det
-        v_perp_sq = np.maximum(s0 * s0 * sum_dd[2] - (alpha * v_dot_e + beta * v_dot_1), 1e-300)
-        # v_perp . r (= v . r once S0 and C are the least-squares amplitudes, as after every step)
-        v_perp_dot_r = s0 * sum_dr[1] - alpha * sum_dr[0] - beta * sum_r
-        step1 = -v_perp_dot_r / (v_perp_sq * (1.0 + lam))
-        trial_rate = rate + step1
-        trial_decay = decay_of(trial_rate)
-        trial_s0, trial_offset = _linear_amplitudes(signal, trial_decay, signal_sum)
-        trial_residual = signal - trial_s0 * trial_decay - trial_offset
-        trial_cost = powers[0] @ (trial_residual * trial_residual)
+        v_perp_sq = btt - (n_echoes * bt * bt - 2.0 * a * at * bt + b * at * at) / det
+        # v.r / S0 = sum TE e (y - S0 e - C)
+        v_dot_r = sums[_ETY] - s0 * bt - offset * at
+        step = -s0 * v_dot_r / (np.maximum(s0 * s0 * v_perp_sq, 1e-300) * (1.0 + lam))
+        trial_rate = rate + step
+        _echo_sums(signal, te, trial_rate, recurrence, powers, trial_sums, scratch)
+        trial_s0, trial_offset, trial_cost = _amplitudes_and_cost(trial_sums, signal, signal_sum, powers[0], scratch)
         accepted = (trial_cost < cost) & (trial_rate > 0)  # NaN compares False
-        step_sq = (trial_s0 - s0) ** 2 + step1 * step1 + (trial_offset - offset) ** 2
+        step_sq = (trial_s0 - s0) ** 2 + step * step + (trial_offset - offset) ** 2
         small_step = step_sq <= (xtol * (np.sqrt(s0 * s0 + rate * rate + offset * offset) + xtol)) ** 2
-        small_decrease = cost - trial_cost <= ftol * cost
-        s0 = np.where(accepted, trial_s0, s0)
-        rate = np.where(accepted, trial_rate, rate)
-        offset = np.where(accepted, trial_offset, offset)
-        cost = np.where(accepted, trial_cost, cost)
-        np.copyto(decay, trial_decay, where=accepted)
-        np.copyto(residual, trial_residual, where=accepted)
+        small_decrease = cost - trial_cost <= ftol * np.abs(cost)
+        np.copyto(s0, trial_s0, where=accepted)
+        np.copyto(rate, trial_rate, where=accepted)
+        np.copyto(offset, trial_offset, where=accepted)
+        np.copyto(cost, trial_cost, where=accepted)
+        np.copyto(sums, trial_sums, where=accepted)
         lam = np.where(accepted, np.maximum(lam * 0.1, _LAMBDA_MIN), lam * 10.0)
-        iterations[active] += 1
         settled = (accepted & (small_step | small_decrease)) | (~accepted & small_step) | (lam > _LAMBDA_MAX)
         escaped = rate < rate_floor  # T2 far beyond the plausible range: no finite minimum (linear data)
-        done = settled | escaped
+        done = (settled | escaped) & alive
         if done.any():
             finished = active[done]
             p[finished, 0], p[finished, 1], p[finished, 2] = s0[done], rate[done], offset[done]
-            final_cost[finished] = cost[done]
             converged[finished] = settled[done] & ~escaped[done]
-            keep = ~done
-            active = active[keep]
-            if active.size == 0:
+            iterations[finished] = iteration
+            alive &= ~done
+            n_alive = int(np.count_nonzero(alive))
+            if n_alive == 0:
                 break
-            s0, rate, offset, cost, lam = s0[keep], rate[keep], offset[keep], cost[keep], lam[keep]
-            signal, decay, residual = signal[:, keep], decay[:, keep], residual[:, keep]
-            signal_sum = signal_sum[keep]
-    if active.size:  # iteration limit: keep the last parameters, not converged
-        p[active, 0], p[active, 1], p[active, 2] = s0, rate, offset
-        final_cost[active] = cost
-    return p, final_cost, converged, iterations
+            if n_alive <= alive.size // 2:  # compact the working set (a copy of every array: not every step)
+                keep = np.flatnonzero(alive)
+                active = active[keep]
+                s0, rate, offset, cost, lam = s0[keep], rate[keep], offset[keep], cost[keep], lam[keep]
+                signal_sum = signal_sum[keep]
+                signal, sums = signal.take(keep, axis=1), sums.take(keep, axis=1)
+                trial_sums, scratch = np.empty_like(sums), np.empty((3, n_echoes, keep.size))
+                alive = np.ones(keep.size, dtype=bool)
+    if alive.any():  # iteration limit: keep the last parameters, not converged
+        p[active[alive], 0], p[active[alive], 1], p[active[alive], 2] = s0[alive], rate[alive], offset[alive]
+        iterations[active[alive]] = max_iterations
+    with np.errstate(all="ignore"):
+        cost = _residual_sum_of_squares(rows, te, p[:, 0], p[:, 1], p[:, 2], recurrence)
+    return p, cost, converged, iterations
 
 
 def fit_t2_monoexponential(
@@ -290,9 +364,9 @@ def fit_t2_monoexponential(
 ) -> T2Fit:
     """Fit ``S(TE) = S0 exp(-TE / T2) + C`` to every voxel at once (paper 001, Methods "Relaxometry").
 
-    Levenberg-Marquardt, vectorised over voxels (batched 3 x 3 damped normal equations with a
-    damping factor per voxel), started from the closed-form log-linear fit
-    (:func:`log_linear_t2`) with ``C = 0``.
+    Levenberg-Marquardt, vectorised over voxels (on the rate ``1 / T2``, with ``S0`` and ``C``
+    solved exactly for each rate: variable projection; a damping factor per voxel), started
+    from the closed-form log-linear fit (:func:`log_linear_t2`).
 
     Parameters
     ----------
@@ -313,7 +387,7 @@ def fit_t2_monoexponential(
         or the step is at most ``xtol`` relative to the parameter vector (normalised units);
         stricter than ``curve_fit``'s defaults (1.5e-8 both).
     chunk_voxels : int
-        Voxels per batch (bounds memory: about 60 floats per echo and voxel).
+        Voxels per batch (bounds memory: about 5 floats per echo and 40 per voxel).
 
     Returns
     -------
@@ -347,17 +421,18 @@ def fit_t2_monoexponential(
     batch = max(int(chunk_voxels), 1)
 
     def fit_batch(chunk: np.ndarray) -> None:
-        y = flat[chunk].astype(float)
-        scale = y.max(1)
-        usable = np.all(np.isfinite(y), axis=1) & (scale > 0)
-        chunk, y, scale = chunk[usable], y[usable], scale[usable]
+        rows = np.ascontiguousarray(flat[chunk].T, dtype=float)  # (E, m): one row per echo
+        scale = rows.max(0)
+        usable = np.isfinite(rows).all(0) & (scale > 0)
+        if not usable.all():
+            chunk, rows, scale = chunk[usable], np.ascontiguousarray(rows[:, usable]), scale[usable]
         if chunk.size == 0:
             return
-        y = y / scale[:, None]
+        rows /= scale
         with np.errstate(all="ignore"):
-            p = _start_parameters(y, te, t2_low, t2_high)
+            rate = _start_rate(rows, te, t2_low, t2_high)
         with np.errstate(all="ignore"):  # wild trial steps overflow; they are rejected, not used
-            p, cost, ok, n_iter = _levenberg_marquardt(y, te, p, max_iterations, ftol, xtol, 0.5 / t2_high)
+            p, cost, ok, n_iter = _levenberg_marquardt(rows, te, rate, max_iterations, ftol, xtol, 0.5 / t2_high)
         with np.errstate(divide="ignore"):
             t2 = 1.0 / p[:, 1]
         ok &= np.all(np.isfinite(p), axis=1) & (p[:, 0] > 0) & (t2 >= t2_low) & (t2 <= t2_high)
