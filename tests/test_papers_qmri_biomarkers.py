@@ -232,3 +232,17 @@ def test_t1rho_cartilage_region_is_a_thin_band_on_the_drawn_slices_only():
     # a band of width 2 x 3 px along a line about 60 px long: a few hundred pixels per slice
     assert 200 < region[9].sum() < 600
     assert region[9, 270, 172] and not region[9, 270, 185]
+
+
+def test_qc_sentence_counts_knees_and_sides():
+    from kneelib.papers.qmri_biomarkers import qc_sentence
+
+    qc = pd.DataFrame({"subject_id": ["a", "a", "b", "b", "c", "c"], "task": ["bone", "cartilage"] * 3,
+                       "excluded": [False, True, False, False, True, False],
+                       "z_femur": [0.5, np.nan, 1.0, np.nan, -3.5, np.nan],
+                       "z_femoral_cartilage": [np.nan, 4.2, np.nan, 0.1, np.nan, 2.0]})
+    sentence = qc_sentence(qc)
+    assert sentence.startswith("1 of 3 segmented test knees pass the 3-SD volume rule")
+    assert "femoral cartilage in 1 (all above)" in sentence and "femur in 1 (all below)" in sentence
+    assert qc_sentence(qc.assign(excluded=False, z_femur=0.0, z_femoral_cartilage=0.0)) == \
+        "3 of 3 segmented test knees pass the 3-SD volume rule."

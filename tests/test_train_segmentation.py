@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kneelib.data.errors import KneelibDataError
-from kneelib.models.segmentation import UNetSettings, build_segmentation_network
+from kneelib.models.segmentation import SegmentationInputError, UNetSettings, build_segmentation_network
 from kneelib.stats.segmentation import dice_coefficient
 from kneelib.train.segmentation import (SegmentationEnsemble, SegmentationTrainConfig, normalise_intensity,
                                         predict_volume, resample_to_spacing, train_ensemble, train_segmentation)
@@ -229,3 +229,65 @@ def test_resample_to_spacing_roundtrip_of_labels():
     small, spacing = resample_to_spacing(labels, (0.7, 0.5, 1.4), 1.4, order=0)
     assert small.shape == (10, 11, 10) and spacing[2] == pytest.approx(1.4)
     assert set(np.unique(small)) == {0, 2}
+
+
+def test_anatomical_components_drop_islands_and_keep_both_tibial_plates():
+    from kneelib.models.segmentation import CARTILAGE_CLASSES
+    from kneelib.train.segmentation import keep_anatomical_components
+
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    femoral, tibial, patellar = (CARTILAGE_CLASSES.index(n) for n in
+                                 ("femoral_cartilage", "tibial_cartilage", "patellar_cartilage"))
+    labels[2:8, 2:18, 2:6] = femoral          # the sheet
+    labels[15:17, 15:17, 15:17] = femoral     # an island of 8 voxels
+    labels[2:6, 2:8, 10:13] = tibial          # medial plate
+    labels[10:14, 2:8, 10:13] = tibial        # lateral plate, not touching the medial one
+    labels[17, 2, 2] = tibial                 # a one-voxel island: the third component
+    labels[12:14, 12:14, 2:4] = patellar
+    cleaned = keep_anatomical_components(labels, CARTILAGE_CLASSES)
+    assert cleaned.dtype == np.uint8 and cleaned.shape == labels.shape
+    assert (cleaned == femoral).sum() == 6 * 16 * 4            # island gone, sheet whole
+    assert (cleaned == tibial).sum() == 2 * 4 * 6 * 3          # both plates, not the island
+    assert cleaned[17, 2, 2] == 0 and cleaned[15, 15, 15] == 0
+    assert (cleaned == patellar).sum() == 8
+    # a class told to keep more components keeps the island
+    kept = keep_anatomical_components(labels, CARTILAGE_CLASSES, components={"femoral_cartilage": 2})
+    assert (kept == femoral).sum() == 6 * 16 * 4 + 8 and (kept == tibial).sum() == (labels == tibial).sum()
+    # a patella the network split in two keeps both halves (each >= 25% of the largest)
+    halves = np.zeros((10, 10, 10), dtype=np.uint8)
+    halves[1:4, 1:9, 1:9] = 3
+    halves[6:8, 1:9, 1:9] = 3
+    halves[9, 9, 9] = 3
+    from kneelib.models.segmentation import BONE_CLASSES
+    cleaned_bone = keep_anatomical_components(halves, BONE_CLASSES)
+    assert (cleaned_bone == 3).sum() == (3 + 2) * 64 and cleaned_bone[9, 9, 9] == 0
+
+
+def test_cartilage_components_must_touch_their_bone():
+    from kneelib.models.segmentation import CARTILAGE_CLASSES
+    from kneelib.train.segmentation import keep_anatomical_components
+
+    patellar = CARTILAGE_CLASSES.index("patellar_cartilage")
+    labels = np.zeros((30, 30, 30), dtype=np.uint8)
+    labels[1:10, 1:10, 1:10] = patellar      # the larger blob, far from the patella (the small one is < 25% of it)
+    labels[20:24, 20:26, 20:26] = patellar   # on the patella
+    patella = np.zeros(labels.shape, dtype=bool)
+    patella[20:28, 20:26, 26:29] = True      # one voxel beyond the cartilage blob's face
+    cleaned = keep_anatomical_components(labels, CARTILAGE_CLASSES, hosts={"patellar_cartilage": patella})
+    assert (cleaned == patellar).sum() == 4 * 6 * 6 and cleaned[5, 5, 5] == 0
+    ungated = keep_anatomical_components(labels, CARTILAGE_CLASSES)
+    assert (ungated == patellar).sum() == 9 ** 3  # without the host: the largest blob
+    empty_host = keep_anatomical_components(labels, CARTILAGE_CLASSES, hosts={"patellar_cartilage": np.zeros_like(patella)})
+    assert (empty_host == patellar).sum() == 9 ** 3
+    with pytest.raises(SegmentationInputError, match="host mask"):
+        keep_anatomical_components(labels, CARTILAGE_CLASSES, hosts={"patellar_cartilage": patella[:5]})
+
+
+def test_anatomical_components_refuse_bad_input():
+    from kneelib.models.segmentation import BONE_CLASSES
+    from kneelib.train.segmentation import keep_anatomical_components
+
+    with pytest.raises(SegmentationInputError, match="3-D integer"):
+        keep_anatomical_components(np.zeros((4, 4)), BONE_CLASSES)
+    with pytest.raises(SegmentationInputError, match="beyond"):
+        keep_anatomical_components(np.full((3, 3, 3), 7, dtype=np.uint8), BONE_CLASSES)

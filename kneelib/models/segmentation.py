@@ -42,6 +42,8 @@ __all__ = [
     "BONE_CLASSES",
     "CARTILAGE_CLASSES",
     "NETWORK_CLASSES",
+    "ANATOMICAL_COMPONENTS",
+    "CARTILAGE_BONE",
     "TISSUES_OF_CLASS",
     "ARCHITECTURES",
     "UNetSettings",
@@ -77,6 +79,15 @@ TISSUES_OF_CLASS: dict[str, tuple[str, ...]] = {
     "patellar_cartilage": ("patellar_cartilage",),
     "menisci": ("meniscus_medial", "meniscus_lateral"),
 }
+
+#: Connected components each class has in a knee: one bone, one femoral and one patellar
+#: cartilage sheet, two tibial cartilage plates and two menisci (medial and lateral).
+ANATOMICAL_COMPONENTS: dict[str, int] = {"femur": 1, "tibia": 1, "patella": 1, "femoral_cartilage": 1,
+                                         "tibial_cartilage": 2, "patellar_cartilage": 1, "menisci": 2}
+
+#: The bone each cartilage class covers.
+CARTILAGE_BONE: dict[str, str] = {"femoral_cartilage": "femur", "tibial_cartilage": "tibia",
+                                  "patellar_cartilage": "patella"}
 
 #: Architectures :func:`build_segmentation_network` builds.
 ARCHITECTURES: tuple[str, ...] = ("unet", "vnet")

@@ -94,6 +94,9 @@ class SegmentationSettings:
     """Grid, networks and training of the segmentation stage (supplement 003 at a CPU budget).
 
     ``grid_mm`` per task: the voxel size the network sees (``None``: the DESS grid).
+    ``keep_components``: keep each class's anatomical number of connected components
+    (:func:`kneelib.train.segmentation.keep_anatomical_components`); the supplement has no
+    such step.
     """
 
     grid_mm: dict = field(default_factory=lambda: {"bone": 2.0, "cartilage": None})
@@ -106,6 +109,7 @@ class SegmentationSettings:
     validate_every: int = 50
     patience: int = 4
     seed: int = 0
+    keep_components: bool = True
 
 
 def _task_volumes(volumes: DessVolumes, task: str, settings: SegmentationSettings):
@@ -152,9 +156,14 @@ def segment_knee(ensembles: dict, image: np.ndarray, spacing_mm: Sequence[float]
     """Class labels of both networks on the grid of ``image`` (``(slices, rows, columns)``).
 
     Each network runs on its own grid (``settings.grid_mm``); its labels come back to the
-    image grid by nearest-neighbour resizing. Returns ``{"bone": ..., "cartilage": ...}``.
+    image grid by nearest-neighbour resizing. With ``settings.keep_components`` each class
+    then keeps its anatomical number of connected components, and each cartilage only the
+    components on its segmented bone (:func:`kneelib.train.segmentation.keep_anatomical_components`).
+    Returns ``{"bone": ..., "cartilage": ...}``.
     """
-    from kneelib.train.segmentation import predict_volume, resample_to_spacing, resize_to_shape
+    from kneelib.models.segmentation import BONE_CLASSES, CARTILAGE_BONE, network_classes
+    from kneelib.train.segmentation import (keep_anatomical_components, predict_volume, resample_to_spacing,
+                                            resize_to_shape)
 
     out = {}
     for task in TASKS:
@@ -162,6 +171,10 @@ def segment_knee(ensembles: dict, image: np.ndarray, spacing_mm: Sequence[float]
         resampled = image if target is None else resample_to_spacing(image, spacing_mm, target)[0]
         labels, _ = predict_volume(ensembles[task], resampled)
         out[task] = labels if labels.shape == image.shape else resize_to_shape(labels, image.shape, order=0)
+    if settings.keep_components:
+        out["bone"] = keep_anatomical_components(out["bone"], BONE_CLASSES)
+        hosts = {cartilage: out["bone"] == BONE_CLASSES.index(bone) for cartilage, bone in CARTILAGE_BONE.items()}
+        out["cartilage"] = keep_anatomical_components(out["cartilage"], network_classes("cartilage"), hosts=hosts)
     return out
 
 
@@ -212,6 +225,26 @@ def evaluate_segmentation(ensembles: dict, test: DessVolumes, train: DessVolumes
     per_volume = pd.concat(rows, ignore_index=True)
     table = structure_table(per_volume, n_boot=n_boot, seed=seed)
     return per_volume, table, pd.concat(qc_parts, ignore_index=True), predictions, seconds
+
+
+def qc_sentence(qc: pd.DataFrame, limit_sd: float = 3.0) -> str:
+    """One sentence on the 3-SD volume rule's outcome: how many segmented test knees pass, and for
+    the others which structures lie beyond the limit and on which side (for the page's prose)."""
+    per_knee = qc.groupby("subject_id").excluded.any()
+    n, n_passed = int(per_knee.size), int((~per_knee).sum())
+    sentence = f"{n_passed} of {n} segmented test knees pass the {limit_sd:g}-SD volume rule"
+    parts = []
+    for column in sorted(c for c in qc.columns if c.startswith("z_")):
+        z = qc[column].dropna()
+        beyond = z[z.abs() > limit_sd]
+        if beyond.empty:
+            continue
+        above = int((beyond > 0).sum())
+        side = "all above" if above == len(beyond) else "all below" if above == 0 else f"{above} above"
+        parts.append(f"{column[2:].replace('_', ' ')} in {len(beyond)} ({side})")
+    if parts:
+        sentence += "; volumes beyond it: " + ", ".join(parts)
+    return sentence + "."
 
 
 def table_s1(table: pd.DataFrame) -> pd.DataFrame:
