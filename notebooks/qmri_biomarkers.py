@@ -304,7 +304,7 @@ fig = figures.plot_relaxation_map(t1rho["signal"][slab, ..., 0], t1rho["map_ms"]
                                   vmax=120, label="T1rho (ms)")
 fig.savefig(figure_dir / "real_t1rho_map.png", dpi=90)
 plt.show()
-display(t1rho_regions.round(1))
+display(t1rho_regions.round(1).fillna("no fit in range"))
 
 # %% [markdown]
 # ### Viewer

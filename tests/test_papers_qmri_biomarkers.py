@@ -224,6 +224,10 @@ def test_region_mean_fits_recover_a_known_relaxation_time_of_a_region():
     assert table.loc["region", "voxels"] == 18
     assert abs(table.loc["region", "2-parameter fit of the mean signal, ms"] - 55.0) < 2.0
     assert abs(table.loc["region", "3-parameter fit of the mean signal, ms"] - 55.0) < 10.0
+    # a region without decay: no relaxation time inside the range, so blank, not a runaway value
+    flat = study.region_mean_fits(signal, times, {"flat": ~region})
+    assert np.isnan(flat.loc["flat", "3-parameter fit of the mean signal, ms"])
+    assert np.isnan(flat.loc["flat", "2-parameter fit of the mean signal, ms"])
 
 
 def test_t1rho_cartilage_region_is_a_thin_band_on_the_drawn_slices_only():

@@ -587,6 +587,7 @@ def region_mean_fits(signal: np.ndarray, times_ms: Sequence[float], rois: dict,
     three-parameter ``S0 exp(-t/T) + C`` of paper 001 (:func:`kneelib.qmri.relaxometry.fit_t2_monoexponential`)
     and the two-parameter ``S0 exp(-t/T)`` (:func:`kneelib.qmri.relaxometry.log_linear_t2`). With
     four times, as the pyKNEEr T1rho series has, the offset ``C`` of the first is poorly determined.
+    A fit that does not converge to a time inside ``t_range_ms`` is NaN (blank), not its runaway value.
     """
     from kneelib.qmri.relaxometry import fit_t2_monoexponential, log_linear_t2
 
@@ -596,9 +597,12 @@ def region_mean_fits(signal: np.ndarray, times_ms: Sequence[float], rois: dict,
         mean = signal[np.asarray(mask, bool)].astype(np.float64).mean(axis=0)
         three = fit_t2_monoexponential(mean[None, None, None, :].astype(np.float32), times_ms, t2_range_ms=t_range_ms)
         _, two = log_linear_t2(mean[None, :], times_ms)
+        three_ms = float(np.ravel(three.t2_ms)[0]) if bool(np.ravel(three.converged)[0]) else np.nan
+        two_ms = float(np.ravel(two)[0])
         rows.append({"region": name, "voxels": int(np.count_nonzero(mask)),
-                     "3-parameter fit of the mean signal, ms": float(np.ravel(three.t2_ms)[0]),
-                     "2-parameter fit of the mean signal, ms": float(np.ravel(two)[0])})
+                     "3-parameter fit of the mean signal, ms": three_ms,
+                     "2-parameter fit of the mean signal, ms":
+                         two_ms if t_range_ms[0] <= two_ms <= t_range_ms[1] else np.nan})
     return pd.DataFrame(rows).set_index("region")
 
 
