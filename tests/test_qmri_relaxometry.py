@@ -192,3 +192,13 @@ def test_real_msme_muscle_t2_is_plausible():
     assert fit.converged.mean() > 0.95
     median_t2 = float(np.median(fit.t2_ms[fit.converged]))
     assert 25.0 < median_t2 < 40.0, median_t2
+
+
+@pytest.mark.parametrize("echo_times", [OAI_TE_MS, OAI_TE_MS + 3.0, np.array([8.0, 15.0, 30.0, 41.0, 60.0])])
+def test_residual_rms_is_the_rms_of_the_fitted_model(echo_times):
+    """The reported residual is that of the returned parameters, whatever the echo spacing."""
+    rng = np.random.default_rng(3)
+    signal = monoexponential(echo_times, 1000.0, rng.uniform(20, 60, (50, 1)), 20.0) + rng.normal(0, 8.0, (50, echo_times.size))
+    fit = fit_t2_monoexponential(signal, echo_times)
+    model = monoexponential(echo_times, fit.s0[:, None], fit.t2_ms[:, None], fit.offset[:, None])
+    np.testing.assert_allclose(fit.residual_rms, np.sqrt(((signal - model) ** 2).mean(1)), rtol=1e-8)

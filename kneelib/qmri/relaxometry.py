@@ -183,7 +183,7 @@ def _first_decay(te: np.ndarray, rate: np.ndarray, recurrence, e: np.ndarray):
     np.exp(e, out=e)
     if step is None:
         return None
-    return e if first_is_step else np.exp(-step * rate)
+    return e.copy() if first_is_step else np.exp(-step * rate)
 
 
 def _decays(te: np.ndarray, rate: np.ndarray, recurrence, out: np.ndarray) -> np.ndarray:
@@ -203,9 +203,10 @@ def _echo_sums(signal: np.ndarray, te: np.ndarray, rate: np.ndarray, recurrence,
     """Per-voxel sums over the echoes of ``e = exp(-R2 TE)`` and the signal, at the rates ``rate`` (m,).
 
     ``signal`` is (E, m) (one row per echo); ``powers`` the rows ``(1, TE, TE^2)`` (3, E);
-    ``out`` (7, m) receives the rows ``_A ... _ETY``, ``scratch`` is (3, E, m). Everything the variable-projection step and the cost need is a
-    function of these seven sums (and the constant sums of ``y`` and ``y^2``): three products
-    with the rows ``(1, TE, TE^2)`` (BLAS) instead of a residual and its reductions.
+    ``out`` (7, m) receives the rows ``_A ... _ETY``, ``scratch`` is (3, E, m) and keeps the
+    decays in ``scratch[0]``. The variable-projection step and the amplitudes are closed forms
+    in these seven sums (and the constant sum of ``y``), taken as three products with the rows
+    ``(1, TE, TE^2)`` (BLAS).
     """
     e, e2, ye = scratch
     _decays(te, rate, recurrence, e)
