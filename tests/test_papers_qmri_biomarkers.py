@@ -250,3 +250,4 @@ def test_qc_sentence_counts_knees_and_sides():
     assert "femoral cartilage in 1 (all above)" in sentence and "femur in 1 (all below)" in sentence
     assert qc_sentence(qc.assign(excluded=False, z_femur=0.0, z_femoral_cartilage=0.0)) == \
         "3 of 3 segmented test knees pass the 3-SD volume rule."
+    assert "No segmentation goes on to the biomarkers" in qc_sentence(qc.assign(excluded=True))

@@ -244,7 +244,10 @@ def qc_sentence(qc: pd.DataFrame, limit_sd: float = 3.0) -> str:
         parts.append(f"{column[2:].replace('_', ' ')} in {len(beyond)} ({side})")
     if parts:
         sentence += "; volumes beyond it: " + ", ".join(parts)
-    return sentence + "."
+    sentence += "."
+    if n and n_passed == 0:
+        sentence += " No segmentation goes on to the biomarkers: the tables below rest on the ground-truth labels."
+    return sentence
 
 
 def table_s1(table: pd.DataFrame) -> pd.DataFrame:
