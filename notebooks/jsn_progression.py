@@ -108,7 +108,7 @@ display(balance.round(3))
 # %% [markdown]
 # ## Method
 #
-# ### Preprocessing (2.3): N4 on the real DESS
+# ### Preprocessing: N4 on the real DESS
 #
 # Series are read through `kneelib.data` (DICOM to a NIfTI-like volume), put in one orientation
 # (left knees mirrored to look like right knees), and corrected with N4 {footcite}`tustison2010`
@@ -126,12 +126,13 @@ glue("cv_after", n4["cv_after"], display=False)
 # %% [markdown]
 # The muscle box's CV goes from {glue:text}`cv_before:.3f` to {glue:text}`cv_after:.3f`.
 #
-# ### Slice features (2.4.1, Fig. 2)
+# ### Slice features (Fig. 2)
 #
 # `n_slices` consecutive slices around the middle one, resized to `image_size`, each through
 # EfficientNet-Lite0 with the offline ImageNet weights (the paper's network is unnamed; its 1280
 # descriptors match this family), computed once per series and cached on disk, keyed by the
-# DICOM files' content and every parameter.
+# DICOM files' content and every parameter. Series the reader refuses (the synthetic cohort
+# plants scan artefacts such as missing slices) are excluded and listed.
 
 # %%
 config = study.SliceFeatureConfig(series=series, n_slices=n_slices, image_size=image_size, n4_shrink=n4_shrink)
@@ -140,11 +141,12 @@ status = features.knees["status"].value_counts().to_dict()
 print(f"{config.series}: {features.features.shape[1]} slices x {features.features.shape[2]} features per knee; "
       f"{status}; cache {features.cache_bytes / 2**20:.1f} MiB; "
       f"{features.seconds['total']:.0f} s (CNN {features.slices_per_second:.1f} slices/s when computed)")
+display(features.knees.loc[features.knees["status"].isin(["missing", "unreadable"])])
 glue("cache_mib", features.cache_bytes / 2**20, display=False)
 glue("feature_seconds", features.seconds["total"], display=False)
 
 # %% [markdown]
-# ### Attention over slices (2.4.2, Fig. 3) and evaluation (2.2.3)
+# ### Attention over slices (Fig. 3) and evaluation
 #
 # Conv1d along the slices, a bidirectional GRU, one score per slice, masked softmax, the
 # attention-weighted mean of the slice vectors concatenated with standardised clinical variables,
@@ -193,10 +195,10 @@ table = study.results_table(list(results.values()) + variants)
 display(table)
 
 # %% [markdown]
-# ### Reader benchmark (2.5)
+# ### Reader benchmark (the paper's human benchmark)
 #
-# Pairs of one progressor and one non-progressor with the paper's mix of "almost certain"
-# (JSN < -1.1 mm), typical and "doubtful" (-0.6 to -0.5 mm) progressors (reused in turn when the
+# Pairs of one progressor and one non-progressor with the paper's mix of "almost certain",
+# typical and "doubtful" progressors (`kneelib.stats.binary.PAPER_PAIR_MIX`; reused in turn when the
 # cohort has fewer than the paper's 150); the share of pairs in which the progressor is ranked
 # higher, for the model, a reader who ranks by baseline KL (ties by the narrower JSW) and one who
 # ranks by baseline JSW alone.
@@ -207,7 +209,7 @@ print("pairs per band:", readers.attrs["bands"], "| bands without progressors:",
 display(readers.round(3))
 
 # %% [markdown]
-# ### Where the model looks (3.4, Fig. 6)
+# ### Where the model looks (Fig. 6)
 #
 # For the progressors: the attention mass on slices that show a planted medial-compartment driver
 # (cartilage loss or meniscal damage next to the medial tibial cartilage or meniscus) against the
@@ -269,7 +271,7 @@ glue("minutes", minutes, display=False)
 # - **Orientation.** Left knees are mirrored to look like right knees (the paper mirrored the
 #   other side); either way all knees share one orientation.
 # - **Clinical variables.** The paper's Table 1 is in supplementary material that we do not have;
-#   the "Table 1" variant uses the baseline variables of section 2.5 without JSW.
+#   the "Table 1" variant uses the baseline variables of the paper's human benchmark without JSW.
 # - **Metrics.** Pooled out-of-fold metrics with participant-bootstrap CIs; the paper averages
 #   fold metrics. Precision, recall and F1 use the 0.5 threshold of the class-weighted model.
 # - **Reader benchmark.** A rule-based reader (baseline KL, then JSW) replaces the two

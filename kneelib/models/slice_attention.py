@@ -10,7 +10,8 @@ activation, outputting final class probabilities."
 
 Sizes the paper does not give (convolution width and kernel, GRU size, MLP width, dropout)
 are constructor arguments. Padding slices (a series with fewer slices than the batch's
-longest) are masked out of the softmax, so they get exactly zero attention.
+longest) are zeroed before the convolution, skipped by the GRU (packed sequences) and masked
+out of the softmax, so they get exactly zero attention and change no prediction.
 """
 from __future__ import annotations
 
@@ -82,9 +83,16 @@ class SliceAttentionNet(nn.Module):
         """``(batch, slices)`` attention weights, summing to 1 over the unmasked slices."""
         if features.ndim != 3 or features.shape[-1] != self.n_features:
             raise ValueError(f"features must be (batch, slices, {self.n_features}), got {tuple(features.shape)}")
-        hidden = torch.relu(self.conv(features.transpose(1, 2))).transpose(1, 2)
-        hidden = hidden * mask[..., None].to(hidden.dtype)
-        out, _ = self.gru(hidden)
+        if mask.shape != features.shape[:2]:
+            raise ValueError(f"mask {tuple(mask.shape)} does not match features {tuple(features.shape[:2])}")
+        lengths = mask.sum(dim=1)
+        if bool((lengths == 0).any()) or not bool((torch.arange(mask.shape[1]) < lengths[:, None]).eq(mask).all()):
+            raise ValueError("mask must mark a non-empty run of leading slices per knee (padding at the end)")
+        keep = mask[..., None].to(features.dtype)
+        hidden = torch.relu(self.conv((features * keep).transpose(1, 2))).transpose(1, 2) * keep
+        packed = nn.utils.rnn.pack_padded_sequence(hidden, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=mask.shape[1])
         return masked_softmax(self.score(out).squeeze(-1), mask)
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:

@@ -265,7 +265,9 @@ class SliceFeatures:
     ----------
     knees : DataFrame
         The requested knees (``participant_id``, ``side``) with ``status`` (``"cached"``,
-        ``"computed"``, ``"missing"``: no such series) and ``n_slices``.
+        ``"computed"``, ``"missing"``: no such series, ``"unreadable"``: the reader or the
+        pipeline refused it, e.g. a planted missing-slices artefact), ``n_slices`` and ``reason``.
+        Unreadable knees are not cached, so they are retried on the next run.
     features : ndarray, shape (n_knees, max_slices, n_features), float32
     mask : ndarray of bool, shape (n_knees, max_slices)
         True where a slice exists (padding and missing knees False).
@@ -332,7 +334,7 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
     """
     from kneelib.data import read_dicom_series, read_image_index
     from kneelib.data.cache import series_cache_key
-    from kneelib.data.errors import UnknownSeriesError
+    from kneelib.data.errors import KneelibDataError, UnknownSeriesError
 
     missing_columns = {"participant_id", "side"} - set(knees.columns)
     if missing_columns:
@@ -341,7 +343,7 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
     index = read_image_index(root)
     params = {**asdict(config), "visit_month": int(visit_month), "version": FEATURE_VERSION}
     encoder = None
-    entries, status = [], []
+    entries, status, reasons = [], [], []
     seconds = {"total": 0.0, "encode": 0.0, "preprocess": 0.0}
     n_encoded, cache_bytes = 0, 0
     start_all = time.perf_counter()
@@ -355,6 +357,7 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
         except UnknownSeriesError:
             entries.append(None)
             status.append("missing")
+            reasons.append(f"no {config.description(side)} series")
             continue
         key = series_cache_key(folder, **params)
         path = cache / key[:2] / f"{key}.npz"
@@ -362,10 +365,17 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
             with np.load(path) as stored:
                 entries.append((stored["features"].astype(np.float32), stored["indices"]))
             status.append("cached")
+            reasons.append("")
         else:
             t0 = time.perf_counter()
-            volume = read_dicom_series(folder)
-            images, indices = prepare_slices(volume, config)
+            try:
+                volume = read_dicom_series(folder)
+                images, indices = prepare_slices(volume, config)
+            except (KneelibDataError, SliceInputError) as error:  # e.g. missing slices: QC exclusion
+                entries.append(None)
+                status.append("unreadable")
+                reasons.append(f"{type(error).__name__}: {str(error).split(';')[0][:160]}")
+                continue
             t1 = time.perf_counter()
             if encoder is None:
                 encoder = SliceEncoder(config.arch)
@@ -378,6 +388,7 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
             _save_npz_atomic(path, features=vectors.astype(np.float16), indices=indices.astype(np.int16))
             entries.append((vectors.astype(np.float16).astype(np.float32), indices))
             status.append("computed")
+            reasons.append("")
         cache_bytes += path.stat().st_size
     seconds["total"] = time.perf_counter() - start_all
     n_features = next((e[0].shape[1] for e in entries if e is not None), 1280)
@@ -389,5 +400,6 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
         if entry is not None:
             n = len(entry[1])
             features[i, :n], mask[i, :n], slice_index[i, :n] = entry[0], True, entry[1]
-    table = knees[["participant_id", "side"]].reset_index(drop=True).assign(status=status, n_slices=mask.sum(axis=1))
+    table = knees[["participant_id", "side"]].reset_index(drop=True).assign(status=status, n_slices=mask.sum(axis=1),
+                                                                      reason=reasons)
     return SliceFeatures(table, features, mask, slice_index, config, seconds, n_encoded, cache_bytes)
