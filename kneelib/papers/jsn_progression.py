@@ -231,11 +231,12 @@ def where_the_model_looks(root, result: TaskResult, config: SliceFeatureConfig, 
         candidates = np.flatnonzero(flags[row])
         s = int(candidates[np.argmax(result.cv.attention[row, candidates])])
         drivers = driver_maps[row][s]
-        cam_rows.append({"row": int(row), "participant_id": result.groups[row], "slice": s,
-                         "hit": cell_pointing_hit(cams[s], drivers),
+        empty = not float(cams[s].max()) > 0  # no positive evidence: the map points nowhere, a miss
+        cam_rows.append({"row": int(row), "participant_id": result.groups[row], "slice": s, "empty map": empty,
+                         "hit": (not empty) and cell_pointing_hit(cams[s], drivers),
                          "chance": float(mask_on_grid(drivers, cams[s].shape).mean())})
         shown.append((images[s], cams[s], drivers, f"{result.groups[row]} slice {s}"))
-    cam_table = pd.DataFrame(cam_rows, columns=["row", "participant_id", "slice", "hit", "chance"])
+    cam_table = pd.DataFrame(cam_rows, columns=["row", "participant_id", "slice", "empty map", "hit", "chance"])
     pointing = (proportion_with_ci(cam_table["hit"].to_numpy(bool), groups=cam_table["participant_id"].to_numpy(),
                                    n_boot=n_boot, seed=seed) if len(cam_table) else None)
     share = np.nanmean(np.array([np.pad(f.astype(float), (0, mask.shape[1] - len(f)), constant_values=np.nan)
