@@ -31,9 +31,15 @@ n_slices = 16  # consecutive slices around the middle one (paper 8 for COR IW TS
 image_size = 112  # slice side before the CNN (native COR IW TSE grid of the synthetic cohort)
 n4_shrink = 4  # N4 fitting grid shrink factor
 n_folds = 5
-epochs = 15
-lr = 0.001
+epochs = 20
+lr = 0.003
 batch_size = 32
+weight_decay = 0.1  # decoupled weight decay (fastai Adam)
+n_components = 32  # whitened principal axes of the training folds' slice vectors fed to the model (None: all 1280)
+conv_channels = 16
+gru_hidden = 8
+mlp_hidden = 16
+dropout = 0.5
 n_boot = 500  # bootstrap resamples of every CI (participants)
 n_pairs = 150  # reader benchmark pairs (paper 150)
 n_gradcam = 12  # progressors whose Grad-CAM is scored against the planted drivers
@@ -57,8 +63,9 @@ notebook_start = time.perf_counter()
 torch.set_num_threads(torch_threads)
 params = dict(seed=seed, cohort_preset=cohort_preset, n_subjects=n_subjects, series=series,
               variant_series=variant_series, n_slices=n_slices, image_size=image_size, n4_shrink=n4_shrink,
-              n_folds=n_folds, epochs=epochs, lr=lr, batch_size=batch_size, n_boot=n_boot, n_pairs=n_pairs,
-              n_gradcam=n_gradcam)
+              n_folds=n_folds, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+              n_components=n_components, conv_channels=conv_channels, gru_hidden=gru_hidden, mlp_hidden=mlp_hidden,
+              dropout=dropout, n_boot=n_boot, n_pairs=n_pairs, n_gradcam=n_gradcam)
 figure_dir = cache_root() / "figures" / study.STUDY
 figure_dir.mkdir(parents=True, exist_ok=True)
 paper = study.published()  # book/published.yml, values: jsn_progression
@@ -148,18 +155,25 @@ glue("feature_seconds", features.seconds["total"], display=False)
 # %% [markdown]
 # ### Attention over slices (Fig. 3) and evaluation
 #
-# Conv1d along the slices, a bidirectional GRU, one score per slice, masked softmax, the
-# attention-weighted mean of the slice vectors concatenated with standardised clinical variables,
-# an MLP and two logits ({footcite}`ilse2018` for attention pooling). A fastai `Learner` trains it
-# (Adam, one-cycle, class-weighted cross-entropy, a fixed number of epochs: nothing is selected on
-# a test fold). Five subject-level folds stratified on the label; every knee is predicted by the
+# Each fold standardises the slice vectors with its training knees' slices and, with
+# `n_components`, projects them on those slices' leading principal axes (whitened), so a few hundred
+# training knees do not meet 1280 inputs per slice. Then Conv1d along the slices, a bidirectional
+# GRU, one score per slice, masked softmax, the attention-weighted mean of the slice vectors
+# concatenated with standardised clinical variables, an MLP and two logits ({footcite}`ilse2018` for
+# attention pooling). A fastai `Learner` trains it (Adam with weight decay, one-cycle,
+# class-weighted cross-entropy, a fixed number of epochs: nothing is selected on a test fold). Five subject-level folds stratified on the label; every knee is predicted by the
 # model that never saw its participant. Baselines on the same folds: logistic regressions on the
-# clinical variables, on baseline KL alone and on baseline JSW alone.
+# clinical variables, on baseline KL alone and on baseline JSW alone. On the synthetic cohort a
+# further logistic regression on the *planted* baseline drivers of progression (latent OA severity,
+# medial meniscal damage, effusion grade) and BMI shows how far any model could get there.
 
 # %%
-train_config = study.AttentionTrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+train_config = study.AttentionTrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                                          conv_channels=conv_channels, gru_hidden=gru_hidden, mlp_hidden=mlp_hidden,
+                                          dropout=dropout, n_components=n_components, seed=seed)
 results = {task: study.run_task(task, knees, features, "BMI", n_folds, train_config, n_boot, seed)
            for task in study.TASKS}
+study.planted_driver_ceiling(root, results["progression"], n_boot, seed)  # synthetic only: the planted bound
 variants = [study.run_task("progression", knees, features, "Table 1", n_folds, train_config, n_boot, seed,
                            baselines=False)]
 for extra in variant_series:
@@ -242,6 +256,7 @@ display(comparison_table(rows))
 minutes = (time.perf_counter() - notebook_start) / 60
 m = main.metrics[main.model].loc["roc_auc"]
 clin = main.metrics["clinical + KL + JSW"].loc["roc_auc"]
+ceiling = main.metrics.get("planted drivers + BMI (truth)")
 pain = results["pain"].metrics[results["pain"].model].loc["roc_auc"]
 print(f"progression ROC AUC {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] vs clinical + KL + JSW "
       f"{clin['value']:.3f} [{clin['ci_low']:.3f}, {clin['ci_high']:.3f}]; pain {pain['value']:.3f} "
@@ -249,6 +264,12 @@ print(f"progression ROC AUC {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.
       f"with {torch_threads} thread(s)")
 glue("auc", m["value"], display=False)
 glue("auc_clinical", clin["value"], display=False)
+glue("auc_clinical_only", main.metrics["clinical (age, sex, BMI)"].loc["roc_auc", "value"], display=False)
+glue("auc_ceiling", np.nan if ceiling is None else ceiling.loc["roc_auc", "value"], display=False)
+best_clinical = max(main.metrics[b].loc["roc_auc", "value"] for b in ("clinical (age, sex, BMI)", "clinical + KL + JSW"))
+glue("auc_verdict", "no better than" if m["value"] <= best_clinical else "above", display=False)
+glue("auc_low", m["ci_low"], display=False)
+glue("auc_high", m["ci_high"], display=False)
 glue("n_knees", len(main.labels), display=False)
 glue("n_positive", int(main.labels.sum()), display=False)
 glue("minutes", minutes, display=False)
@@ -260,8 +281,34 @@ glue("minutes", minutes, display=False)
 #   ({glue:text}`n_knees` knees, {glue:text}`n_positive` progressors), not the paper's
 #   {glue:text}`paper_knees:,.0f` OAI knees. Progression follows the causal model, so the numbers
 #   say whether the pipeline recovers a planted signal, not whether the paper's clinical claim
-#   holds. Here the image model reached {glue:text}`auc:.2f` against {glue:text}`auc_clinical:.2f`
-#   for the logistic regression on clinical variables, KL and JSW.
+#   holds. Here the image model reached {glue:text}`auc:.2f` ({glue:text}`auc_low:.2f` to
+#   {glue:text}`auc_high:.2f`) against {glue:text}`auc_clinical_only:.2f` for the logistic regression
+#   on age, sex and BMI and {glue:text}`auc_clinical:.2f` with KL and JSW added: the image model is
+#   {glue:text}`auc_verdict` the better clinical regression. That the images carry little beyond
+#   the clinical variables is what the cohort plants:
+#   `kneelib.synth.causal` draws rapid medial JSW loss from a logistic model whose intercept leaves
+#   most of it to chance, driven by latent medial severity, BMI, medial meniscal damage and
+#   effusion, and adds JSW measurement noise to the label. Even the planted drivers themselves
+#   with BMI, which no image shows exactly, reach only {glue:text}`auc_ceiling:.2f` out of fold,
+#   so an image model can gain at most the small gap between that bound and BMI, KL and JSW
+#   (which already read severity), and a 1280-d feature per slice learnt from a few hundred knees
+#   recovers only part of it.
+# - **Model selection on a development cohort.** The attention model's settings (principal axes
+#   `n_components` of the training folds' slice vectors, whitened, instead of all 1280 features;
+#   widths, dropout, weight decay, learning rate, epochs) were chosen once on another synthetic
+#   cohort, never on the one reported here; the development runs (progression, attention + BMI,
+#   the same five subject-level folds) are listed below. With all 1280 features and the
+#   first settings (the table's first row) BMI was one input among 1281 and the network overfit
+#   the image features; on the development cohort, settings that differ by less than the spread
+#   between two training seeds of one setting are not told apart.
+#
+# %%
+development = study.development_runs()
+print(development.attrs["cohort"], "| the chosen row with training seed", development.attrs["seed_repeat"]["seed"],
+      "instead of 0:", development.attrs["seed_repeat"]["roc_auc"])
+display(development)
+
+# %% [markdown]
 # - **Slices and sizes.** `default` uses `n_slices` central COR IW TSE slices at `image_size`
 #   pixels (the paper: {glue:text}`paper_slices` slices, input size unstated); `paper.yaml` holds 8
 #   slices at 224 pixels and adds the SAG IW TSE and SAG 3D DESS variants.

@@ -59,3 +59,45 @@ def test_cohort_reads_oai_tables_and_counts_knees_without_jsw(tmp_path):
     assert np.isnan(row.loc[("9000002", "R"), "pain_class"])  # WOMAC 1.5: left out
     assert np.isnan(row.loc[("9000002", "L"), "progressor"])
     assert list(excluded["reason"]) == ["no 12-month JSW"] and list(excluded["side"]) == ["L"]
+
+
+def _truth_root(tmp_path, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [f"90{i:05d}" for i in range(n // 2) for _ in (0, 1)]
+    sides = ["R", "L"] * (n // 2)
+    effusion = rng.integers(0, 4, n)
+    rows = [dict(participant_id=p, side=s, visit_month=v, oa_severity=float(rng.normal()) + v,
+                 meniscal_damage_medial=int(rng.integers(0, 3)), effusion_grade=int(e) if v == 0 else 0, artefact="")
+            for v in (12, 0) for p, s, e in zip(ids, sides, effusion)]
+    (tmp_path / "ground_truth").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "ground_truth" / "knees.csv", index=False)
+    return tmp_path, ids, sides, effusion
+
+
+def test_progression_drivers_are_the_baseline_rows(tmp_path):
+    from kneelib.synth.ground_truth import (PROGRESSION_DRIVER_COLUMNS, MissingGroundTruthError,
+                                            progression_drivers)
+
+    root, ids, sides, effusion = _truth_root(tmp_path)
+    drivers = progression_drivers(root)
+    assert list(drivers.columns) == ["participant_id", "side", *PROGRESSION_DRIVER_COLUMNS]
+    assert len(drivers) == len(ids) and drivers["participant_id"].tolist() == ids
+    assert drivers["effusion_grade"].tolist() == effusion.tolist()  # the 12-month rows (written first) are not read
+    with pytest.raises(MissingGroundTruthError):
+        progression_drivers(tmp_path / "elsewhere")
+
+
+def test_planted_driver_ceiling_scores_on_the_task_folds(tmp_path):
+    from kneelib.papers.jsn_progression import TaskResult, planted_driver_ceiling
+    from kneelib.train.splits import stratified_kfold
+
+    root, ids, sides, effusion = _truth_root(tmp_path, n=80, seed=1)
+    labels = (effusion >= 2).astype(int)
+    knees = pd.DataFrame({"participant_id": ids, "side": sides, "bmi": np.random.default_rng(2).normal(28, 4, 80)})
+    fold = stratified_kfold(labels, 4, groups=np.asarray(ids), seed=0)
+    result = TaskResult("progression", "attention + BMI", knees, labels, fold, cv=None)
+    planted_driver_ceiling(root, result, n_boot=20)
+    auc = result.metrics["planted drivers + BMI (truth)"].loc["roc_auc", "value"]
+    assert auc > 0.9
+    untouched = TaskResult("progression", "attention + BMI", knees, labels, fold, cv=None)
+    assert planted_driver_ceiling(tmp_path / "real", untouched, n_boot=20).scores == {}

@@ -144,8 +144,7 @@ class SliceGradCamModel(nn.Module):
         self._encoder = encoder
         self.attention_model = attention_model
         self.task = task
-        self.register_buffer("feature_mean", torch.as_tensor(standardisation.feature_mean, dtype=torch.float32))
-        self.register_buffer("feature_sd", torch.as_tensor(standardisation.feature_sd, dtype=torch.float32))
+        self.standardisation = standardisation
         clin = (np.asarray(clinical_row, float) - standardisation.clinical_mean) / standardisation.clinical_sd
         self.register_buffer("clinical", torch.as_tensor(np.atleast_1d(clin), dtype=torch.float32)[None])
 
@@ -156,7 +155,7 @@ class SliceGradCamModel(nn.Module):
         return self._encoder.forward_features(inputs)
 
     def forward_heads(self, maps):
-        pooled = (self._encoder.pool(maps) - self.feature_mean) / self.feature_sd
+        pooled = self.standardisation.transform_torch(self._encoder.pool(maps))
         mask = torch.ones(1, len(pooled), dtype=torch.bool, device=pooled.device)
         logits = self.attention_model(pooled[None], mask, self.clinical)
         return logits.expand(len(pooled), -1)
