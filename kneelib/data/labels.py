@@ -217,3 +217,119 @@ def add_derived_labels(table, threshold_mm: float = PROGRESSION_THRESHOLD_MM):
     table["jsw_change_12m_mm"] = jsw_change_12m(table)
     table["progressor"] = progressor_12m(table["jsw_change_12m_mm"], threshold_mm)
     return table
+
+
+#: Relative progression threshold of paper 002 (Discussion, post hoc analysis): a knee whose
+#: medial minimum JSW changes by at most this fraction of its baseline width in 12 months.
+RELATIVE_PROGRESSION_THRESHOLD = -0.25
+#: Pain classes of paper 002, section 3.3: WOMAC pain >= 2 is "painful", < 1 "not painful";
+#: knees in between are left out.
+WOMAC_PAIN_HIGH = 2.0
+WOMAC_PAIN_LOW = 1.0
+
+
+def relative_progressor_12m(jsw_change_mm, jsw_baseline_mm, threshold: float = RELATIVE_PROGRESSION_THRESHOLD):
+    """Relative 12-month progressor (paper 002, Discussion): ``JSN(12) / JSW(0) <= threshold``.
+
+    Parameters
+    ----------
+    jsw_change_mm, jsw_baseline_mm : array-like of float
+        ``JSW(12) - JSW(0)`` and ``JSW(0)`` per knee.
+    threshold : float
+        -0.25 in the paper ("-25 % relative to JSW(baseline)").
+
+    Returns
+    -------
+    ndarray of float
+        1.0 / 0.0, NaN where either value is missing or the baseline width is not positive
+        (bone on bone: no relative change is defined).
+    """
+    import numpy as np
+
+    change = np.asarray(jsw_change_mm, dtype=float)
+    baseline = np.asarray(jsw_baseline_mm, dtype=float)
+    if change.shape != baseline.shape:
+        raise ValueError(f"jsw_change_mm {change.shape} and jsw_baseline_mm {baseline.shape} differ in shape")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        valid = np.isfinite(change) & np.isfinite(baseline) & (baseline > 0)
+        relative = np.where(valid, change / np.where(valid, baseline, 1.0), np.nan)
+        return np.where(valid, (relative <= threshold).astype(float), np.nan)
+
+
+def womac_pain_class(womac, high: float = WOMAC_PAIN_HIGH, low: float = WOMAC_PAIN_LOW):
+    """Binary pain task of paper 002, section 3.3: 1 when WOMAC pain >= ``high``, 0 when < ``low``.
+
+    Knees in between (and missing values) get NaN: the paper leaves them out.
+
+    Raises
+    ------
+    ValueError
+        When ``low > high`` (the classes would overlap).
+    """
+    import numpy as np
+
+    if low > high:
+        raise ValueError(f"low ({low}) must not exceed high ({high})")
+    values = np.asarray(womac, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.where(values >= high, 1.0, np.where(values < low, 0.0, np.nan))
+
+
+#: Baseline clinical variables read for the JSN chapter (paper 002, section 2.5 lists age,
+#: gender, BMI, height, weight and minimum medial JSW as the clinical data shown to readers).
+JSN_COHORT_VARIABLES: tuple[str, ...] = ("min_medial_jsw_mm", "womac_pain", "kl_grade", "age_years",
+                                         "bmi_kg_m2", "sex", "height_mm", "weight_kg")
+
+
+def jsn_progression_cohort(root):
+    """One row per knee with the labels of paper 002 (sections 2.2.1, 2.2.2, 3.3; Discussion).
+
+    Read with :func:`kneelib.data.knee_table` at months 0 and 12: minimum medial JSW
+    (``V00MCMJSW`` / ``V01MCMJSW`` of ``kXR_QJSW_Duryea``), baseline WOMAC pain
+    (``V00WOMKPR/L``), KL grade, age, BMI, sex, height and weight.
+
+    Returns
+    -------
+    knees : DataFrame
+        Every knee of the cohort, sorted by ``participant_id`` and ``side``: ``jsw_0``,
+        ``jsw_12``, ``jsn_12m_mm`` (:func:`jsw_change_12m`), ``progressor``
+        (:func:`progressor_12m`), ``relative_progressor``
+        (:func:`relative_progressor_12m`), ``womac_0``, ``pain_class``
+        (:func:`womac_pain_class`), ``kl_0``, ``age``, ``bmi``, ``sex``, ``height_mm``,
+        ``weight_kg``. Labels are NaN where undefined (missing JSW, WOMAC in [1, 2)).
+    exclusions : DataFrame
+        One row per knee without both JSW readings (``participant_id``, ``side``,
+        ``step``, ``reason``): excluded from the progression tasks and counted.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from kneelib.data import knee_table
+
+    table = knee_table(root, list(JSN_COHORT_VARIABLES), visits=(0, 12))
+    table["jsn"] = jsw_change_12m(table)
+    base = table[table["VISIT"] == 0].set_index(["ID", "SIDE"])
+    follow = table[table["VISIT"] == 12].set_index(["ID", "SIDE"])
+    knees = pd.DataFrame({
+        "participant_id": base.index.get_level_values("ID").astype(str),
+        "side": np.where(base.index.get_level_values("SIDE") == 1, "R", "L"),
+        "jsw_0": base["min_medial_jsw_mm"].to_numpy(float),
+        "jsw_12": follow["min_medial_jsw_mm"].reindex(base.index).to_numpy(float),
+        "jsn_12m_mm": base["jsn"].to_numpy(float),
+        "womac_0": base["womac_pain"].to_numpy(float),
+        "kl_0": base["kl_grade"].to_numpy(float),
+        "age": base["age_years"].to_numpy(float),
+        "bmi": base["bmi_kg_m2"].to_numpy(float),
+        "sex": base["sex"].to_numpy(float),
+        "height_mm": base["height_mm"].to_numpy(float),
+        "weight_kg": base["weight_kg"].to_numpy(float),
+    })
+    knees["progressor"] = progressor_12m(knees["jsn_12m_mm"])
+    knees["relative_progressor"] = relative_progressor_12m(knees["jsn_12m_mm"], knees["jsw_0"])
+    knees["pain_class"] = womac_pain_class(knees["womac_0"])
+    missing = ~np.isfinite(knees["jsn_12m_mm"].to_numpy(float))
+    reasons = np.where(np.isfinite(knees["jsw_0"]), "no 12-month JSW", "no baseline JSW")
+    exclusions = pd.DataFrame({"participant_id": knees["participant_id"][missing], "side": knees["side"][missing],
+                               "step": "labels", "reason": reasons[missing]})
+    knees = knees.sort_values(["participant_id", "side"], kind="stable").reset_index(drop=True)
+    return knees, exclusions.reset_index(drop=True)

@@ -45,6 +45,8 @@ __all__ = [
     "synthetic_knee_crops",
     "knee_image_liability",
     "image_liability_ceiling_auc",
+    "PROGRESSION_DRIVER_COLUMNS",
+    "progression_drivers",
 ]
 
 #: Lesion columns of the ground-truth per-knee table (:func:`truth_knee_table`).
@@ -277,6 +279,31 @@ def showcase_slice(labels: np.ndarray, masks: dict) -> int:
             lesion += mask.reshape(n, -1).sum(axis=1)
     score = np.where(candidates, lesion if lesion[candidates].max() > 0 else cartilage, -1)
     return int(np.argmax(score))
+
+
+#: Baseline variables the causal model draws 12-month rapid medial JSW loss from
+#: (:func:`kneelib.synth.causal._progress`; BMI comes from the clinical tables).
+PROGRESSION_DRIVER_COLUMNS = ("oa_severity", "meniscal_damage_medial", "effusion_grade")
+
+
+def progression_drivers(cohort_root: str | Path) -> pd.DataFrame:
+    """Planted baseline drivers of 12-month JSN progression per knee (paper 002's task).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``participant_id``, ``side`` (``"R"``/``"L"``) and :data:`PROGRESSION_DRIVER_COLUMNS`
+        (latent OA severity, medial meniscal damage grade, effusion-synovitis grade) at baseline.
+
+    Raises
+    ------
+    MissingGroundTruthError
+        No ``ground_truth/knees.csv`` (e.g. a real OAI root).
+    """
+    path = _truth_file(cohort_root, "knees.csv", "ground-truth knee table")
+    knees = pd.read_csv(path, dtype={"participant_id": str, "artefact": str})
+    base = knees[knees["visit_month"] == 0]
+    return base[["participant_id", "side", *PROGRESSION_DRIVER_COLUMNS]].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- the causal model without images

@@ -1,0 +1,96 @@
+"""Slice-feature extraction of the JSN-progression chapter (paper 002, 2.4.1): throughput and peak memory.
+
+Slices per second through EfficientNet-Lite0 (offline ImageNet weights,
+:class:`kneelib.preprocess.slice_features.SliceEncoder`) at the ``default`` input size
+(112 px) and the paper-like 224 px, and the whole per-knee pipeline (N4 on a 16-slice window,
+normalisation, resize, CNN) on a synthetic coronal series of the default cohort's geometry
+(112 x 112 x 35). Peak memory is the largest resident set size sampled every 10 ms during the
+measured calls, minus the size before them (the weights are loaded first). The 1-minute load
+average is stored with each result: on a shared machine the rate falls when other jobs run.
+
+Overrides: ``KNEELIB_BENCH_THREADS`` (default 1), ``KNEELIB_BENCH_SLICES`` (slices per call,
+default 16). Run with::
+
+    pytest benchmarks/bench_jsn_slice_features.py --benchmark-only -s
+"""
+import os
+import threading
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from kneelib.data.dicom import Volume
+from kneelib.preprocess.slice_features import SliceEncoder, SliceFeatureConfig, prepare_slices
+
+THREADS = int(os.environ.get("KNEELIB_BENCH_THREADS", 1))
+N_SLICES = int(os.environ.get("KNEELIB_BENCH_SLICES", 16))
+
+
+class _PeakRss:
+    def __init__(self):
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def extra_mib(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.set_num_threads(THREADS)
+    return SliceEncoder("efficientnet_lite0")
+
+
+@pytest.mark.parametrize("size", [112, 224])
+def test_encode_throughput(benchmark, encoder, size):
+    images = np.random.default_rng(0).random((N_SLICES, size, size)).astype(np.float32)
+    encoder.encode(images)  # warm-up
+    with _PeakRss() as memory:
+        vectors = benchmark.pedantic(encoder.encode, args=(images,), rounds=3, iterations=1)
+    assert vectors.shape == (N_SLICES, 1280)
+    rate = N_SLICES / benchmark.stats.stats.mean
+    benchmark.extra_info.update({"slices_per_s": rate, "peak_extra_mib": memory.extra_mib, "threads": THREADS,
+                                 "load_1min": os.getloadavg()[0]})
+    print(f"\n{size} px: {rate:.1f} slices/s, peak +{memory.extra_mib:.0f} MiB, {THREADS} thread(s)")
+
+
+def test_knee_pipeline_throughput(benchmark, encoder):
+    rng = np.random.default_rng(1)
+    x, y, z = np.mgrid[0:112, 0:35, 0:112]
+    array = (400 + 300 * (((x - 56) ** 2 + (z - 56) ** 2) < 40 ** 2) * np.exp(0.005 * (x - 56))
+             + rng.normal(0, 20, x.shape)).clip(0).astype(np.uint16)
+    volume = Volume(array=array, affine=np.diag([1.25, 3.0, 1.25, 1.0]), laterality="R",
+                    series_description="COR_IW_TSE_RIGHT")
+    config = SliceFeatureConfig(n_slices=N_SLICES, image_size=112, n4_shrink=4)
+
+    def knee():
+        images, _ = prepare_slices(volume, config)
+        return encoder.encode(images)
+
+    knee()
+    with _PeakRss() as memory:
+        vectors = benchmark.pedantic(knee, rounds=3, iterations=1)
+    assert vectors.shape == (N_SLICES, 1280)
+    rate = N_SLICES / benchmark.stats.stats.mean
+    benchmark.extra_info.update({"slices_per_s": rate, "knees_per_s": 1 / benchmark.stats.stats.mean,
+                                 "peak_extra_mib": memory.extra_mib, "threads": THREADS,
+                                 "load_1min": os.getloadavg()[0]})
+    print(f"\nwhole knee (N4 + resize + CNN): {rate:.1f} slices/s, peak +{memory.extra_mib:.0f} MiB")

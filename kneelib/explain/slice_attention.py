@@ -1,0 +1,171 @@
+"""Where the slice-attention model looks, scored against the planted drivers (paper 002, 3.4, Fig. 6).
+
+Schiratti et al. 2021, 3.4: Grad-CAM on the inputs showed "JSN progression-related regions
+... in the internal femoro-tibial compartment" (the medial compartment). On the synthetic
+cohort the causal model (:func:`kneelib.synth.causal._progress`) drives 12-month medial JSW
+loss by medial compartment severity, BMI, medial meniscal damage and effusion-synovitis; of
+these, the image shows medial severity as focal cartilage loss and medial meniscal damage,
+both written as lesion masks. :func:`progression_driver_mask` keeps those lesions where they
+lie in the medial compartment (within a few voxels of the medial tibial cartilage or the
+medial meniscus). Two checks, each against its chance level:
+
+- :func:`attention_on_drivers` -- the share of a knee's attention mass on slices that show a
+  driver vs the share of its slices that do (chance: attention spread evenly);
+- :func:`slice_grad_cams` + :func:`kneelib.explain.pointing.cell_pointing_hit` -- Grad-CAM
+  (:func:`kneelib.explain.gradcam.grad_cam`) of the progression logit through the attention
+  model down to the slice CNN's last convolutional maps, on the driver slice the model
+  attends to most; a hit when the hottest cell overlaps the driver mask (chance: the share
+  of cells that overlap it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import ndimage
+from torch import nn
+
+__all__ = ["MEDIAL_LABELS", "DRIVER_LESIONS", "progression_driver_mask", "attention_on_drivers",
+           "attention_summary", "SliceGradCamModel", "slice_grad_cams"]
+
+#: Tissue codes of the synthetic labels that mark the medial compartment (medial tibial
+#: cartilage, medial meniscus; ``kneelib.synth`` label codes).
+MEDIAL_LABELS: tuple[int, ...] = (6, 9)
+#: Lesion masks that carry planted progression drivers when they lie in the medial compartment.
+DRIVER_LESIONS: tuple[str, ...] = ("cartilage_loss", "meniscal_damage")
+
+
+def progression_driver_mask(labels: np.ndarray, masks: dict, margin_voxels: int = 3) -> np.ndarray:
+    """Voxels of planted medial-compartment drivers of 12-month JSN progression.
+
+    Parameters
+    ----------
+    labels : ndarray of int
+        Tissue labels of one series.
+    masks : dict
+        Lesion name -> boolean mask on the same grid (absent names: no such lesion).
+    margin_voxels : int
+        Dilation of the medial tibial cartilage and medial meniscus that defines the
+        medial compartment (reaches the femoral cartilage above them).
+
+    Returns
+    -------
+    ndarray of bool, same shape as ``labels``.
+
+    Raises
+    ------
+    ValueError
+        When a mask's shape differs from the labels'.
+    """
+    labels = np.asarray(labels)
+    for name, mask in masks.items():
+        if np.shape(mask) != labels.shape:
+            raise ValueError(f"mask {name!r} {np.shape(mask)} differs from labels {labels.shape}")
+    medial = np.isin(labels, MEDIAL_LABELS)
+    if margin_voxels > 0 and medial.any():
+        medial = ndimage.binary_dilation(medial, iterations=int(margin_voxels))
+    lesion = np.zeros(labels.shape, bool)
+    for name in DRIVER_LESIONS:
+        if name in masks:
+            lesion |= np.asarray(masks[name], bool)
+    return lesion & medial
+
+
+def attention_on_drivers(attention: np.ndarray, mask: np.ndarray, driver_slices: list) -> pd.DataFrame:
+    """Attention mass on driver slices vs their share of slices, per knee.
+
+    Parameters
+    ----------
+    attention : ndarray, shape (knees, slices)
+    mask : ndarray of bool, shape (knees, slices)
+        Slices that exist.
+    driver_slices : list of ndarray of bool
+        Per knee, which of its existing slices show a driver (length = that knee's slices),
+        or ``None`` when unknown.
+
+    Returns
+    -------
+    DataFrame
+        One row per knee with ``n_slices``, ``n_driver_slices``, ``slice_share``,
+        ``attention_mass`` and ``informative`` (some but not all slices show a driver:
+        only there can attention prefer them).
+    """
+    attention, mask = np.asarray(attention, float), np.asarray(mask, bool)
+    if attention.shape != mask.shape or len(driver_slices) != len(mask):
+        raise ValueError(f"attention {attention.shape}, mask {mask.shape} and {len(driver_slices)} driver "
+                         f"rows do not match")
+    rows = []
+    for weights, present, drivers in zip(attention, mask, driver_slices):
+        n = int(present.sum())
+        if drivers is None:
+            rows.append({"n_slices": n, "n_driver_slices": np.nan, "slice_share": np.nan,
+                         "attention_mass": np.nan, "informative": False})
+            continue
+        drivers = np.asarray(drivers, bool)
+        if len(drivers) != n:
+            raise ValueError(f"driver flags for {len(drivers)} slices but the knee has {n}")
+        w = weights[present]
+        rows.append({"n_slices": n, "n_driver_slices": int(drivers.sum()), "slice_share": float(drivers.mean()),
+                     "attention_mass": float(w[drivers].sum() / max(w.sum(), 1e-12)),
+                     "informative": bool(0 < drivers.sum() < n)})
+    return pd.DataFrame(rows)
+
+
+def attention_summary(table: pd.DataFrame, groups, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Mean attention mass on driver slices, their mean share of slices, and the paired
+    difference with a participant-bootstrap CI, over the informative knees."""
+    from kneelib.stats.bootstrap import bootstrap_ci
+
+    keep = table["informative"].to_numpy(bool)
+    if keep.sum() < 2:
+        return {"n": int(keep.sum()), "attention_mass": np.nan, "slice_share": np.nan, "difference": np.nan,
+                "ci_low": np.nan, "ci_high": np.nan, "unit": "subjects"}
+    diff = (table["attention_mass"] - table["slice_share"]).to_numpy(float)[keep]
+    result = bootstrap_ci(lambda y, d: float(np.mean(d)), np.zeros(len(diff)), diff, n_boot=n_boot, seed=seed,
+                          stratify=False, groups=np.asarray(groups)[keep])
+    return {"n": int(keep.sum()), "attention_mass": float(table["attention_mass"][keep].mean()),
+            "slice_share": float(table["slice_share"][keep].mean()), "difference": result.estimate,
+            "ci_low": result.ci_low, "ci_high": result.ci_high, "unit": result.unit}
+
+
+class SliceGradCamModel(nn.Module):
+    """One knee's slices through the slice CNN and a trained attention model, in the interface
+    :func:`kneelib.explain.gradcam.grad_cam` expects (``forward_features``, ``forward_heads``,
+    ``task_slices``).
+
+    The batch is the knee's slices; ``forward_heads`` pools each slice's maps, standardises
+    them as in training, runs the attention model once and repeats the knee's two logits for
+    every slice, so the gradient that reaches slice ``s``'s maps is that of the one knee score.
+    """
+
+    def __init__(self, encoder, attention_model, standardisation, clinical_row, task: str = "progression"):
+        super().__init__()
+        self.encoder_network = encoder.network
+        self._encoder = encoder
+        self.attention_model = attention_model
+        self.task = task
+        self.standardisation = standardisation
+        clin = (np.asarray(clinical_row, float) - standardisation.clinical_mean) / standardisation.clinical_sd
+        self.register_buffer("clinical", torch.as_tensor(np.atleast_1d(clin), dtype=torch.float32)[None])
+
+    def task_slices(self) -> dict:
+        return {self.task: slice(0, 2)}
+
+    def forward_features(self, inputs):
+        return self._encoder.forward_features(inputs)
+
+    def forward_heads(self, maps):
+        pooled = self.standardisation.transform_torch(self._encoder.pool(maps))
+        mask = torch.ones(1, len(pooled), dtype=torch.bool, device=pooled.device)
+        logits = self.attention_model(pooled[None], mask, self.clinical)
+        return logits.expand(len(pooled), -1)
+
+
+def slice_grad_cams(encoder, attention_model, standardisation, images, clinical_row) -> np.ndarray:
+    """Grad-CAM of the class-1 logit on every slice of one knee, ``(slices, h, w)``, each map
+    scaled to a maximum of 1 (:func:`kneelib.explain.gradcam.grad_cam`)."""
+    from kneelib.explain.gradcam import grad_cam
+
+    model = SliceGradCamModel(encoder, attention_model, standardisation, clinical_row)
+    cams, _ = grad_cam(model, encoder.to_input(images), model.task, target_grades=1)
+    return cams
