@@ -161,8 +161,9 @@ glue("feature_seconds", features.seconds["total"], display=False)
 # GRU, one score per slice, masked softmax, the attention-weighted mean of the slice vectors
 # concatenated with standardised clinical variables, an MLP and two logits ({footcite}`ilse2018` for
 # attention pooling). A fastai `Learner` trains it (Adam with weight decay, one-cycle,
-# class-weighted cross-entropy, a fixed number of epochs: nothing is selected on a test fold). Five subject-level folds stratified on the label; every knee is predicted by the
-# model that never saw its participant. Baselines on the same folds: logistic regressions on the
+# class-weighted cross-entropy, a fixed number of epochs: nothing is selected on a test fold).
+# Five subject-level folds stratified on the label; every knee is predicted by the model that
+# never saw its participant. Baselines on the same folds: logistic regressions on the
 # clinical variables, on baseline KL alone and on baseline JSW alone. On the synthetic cohort a
 # further logistic regression on the *planted* baseline drivers of progression (latent OA severity,
 # medial meniscal damage, effusion grade) and BMI shows how far any model could get there.
