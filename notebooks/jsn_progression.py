@@ -226,8 +226,8 @@ display(readers.round(3))
 # %% [markdown]
 # ### Where the model looks (Fig. 6)
 #
-# For the progressors: the attention mass on slices that show a planted medial-compartment driver
-# (cartilage loss or meniscal damage next to the medial tibial cartilage or meniscus) against the
+# For the progressors: the attention mass on slices that show a planted driver (cartilage loss or
+# meniscal damage next to the medial tibial cartilage or meniscus, or effusion-synovitis) against the
 # share of slices that show one, and Grad-CAM of the progression logit through the attention model
 # into the slice CNN on the most attended driver slice, scored as a pointing game on the CNN's
 # own cells (chance: the share of cells the driver overlaps).

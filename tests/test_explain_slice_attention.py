@@ -7,16 +7,20 @@ from kneelib.explain.slice_attention import (attention_on_drivers, attention_sum
                                              slice_grad_cams)
 
 
-def test_driver_mask_keeps_only_medial_compartment_lesions():
+def test_driver_mask_keeps_medial_compartment_lesions_and_effusion_anywhere():
     labels = np.zeros((4, 20, 20), np.uint8)
     labels[:, 10, 2:6] = 6  # medial tibial cartilage
     labels[:, 10, 14:18] = 7  # lateral tibial cartilage
     loss = np.zeros(labels.shape, bool)
     loss[1, 9, 3] = True  # next to medial cartilage
     loss[2, 9, 15] = True  # lateral: not a driver
-    effusion = np.ones(labels.shape, bool)  # not a medial-compartment driver
-    drivers = progression_driver_mask(labels, {"cartilage_loss": loss, "effusion_synovitis": effusion})
+    bml = np.ones(labels.shape, bool)  # not a progression driver in the causal model
+    drivers = progression_driver_mask(labels, {"cartilage_loss": loss, "bml": bml})
     assert drivers[1, 9, 3] and not drivers[2, 9, 15] and drivers.sum() == 1
+    effusion = np.zeros(labels.shape, bool)
+    effusion[3, 1:3, 1:3] = True  # far from the medial compartment: a whole-joint driver
+    with_effusion = progression_driver_mask(labels, {"cartilage_loss": loss, "effusion_synovitis": effusion})
+    assert with_effusion.sum() == 1 + 4 and with_effusion[3, 1, 1] and not with_effusion[2, 9, 15]
     with pytest.raises(ValueError):
         progression_driver_mask(labels, {"cartilage_loss": loss[:2]})
 

@@ -3,11 +3,13 @@
 Schiratti et al. 2021, 3.4: Grad-CAM on the inputs showed "JSN progression-related regions
 ... in the internal femoro-tibial compartment" (the medial compartment). On the synthetic
 cohort the causal model (:func:`kneelib.synth.causal._progress`) drives 12-month medial JSW
-loss by medial compartment severity, BMI, medial meniscal damage and effusion-synovitis; of
-these, the image shows medial severity as focal cartilage loss and medial meniscal damage,
-both written as lesion masks. :func:`progression_driver_mask` keeps those lesions where they
-lie in the medial compartment (within a few voxels of the medial tibial cartilage or the
-medial meniscus). Two checks, each against its chance level:
+loss by medial compartment severity, BMI, medial meniscal damage and effusion-synovitis; the
+image shows medial severity as focal cartilage loss, medial meniscal damage, and
+effusion-synovitis as joint fluid, all written as lesion masks. :func:`progression_driver_mask`
+keeps cartilage loss and meniscal damage where they lie in the medial compartment (within a
+few voxels of the medial tibial cartilage or the medial meniscus) and effusion-synovitis
+wherever it lies (a whole-joint driver, mostly in the suprapatellar recess). Two checks, each
+against its chance level:
 
 - :func:`attention_on_drivers` -- the share of a knee's attention mass on slices that show a
   driver vs the share of its slices that do (chance: attention spread evenly);
@@ -25,18 +27,23 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-__all__ = ["MEDIAL_LABELS", "DRIVER_LESIONS", "progression_driver_mask", "attention_on_drivers",
+from kneelib.synth.spec import TISSUE_LABELS
+
+__all__ = ["MEDIAL_LABELS", "DRIVER_LESIONS", "JOINT_DRIVER_LESIONS", "progression_driver_mask", "attention_on_drivers",
            "attention_summary", "SliceGradCamModel", "slice_grad_cams"]
 
 #: Tissue codes of the synthetic labels that mark the medial compartment (medial tibial
-#: cartilage, medial meniscus; ``kneelib.synth`` label codes).
-MEDIAL_LABELS: tuple[int, ...] = (6, 9)
+#: cartilage, medial meniscus).
+MEDIAL_LABELS: tuple[int, ...] = (TISSUE_LABELS["tibial_cartilage_medial"], TISSUE_LABELS["meniscus_medial"])
 #: Lesion masks that carry planted progression drivers when they lie in the medial compartment.
 DRIVER_LESIONS: tuple[str, ...] = ("cartilage_loss", "meniscal_damage")
+#: Lesion masks that carry planted progression drivers wherever they lie (effusion-synovitis:
+#: the causal model's progression logit has an effusion term, ``kneelib.synth.causal``).
+JOINT_DRIVER_LESIONS: tuple[str, ...] = ("effusion_synovitis",)
 
 
 def progression_driver_mask(labels: np.ndarray, masks: dict, margin_voxels: int = 3) -> np.ndarray:
-    """Voxels of planted medial-compartment drivers of 12-month JSN progression.
+    """Voxels of planted drivers of 12-month JSN progression: medial-compartment lesions and effusion.
 
     Parameters
     ----------
@@ -68,7 +75,11 @@ def progression_driver_mask(labels: np.ndarray, masks: dict, margin_voxels: int 
     for name in DRIVER_LESIONS:
         if name in masks:
             lesion |= np.asarray(masks[name], bool)
-    return lesion & medial
+    joint = np.zeros(labels.shape, bool)
+    for name in JOINT_DRIVER_LESIONS:
+        if name in masks:
+            joint |= np.asarray(masks[name], bool)
+    return (lesion & medial) | joint
 
 
 def attention_on_drivers(attention: np.ndarray, mask: np.ndarray, driver_slices: list) -> pd.DataFrame:
