@@ -248,6 +248,22 @@ if looks is not None:
         plt.show()
 
 # %% [markdown]
+# The same two checks for the painful knees of the pain task (Fig. 6, bottom row), against the
+# planted drivers of pain: effusion-synovitis, bone marrow lesions, Hoffa-synovitis, focal
+# cartilage loss and meniscal damage, wherever they lie.
+
+# %%
+pain_looks = study.where_the_model_looks(root, results["pain"], config, n_gradcam=n_gradcam, n_boot=n_boot,
+                                         seed=seed, driver_mask=study.pain_driver_mask)
+if pain_looks is not None:
+    print(pd.Series(pain_looks["summary"]).to_string())
+    display(pain_looks["gradcam"].round(3))
+    if pain_looks["examples"]:
+        fig = study.plot_slice_cams(*zip(*pain_looks["examples"][:6]))
+        fig.savefig(figure_dir / "gradcam_pain.png", dpi=100)
+        plt.show()
+
+# %% [markdown]
 # ### Paper vs reproduced
 
 # %%
@@ -325,7 +341,7 @@ display(development)
 # - **Reader benchmark.** A rule-based reader (baseline KL, then JSW) replaces the two
 #   radiologists; with fewer progressors than the paper, progressors are reused across pairs.
 # - **Where the model looks.** Scored against the planted drivers instead of being read by eye;
-#   the pain task's Grad-CAM (Fig. 6, bottom row) is not computed.
+#   the pain task's Grad-CAM (Fig. 6, bottom row) is scored against the planted pain lesions.
 # - **Time.** The whole chapter took {glue:text}`minutes:.1f` minutes in this run; slice features
 #   took {glue:text}`feature_seconds:.0f` s ({glue:text}`cache_mib:.1f` MiB of cache).
 #

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from kneelib.explain.slice_attention import (attention_on_drivers, attention_summary, progression_driver_mask,
-                                             slice_grad_cams)
+from kneelib.explain.slice_attention import (attention_on_drivers, attention_summary, pain_driver_mask,
+                                             progression_driver_mask, slice_grad_cams)
 
 
 def test_driver_mask_keeps_medial_compartment_lesions_and_effusion_anywhere():
@@ -78,3 +78,16 @@ def test_slice_grad_cams_shapes_and_range():
     images = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
     cams = slice_grad_cams(encoder, model, standard, images, [0.5])
     assert cams.shape == (3, 4, 4) and cams.min() >= 0 and cams.max() <= 1 + 1e-6
+
+
+def test_pain_driver_mask_is_the_union_of_the_pain_lesions():
+    labels = np.zeros((3, 8, 8), np.uint8)
+    bml, osteophyte = np.zeros(labels.shape, bool), np.zeros(labels.shape, bool)
+    bml[0, 1, 1] = True
+    osteophyte[2, 5, 5] = True  # not a pain driver in the causal model
+    hoffa = np.zeros(labels.shape, bool)
+    hoffa[1, 2:4, 2] = True
+    mask = pain_driver_mask(labels, {"bml": bml, "osteophyte": osteophyte, "hoffa_synovitis": hoffa})
+    assert mask.sum() == 3 and mask[0, 1, 1] and not mask[2, 5, 5]
+    with pytest.raises(ValueError):
+        pain_driver_mask(labels, {"bml": bml[:1]})

@@ -29,7 +29,8 @@ from torch import nn
 
 from kneelib.synth.spec import TISSUE_LABELS
 
-__all__ = ["MEDIAL_LABELS", "DRIVER_LESIONS", "JOINT_DRIVER_LESIONS", "progression_driver_mask", "attention_on_drivers",
+__all__ = ["MEDIAL_LABELS", "DRIVER_LESIONS", "JOINT_DRIVER_LESIONS", "PAIN_DRIVER_LESIONS", "progression_driver_mask",
+           "pain_driver_mask", "attention_on_drivers",
            "attention_summary", "SliceGradCamModel", "slice_grad_cams"]
 
 #: Tissue codes of the synthetic labels that mark the medial compartment (medial tibial
@@ -40,6 +41,10 @@ DRIVER_LESIONS: tuple[str, ...] = ("cartilage_loss", "meniscal_damage")
 #: Lesion masks that carry planted progression drivers wherever they lie (effusion-synovitis:
 #: the causal model's progression logit has an effusion term, ``kneelib.synth.causal``).
 JOINT_DRIVER_LESIONS: tuple[str, ...] = ("effusion_synovitis",)
+#: Lesion masks behind the planted knee pain (``kneelib.synth.causal``: effusion-synovitis, BML,
+#: Hoffa-synovitis, focal cartilage loss and meniscal damage raise the pain liability).
+PAIN_DRIVER_LESIONS: tuple[str, ...] = ("effusion_synovitis", "bml", "hoffa_synovitis", "cartilage_loss",
+                                        "meniscal_damage")
 
 
 def progression_driver_mask(labels: np.ndarray, masks: dict, margin_voxels: int = 3) -> np.ndarray:
@@ -80,6 +85,23 @@ def progression_driver_mask(labels: np.ndarray, masks: dict, margin_voxels: int 
         if name in masks:
             joint |= np.asarray(masks[name], bool)
     return (lesion & medial) | joint
+
+
+def pain_driver_mask(labels: np.ndarray, masks: dict) -> np.ndarray:
+    """Voxels of the planted drivers of knee pain (:data:`PAIN_DRIVER_LESIONS`), wherever they lie.
+
+    Paper 002, Fig. 6 (bottom row) shows Grad-CAM for the pain task; on the synthetic cohort it
+    is scored against these lesions. Same inputs, output and errors as :func:`progression_driver_mask`.
+    """
+    labels = np.asarray(labels)
+    for name, mask in masks.items():
+        if np.shape(mask) != labels.shape:
+            raise ValueError(f"mask {name!r} {np.shape(mask)} differs from labels {labels.shape}")
+    out = np.zeros(labels.shape, bool)
+    for name in PAIN_DRIVER_LESIONS:
+        if name in masks:
+            out |= np.asarray(masks[name], bool)
+    return out
 
 
 def attention_on_drivers(attention: np.ndarray, mask: np.ndarray, driver_slices: list) -> pd.DataFrame:

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from kneelib.data.labels import jsn_progression_cohort
-from kneelib.explain.slice_attention import (attention_on_drivers, attention_summary, progression_driver_mask,
-                                             slice_grad_cams)
+from kneelib.explain.slice_attention import (attention_on_drivers, attention_summary, pain_driver_mask,
+                                             progression_driver_mask, slice_grad_cams)
 from kneelib.figures.jsn_progression import (plot_attention_profile, plot_confusions, plot_n4, plot_slice_cams,
                                              plot_task_rocs)
 from kneelib.papers.siamese_pain import cohort_root
@@ -39,7 +39,7 @@ from kneelib.train.splits import stratified_kfold
 __all__ = ["STUDY", "TASKS", "CLINICAL_SETS", "BASELINES", "published", "cohort_root", "jsn_progression_cohort",
            "class_balance", "n4_on_real_dess", "SliceFeatureConfig", "AttentionTrainConfig", "slice_features",
            "TaskResult", "run_task", "planted_driver_ceiling", "results_table", "reader_benchmark",
-           "where_the_model_looks", "comparisons", "DEVELOPMENT_COHORT", "DEVELOPMENT_RUNS", "development_runs",
+           "where_the_model_looks", "progression_driver_mask", "pain_driver_mask", "comparisons", "DEVELOPMENT_COHORT", "DEVELOPMENT_RUNS", "development_runs",
            "plot_n4", "plot_task_rocs", "plot_confusions", "plot_attention_profile", "plot_slice_cams"]
 
 STUDY = "jsn_progression"
@@ -256,18 +256,21 @@ def reader_benchmark(result: TaskResult, n_pairs: int = 150, n_boot: int = 1000,
     return table
 
 
-def _knee_truth(root, index, truth, participant_id, side, config):
+def _knee_truth(root, index, truth, participant_id, side, config, driver_mask):
     from kneelib.synth.ground_truth import load_series_with_truth
 
     volume, labels, masks = load_series_with_truth(root, index, truth, participant_id, 0, config.description(side))
-    drivers = label_slices(progression_driver_mask(labels, masks).astype(np.uint8), volume, config) > 0
+    drivers = label_slices(driver_mask(labels, masks).astype(np.uint8), volume, config) > 0
     return volume, drivers
 
 
 def where_the_model_looks(root, result: TaskResult, config: SliceFeatureConfig, n_gradcam: int = 12,
-                          n_boot: int = 1000, seed: int = 0) -> dict | None:
-    """Attention mass on driver slices and a Grad-CAM pointing game for the progressors (3.4).
+                          n_boot: int = 1000, seed: int = 0, driver_mask=progression_driver_mask) -> dict | None:
+    """Attention mass on driver slices and a Grad-CAM pointing game for the positive knees (3.4, Fig. 6).
 
+    ``driver_mask(labels, masks)`` marks the planted drivers of the task:
+    :func:`~kneelib.explain.slice_attention.progression_driver_mask` for the progressors,
+    :func:`~kneelib.explain.slice_attention.pain_driver_mask` for the painful knees.
     Returns ``None`` on a real OAI root (no planted ground truth).
     """
     from kneelib.data import read_image_index
@@ -286,7 +289,7 @@ def where_the_model_looks(root, result: TaskResult, config: SliceFeatureConfig, 
     present = np.zeros_like(mask)
     for row in positives:
         knee = result.knees.iloc[row]
-        volume, drivers = _knee_truth(root, index, truth, knee["participant_id"], knee["side"], config)
+        volume, drivers = _knee_truth(root, index, truth, knee["participant_id"], knee["side"], config, driver_mask)
         n = len(drivers)
         present[row, :n] = True
         flags[row] = drivers.reshape(n, -1).any(axis=1)
