@@ -147,7 +147,8 @@ features = study.slice_features(root, knees, config)
 status = features.knees["status"].value_counts().to_dict()
 print(f"{config.series}: {features.features.shape[1]} slices x {features.features.shape[2]} features per knee; "
       f"{status}; cache {features.cache_bytes / 2**20:.1f} MiB; "
-      f"{features.seconds['total']:.0f} s (CNN {features.slices_per_second:.1f} slices/s when computed)")
+      f"{features.seconds['total']:.0f} s " + (f"(CNN {features.slices_per_second:.1f} slices/s)"
+                                                if status.get("computed") else "(all from the cache)"))
 display(features.knees.loc[features.knees["status"].isin(["missing", "unreadable"])])
 glue("cache_mib", features.cache_bytes / 2**20, display=False)
 glue("feature_seconds", features.seconds["total"], display=False)

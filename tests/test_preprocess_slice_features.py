@@ -91,3 +91,13 @@ def test_prepare_slices_and_labels_share_a_grid():
     assert on_slices[0, :12].sum() > 0 and on_slices[0, 20:].sum() == 0
     with pytest.raises(SliceInputError):
         label_slices(labels[:, :, :5], volume, config)
+
+
+def test_exclusion_reason_names_the_error_without_local_paths(tmp_path):
+    from kneelib.preprocess.slice_features import exclusion_reason
+
+    root = tmp_path / "cohort"
+    error = ValueError(f"uneven slice spacing in {root}/0.C.2/9000011/20050420/00011002: gap of 12 mm; more detail")
+    reason = exclusion_reason(error, root)
+    assert reason == "ValueError: uneven slice spacing in 0.C.2/9000011/20050420/00011002: gap of 12 mm"
+    assert str(tmp_path) not in reason

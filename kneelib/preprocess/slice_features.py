@@ -39,7 +39,7 @@ import pandas as pd
 __all__ = [
     "SERIES", "FEATURE_VERSION", "SliceInputError", "SliceFeatureConfig", "series_slices", "central_window",
     "prepare_slices", "label_slices", "SliceEncoder", "SliceFeatures", "extract_cohort_features",
-    "features_cache_dir",
+    "features_cache_dir", "exclusion_reason",
 ]
 
 #: Series kinds -> (OAI series description template, slice axis in the common RAS+ orientation).
@@ -305,6 +305,15 @@ def _save_npz_atomic(path: Path, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def exclusion_reason(error: Exception, root) -> str:
+    """``"ErrorType: message"`` of a refused series, its first clause, with paths relative to the
+    cohort ``root`` (a page shows no local paths), at most 160 characters of message."""
+    message = str(error).split(";")[0]
+    for prefix in sorted({str(Path(root)), str(Path(root).resolve())}, key=len, reverse=True):
+        message = message.replace(prefix + "/", "")
+    return f"{type(error).__name__}: {message[:160]}"
+
+
 def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfig = SliceFeatureConfig(),
                             visit_month: int = 0, cache_dir=None, progress: bool = False) -> SliceFeatures:
     """Slice features of every knee in ``knees`` (paper 002, Fig. 2), from the cache when possible.
@@ -374,7 +383,7 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
             except (KneelibDataError, SliceInputError) as error:  # e.g. missing slices: QC exclusion
                 entries.append(None)
                 status.append("unreadable")
-                reasons.append(f"{type(error).__name__}: {str(error).split(';')[0][:160]}")
+                reasons.append(exclusion_reason(error, root))
                 continue
             t1 = time.perf_counter()
             if encoder is None:
