@@ -127,8 +127,8 @@ n4 = study.n4_on_real_dess(shrink=n4_shrink)
 fig = study.plot_n4(n4["before"], n4["after"], n4["bias"], n4["region"], n4["cv_before"], n4["cv_after"])
 fig.savefig(figure_dir / "n4.png", dpi=100)
 plt.show()
-glue("cv_before", n4["cv_before"], display=False)
-glue("cv_after", n4["cv_after"], display=False)
+glue("cv_before", float(n4["cv_before"]), display=False)
+glue("cv_after", float(n4["cv_after"]), display=False)
 
 # %% [markdown]
 # The muscle box's CV goes from {glue:text}`cv_before:.3f` to {glue:text}`cv_after:.3f`.
@@ -280,14 +280,14 @@ print(f"progression ROC AUC {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.
       f"{clin['value']:.3f} [{clin['ci_low']:.3f}, {clin['ci_high']:.3f}]; pain {pain['value']:.3f} "
       f"[{pain['ci_low']:.3f}, {pain['ci_high']:.3f}]; {len(main.labels)} knees; whole chapter {minutes:.1f} min "
       f"with {torch_threads} thread(s)")
-glue("auc", m["value"], display=False)
-glue("auc_clinical", clin["value"], display=False)
-glue("auc_clinical_only", main.metrics["clinical (age, sex, BMI)"].loc["roc_auc", "value"], display=False)
-glue("auc_ceiling", np.nan if ceiling is None else ceiling.loc["roc_auc", "value"], display=False)
+glue("auc", float(m["value"]), display=False)
+glue("auc_clinical", float(clin["value"]), display=False)
+glue("auc_clinical_only", float(main.metrics["clinical (age, sex, BMI)"].loc["roc_auc", "value"]), display=False)
+glue("auc_ceiling", np.nan if ceiling is None else float(ceiling.loc["roc_auc", "value"]), display=False)
 best_clinical = max(main.metrics[b].loc["roc_auc", "value"] for b in ("clinical (age, sex, BMI)", "clinical + KL + JSW"))
 glue("auc_verdict", "no better than" if m["value"] <= best_clinical else "above", display=False)
-glue("auc_low", m["ci_low"], display=False)
-glue("auc_high", m["ci_high"], display=False)
+glue("auc_low", float(m["ci_low"]), display=False)
+glue("auc_high", float(m["ci_high"]), display=False)
 glue("n_knees", len(main.labels), display=False)
 glue("n_positive", int(main.labels.sum()), display=False)
 glue("minutes", minutes, display=False)

@@ -54,14 +54,20 @@ def _output_texts(cell):
 
 def _assert_clean_outputs(nb, name):
     """A reader sees no stderr block (warnings) and no path of the machine that built the page."""
-    stderr, leaks = [], []
+    stderr, leaks, numpy_glue = [], [], []
     for index, cell in enumerate(nb.cells):
         for kind, text in _output_texts(cell):
             if kind == "stderr" and text.strip() and not _is_progress_bar(text):
                 stderr.append((index, text.strip().splitlines()[0][:160]))
             leaks += [(index, path) for path in _local_paths() if path in text]
+        for output in cell.get("outputs", []):
+            record = (output.get("data") or {}).get("application/papermill.record/text/plain", "")
+            if isinstance(record, str) and record.startswith(("np.", "array(")):
+                numpy_glue.append((index, record[:40]))
     assert stderr == [], f"{name}: stderr output (warnings) in cells {stderr}"
     assert leaks == [], f"{name}: local paths in outputs {leaks}"
+    # a glued numpy scalar is recorded as 'np.float64(...)' and a formatted {glue:text} of it is empty
+    assert numpy_glue == [], f"{name}: glued numpy values (wrap them in float/int) {numpy_glue}"
 
 
 def _is_progress_bar(text: str) -> bool:
