@@ -1,7 +1,9 @@
 """qMRI biomarkers: bone and cartilage segmentation, thickness, bone shape, T2 and spherical maps (papers 001 + 003).
 
 Composes the stage modules for the chapter ``notebooks/qmri_biomarkers.ipynb``; it holds no
-algorithm of its own:
+algorithm of its own. It is one module of about 650 lines because it is the chapter's single
+composition layer (imported as ``study``), in the page's order from cohort to real data;
+splitting it would split one chapter across files:
 
 1. cohort -- :func:`kneelib.data.qmri_cohort.qmri_knee_table` (Methods "Patient inclusion"),
    :func:`kneelib.data.qmri_cohort.segmentation_splits` and :func:`table4` (Table 4, with
