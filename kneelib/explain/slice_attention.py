@@ -47,6 +47,14 @@ PAIN_DRIVER_LESIONS: tuple[str, ...] = ("effusion_synovitis", "bml", "hoffa_syno
                                         "meniscal_damage")
 
 
+def _checked_labels(labels, masks: dict) -> np.ndarray:
+    labels = np.asarray(labels)
+    for name, mask in masks.items():
+        if np.shape(mask) != labels.shape:
+            raise ValueError(f"mask {name!r} {np.shape(mask)} differs from labels {labels.shape}")
+    return labels
+
+
 def progression_driver_mask(labels: np.ndarray, masks: dict, margin_voxels: int = 3) -> np.ndarray:
     """Voxels of planted drivers of 12-month JSN progression: medial-compartment lesions and effusion.
 
@@ -69,10 +77,7 @@ def progression_driver_mask(labels: np.ndarray, masks: dict, margin_voxels: int 
     ValueError
         When a mask's shape differs from the labels'.
     """
-    labels = np.asarray(labels)
-    for name, mask in masks.items():
-        if np.shape(mask) != labels.shape:
-            raise ValueError(f"mask {name!r} {np.shape(mask)} differs from labels {labels.shape}")
+    labels = _checked_labels(labels, masks)
     medial = np.isin(labels, MEDIAL_LABELS)
     if margin_voxels > 0 and medial.any():
         medial = ndimage.binary_dilation(medial, iterations=int(margin_voxels))
@@ -93,10 +98,7 @@ def pain_driver_mask(labels: np.ndarray, masks: dict) -> np.ndarray:
     Paper 002, Fig. 6 (bottom row) shows Grad-CAM for the pain task; on the synthetic cohort it
     is scored against these lesions. Same inputs, output and errors as :func:`progression_driver_mask`.
     """
-    labels = np.asarray(labels)
-    for name, mask in masks.items():
-        if np.shape(mask) != labels.shape:
-            raise ValueError(f"mask {name!r} {np.shape(mask)} differs from labels {labels.shape}")
+    labels = _checked_labels(labels, masks)
     out = np.zeros(labels.shape, bool)
     for name in PAIN_DRIVER_LESIONS:
         if name in masks:

@@ -183,7 +183,7 @@ def _first_decay(te: np.ndarray, rate: np.ndarray, recurrence, e: np.ndarray):
     np.exp(e, out=e)
     if step is None:
         return None
-    return e.copy() if first_is_step else np.exp(-step * rate)
+    return e if first_is_step else np.exp(-step * rate)
 
 
 def _decays(te: np.ndarray, rate: np.ndarray, recurrence, out: np.ndarray) -> np.ndarray:
@@ -220,21 +220,11 @@ def _echo_sums(signal: np.ndarray, te: np.ndarray, rate: np.ndarray, recurrence,
 
 def _residual_sum_of_squares(signal: np.ndarray, te: np.ndarray, s0, rate, offset, recurrence) -> np.ndarray:
     """``sum_k (y_k - S0 exp(-R2 TE_k) - C)^2`` per voxel, from the residuals (``signal`` (E, m))."""
-    e, r = np.empty_like(rate), np.empty_like(rate)
-    total = np.zeros_like(rate)
-    ratio = _first_decay(te, rate, recurrence, e)
-    for k, t in enumerate(te):
-        if k:
-            if ratio is not None:
-                np.multiply(e, ratio, out=e)
-            else:
-                np.exp(-t * rate, out=e)
-        np.multiply(e, -s0, out=r)
-        r += signal[k]
-        r -= offset
-        r *= r
-        total += r
-    return total
+    residual = _decays(te, rate, recurrence, np.empty_like(signal, dtype=float))
+    residual *= -s0
+    residual += signal
+    residual -= offset
+    return np.einsum("em,em->m", residual, residual)
 
 
 def _amplitudes_and_cost(sums: np.ndarray, signal: np.ndarray, signal_sum: np.ndarray, ones: np.ndarray,
