@@ -97,17 +97,22 @@ def plot_kl_grad_cams(inputs: np.ndarray, cams: np.ndarray, titles: list):
     return plot_grad_cams(inputs, cams, titles=titles, ncols=min(5, len(inputs)))
 
 
-def plot_confusions(targets: np.ndarray, probabilities: dict, title: str = ""):
-    """Row-percent confusion matrix per head (Fig. 4), counts in the cells."""
+def plot_confusions(targets: np.ndarray, probabilities: dict, title: str = "", cutpoints: dict | None = None):
+    """Row-percent confusion matrix per head (Fig. 4), counts in the cells.
+
+    The predicted grade is the arg-max, or the expected grade cut at ``cutpoints[head]``
+    (:func:`kneelib.stats.ordinal.decode_grades`).
+    """
     import matplotlib.pyplot as plt
 
     from kneelib.stats.agreement import confusion
+    from kneelib.stats.ordinal import decode_grades
 
     fig, axes = plt.subplots(2, 4, figsize=(15, 7.4))
     for ax, (index, task) in zip(axes.ravel(), enumerate(TASK_LABELS)):
         n = probabilities[task].shape[1]
         known = targets[:, index] >= 0
-        counts = confusion(targets[known, index], probabilities[task][known].argmax(axis=1), n)
+        counts = confusion(targets[known, index], decode_grades(probabilities[task][known], (cutpoints or {}).get(task)), n)
         totals = counts.sum(axis=1, keepdims=True)
         percent = np.divide(100.0 * counts, totals, out=np.full(counts.shape, np.nan), where=totals > 0)
         ax.imshow(np.nan_to_num(percent), cmap="Blues", vmin=0, vmax=100)

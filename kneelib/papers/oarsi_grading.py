@@ -37,7 +37,7 @@ __all__ = [
     "SYNTH_STUDY", "TASK_LABELS", "published", "load_synthetic_knees", "read_radiographs", "LocalisedKnees",
     "localise_and_crop", "PreparedKnees", "osteophyte_region_masks", "prepare_knees", "set_determinism",
     "subject_folds", "BackboneRun", "cross_validate_backbone", "table2", "table3", "wide_table", "best_runs",
-    "ensemble_probabilities", "table3_beside_paper", "paper_table2", "first_visit_table", "binary_curves",
+    "ensemble_probabilities", "grade_decoding", "table3_beside_paper", "paper_table2", "first_visit_table", "binary_curves",
     "pointing_game_table", "plot_confusions", "plot_binary_curves", "plot_pointing_examples",
     "plot_localisation", "fit_localiser", "localisation_error_table", "localisation_split",
     "synthetic_comparisons",
@@ -119,11 +119,34 @@ def paper_table2() -> pd.DataFrame:
 
 
 def first_visit_table(test: PreparedKnees, probabilities: dict, n_boot: int, seed: int,
-                      visit_month: int = 0) -> pd.DataFrame:
+                      visit_month: int = 0, cutpoints: dict | None = None) -> pd.DataFrame:
     """Table 3 metrics on the first visit of the independent cohort only (paper: MOST first follow-up)."""
     first = (test.knees["visit_month"] == visit_month).to_numpy()
     return table3(test.subset(first), {task: p[first] for task, p in probabilities.items()}, n_boot=n_boot,
-                  seed=seed, model="baseline only")
+                  seed=seed, model="baseline only", cutpoints=cutpoints)
+
+
+def grade_decoding(runs: list, prepared: PreparedKnees, folds: np.ndarray, method: str = "oof_cutpoints"):
+    """How the ensemble turns probabilities into grades, chosen on out-of-fold predictions only.
+
+    ``"argmax"``: the paper's arg-max for every head. ``"oof_cutpoints"``: per head, the
+    expected grade cut at thresholds fitted on the ensemble members' mean out-of-fold
+    probabilities, used only where cut-points cross-fitted over the CV folds beat arg-max
+    (:func:`kneelib.stats.ordinal.choose_decoding`). The independent cohort is not read.
+    """
+    from kneelib.data.knee_radiographs import GRADE_TASKS
+    from kneelib.stats.ordinal import GradeDecoding, choose_decoding
+    from kneelib.train.grading import ensemble_out_of_fold
+
+    if method not in ("argmax", "oof_cutpoints"):
+        raise ValueError(f"unknown grade decoding {method!r}; expected 'argmax' or 'oof_cutpoints'")
+    oof = ensemble_out_of_fold(runs)
+    targets = {task: prepared.targets[:, i] for i, task in enumerate(GRADE_TASKS)}
+    decoding = choose_decoding(oof, targets, folds)
+    if method == "argmax":
+        table = decoding.table.assign(decoding="arg-max", cutpoints="")
+        return GradeDecoding({task: None for task in decoding.cutpoints}, table)
+    return decoding
 
 
 def synthetic_comparisons(long_table2: pd.DataFrame, long_table3: pd.DataFrame, ensemble_name: str,

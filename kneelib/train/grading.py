@@ -21,7 +21,7 @@ from kneelib.data.knee_radiographs import GRADE_TASKS, TASK_GRADES
 # fastai's torch.jit FutureWarning is silenced once, in kneelib/train/__init__.py.
 
 __all__ = ["set_determinism", "train_kl_model", "subject_folds", "BackboneRun", "cross_validate_backbone",
-           "best_runs", "ensemble_probabilities"]
+           "best_runs", "ensemble_out_of_fold", "ensemble_probabilities"]
 
 
 def set_determinism(seed: int, threads: int | None = None) -> None:
@@ -197,6 +197,13 @@ def best_runs(long_table2: pd.DataFrame, runs: list, n_best: int = 2, max_kappa_
     kappa = kappa.sort_values(ascending=False)
     order = [name for name in kappa.index[:n_best] if kappa[name] >= kappa.iloc[0] - max_kappa_gap]
     return [run for name in order for run in runs if run.name == name]
+
+
+def ensemble_out_of_fold(runs: list) -> dict:
+    """Mean out-of-fold probabilities of the ensemble's backbones (each row from models that did not see it)."""
+    if not runs:
+        raise ValueError("ensemble_out_of_fold needs at least one run")
+    return {task: np.mean([run.oof[task] for run in runs], axis=0) for task in runs[0].oof}
 
 
 def ensemble_probabilities(runs: list, images: np.ndarray, image_size: int) -> dict:

@@ -31,7 +31,8 @@ BINARY_CURVES: dict[str, list[tuple[str, int]]] = {
 
 
 def head_agreement(targets: np.ndarray, probabilities: dict, subjects, model: str, n_boot: int, seed: int,
-                   metrics=("quadratic_kappa", "balanced_accuracy", "f1_weighted", "mse")) -> pd.DataFrame:
+                   metrics=("quadratic_kappa", "balanced_accuracy", "f1_weighted", "mse"),
+                   cutpoints: dict | None = None) -> pd.DataFrame:
     """Agreement metrics per head, with subject-level stratified bootstrap 95% CIs.
 
     Parameters
@@ -39,11 +40,15 @@ def head_agreement(targets: np.ndarray, probabilities: dict, subjects, model: st
     targets : ndarray, (n, 7) int
         Reference grades (-1 missing), columns in :data:`GRADE_TASKS` order.
     probabilities : dict
-        Head -> (n, n_grades) predicted probabilities; the predicted grade is the argmax.
+        Head -> (n, n_grades) predicted probabilities; the predicted grade is the argmax,
+        or the expected grade cut at ``cutpoints[head]`` when given
+        (:func:`kneelib.stats.ordinal.decode_grades`).
     subjects : array-like, (n,)
         Subject of every row: the bootstrap resamples subjects.
     model : str
         Value of the ``model`` column.
+    cutpoints : dict, optional
+        Head -> cut-points or None (:attr:`kneelib.stats.ordinal.GradeDecoding.cutpoints`).
 
     Returns
     -------
@@ -52,6 +57,7 @@ def head_agreement(targets: np.ndarray, probabilities: dict, subjects, model: st
         than two known grades are left out).
     """
     from kneelib.stats.agreement import agreement_table
+    from kneelib.stats.ordinal import decode_grades
 
     subjects = np.asarray(subjects)
     frames = []
@@ -59,7 +65,7 @@ def head_agreement(targets: np.ndarray, probabilities: dict, subjects, model: st
         known = targets[:, index] >= 0
         if known.sum() < 2:
             continue
-        predicted = probabilities[task][known].argmax(axis=1)
+        predicted = decode_grades(probabilities[task][known], (cutpoints or {}).get(task))
         table = agreement_table(targets[known, index], predicted, metrics=list(metrics), n_boot=n_boot, seed=seed,
                                 groups=subjects[known], grades=TASK_GRADES[task])
         frames.append(table.assign(task=task, model=model, n=int(known.sum())))
@@ -73,9 +79,15 @@ def table2(prepared, runs: list, n_boot: int = 200, seed: int = 0) -> pd.DataFra
                      ignore_index=True)
 
 
-def table3(prepared, probabilities: dict, n_boot: int = 200, seed: int = 0, model: str = "ensemble") -> pd.DataFrame:
-    """F1 (support-weighted), MSE, balanced accuracy, quadratic kappa with subject-bootstrap CIs (Table 3)."""
-    return head_agreement(prepared.targets, probabilities, prepared.subjects, model, n_boot, seed)
+def table3(prepared, probabilities: dict, n_boot: int = 200, seed: int = 0, model: str = "ensemble",
+           cutpoints: dict | None = None) -> pd.DataFrame:
+    """F1 (support-weighted), MSE, balanced accuracy, quadratic kappa with subject-bootstrap CIs (Table 3).
+
+    ``cutpoints``: head -> cut-points on the expected grade, or None for arg-max (see
+    :func:`head_agreement`).
+    """
+    return head_agreement(prepared.targets, probabilities, prepared.subjects, model, n_boot, seed,
+                          cutpoints=cutpoints)
 
 
 def wide_table(long: pd.DataFrame, metric: str) -> pd.DataFrame:
