@@ -1,4 +1,4 @@
-"""Command line: ``python -m kneelib {run,book,synth,grade-kl} ...``.
+"""Command line: ``python -m kneelib {run,book,synth,volumes,cache,grade-kl} ...``.
 
 Heavy imports happen inside each command so that ``--help`` is instant.
 """
@@ -34,6 +34,53 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_volumes(args: argparse.Namespace) -> int:
+    from kneelib.data.cache import MRI_SERIES_PATTERN, cache_series_volumes, mri_series_folders
+    from kneelib.data.image_index import read_image_index
+
+    folders = mri_series_folders(read_image_index(args.root), args.series or MRI_SERIES_PATTERN)
+    rows = cache_series_volumes(folders, cache_dir=args.cache_dir, n_jobs=args.workers, scheduler=args.scheduler)
+    failed = [r for r in rows if r["error"]]
+    for row in failed:
+        print(f"not converted: {row['folder']}: {row['error']}", file=sys.stderr)
+    print(f"{len(rows) - len(failed)} of {len(rows)} series cached as NIfTI volumes")
+    return 1 if failed and len(failed) == len(rows) else 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from kneelib import cache, config
+
+    root = config.cache_root() if args.root is None else args.root
+    entries = cache.list_entries(root, areas=args.area or None)
+    if args.action == "summary":
+        summary = cache.area_summary(entries)
+        print(f"cache {root}: {cache.format_size(summary['bytes'].sum() if len(summary) else 0)}")
+        print(summary.drop(columns="bytes").to_string(index=False) if len(summary) else "(empty)")
+        return 0
+    older = None if args.older_than is None else cache.parse_age(args.older_than)
+    larger = None if args.larger_than is None else cache.parse_size(args.larger_than)
+    if args.action == "list":
+        chosen = [e for e in entries if (older is None or e.age_days() > older)
+                  and (larger is None or e.size_bytes > larger)]
+    else:
+        limit = None if args.max_size is None else cache.parse_size(args.max_size)
+        chosen = cache.select_entries(entries, older_than_days=older, larger_than_bytes=larger,
+                                      max_total_bytes=limit, partial_only=args.partial)
+    key = (lambda e: -e.size_bytes) if args.sort == "size" else (lambda e: e.modified)
+    for entry in sorted(chosen, key=key):
+        flag = " (partial)" if entry.partial else ""
+        print(f"{entry.area}/{entry.name}\t{cache.format_size(entry.size_bytes)}\t"
+              f"{entry.age_days():.1f} days{flag}")
+    total = cache.format_size(sum(e.size_bytes for e in chosen))
+    if args.action == "list":
+        print(f"{len(chosen)} entries, {total}")
+    elif args.yes:
+        print(f"removed {len(chosen)} entries, freed {cache.format_size(cache.prune(chosen))}")
+    else:
+        print(f"would remove {len(chosen)} entries ({total}); add --yes to delete them")
+    return 0
+
+
 def _cmd_grade_kl(args: argparse.Namespace) -> int:
     from kneelib.grade_kl import grade_kl_folder
 
@@ -42,6 +89,14 @@ def _cmd_grade_kl(args: argparse.Namespace) -> int:
     unread = f" ({failed} could not be read: see the 'error' column)" if failed else ""
     print(f"graded {len(table)} images -> {args.out}{unread}")
     return 0
+
+
+def _add_executor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local processes (default: all cores; 1: in this process)")
+    parser.add_argument("--scheduler", default=None,
+                        help="dask.distributed scheduler address (tcp://host:8786) to run the per-subject "
+                             "tasks on a cluster; default $KNEELIB_DASK_SCHEDULER; 'local' forces joblib")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
                        help="'most': another site's acquisition settings (independent test set)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     synth.set_defaults(func=_cmd_synth)
+
+    volumes = sub.add_parser("volumes", help="convert a cohort's MRI DICOM series to cached NIfTI volumes "
+                                             "(per-series tasks: joblib, or a dask cluster)")
+    volumes.add_argument("root", help="cohort root: the folder holding contents.csv (OAI image index)")
+    volumes.add_argument("--series", default=None,
+                         help="regular expression on SeriesDescription (default: SAG_/COR_/AX_ MRI series)")
+    volumes.add_argument("--cache-dir", default=None, help="default $KNEELIB_CACHE/volumes")
+    _add_executor_options(volumes)
+    volumes.set_defaults(func=_cmd_volumes)
+
+    store = sub.add_parser("cache", help="cache size per area; list or prune entries by age and size")
+    store.add_argument("action", nargs="?", default="summary", choices=["summary", "list", "prune"])
+    store.add_argument("--root", default=None, help="cache root (default $KNEELIB_CACHE)")
+    store.add_argument("--area", action="append", help="only this area (synthetic, volumes, ...); repeatable")
+    store.add_argument("--older-than", default=None, help="age since last written: 30d, 12h, 2w")
+    store.add_argument("--larger-than", default=None, help="size: 500M, 2G")
+    store.add_argument("--max-size", default=None, help="prune: remove the oldest entries until the cache fits")
+    store.add_argument("--partial", action="store_true",
+                       help="prune: only temporary files left by killed writers (always pruned once 1 h old)")
+    store.add_argument("--sort", default="age", choices=["age", "size"])
+    store.add_argument("--yes", action="store_true", help="prune: delete (without it, only show)")
+    store.set_defaults(func=_cmd_cache)
 
     grade = sub.add_parser("grade-kl", help="grade a folder of knee images (PNG/DICOM) into a CSV")
     grade.add_argument("--model", required=True, help="trained model file (.pt)")

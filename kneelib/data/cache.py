@@ -13,25 +13,30 @@ a cheaper key (SOPInstanceUIDs and sizes) would miss edited pixel data that keep
 its UIDs, as a re-rendered synthetic series does.
 Entries are written to a temporary name and renamed (atomic on one file
 system), metadata first and the image last, so an interrupted run never leaves a
-half-written entry that a later run would trust.
+half-written entry that a later run would trust (:func:`kneelib.cache.atomic_write`).
+
+:func:`cache_series_volumes` fills the cache for many series at once, one task per series,
+through :func:`kneelib.executor.map_tasks` (joblib here, dask.distributed on a cluster):
+``python -m kneelib volumes ROOT`` does it for every MRI series of a cohort.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
-import uuid
+import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
 
 from kneelib import config
+from kneelib.cache import atomic_write, entry_path
 from kneelib.data.dicom import Volume, list_dicom_files, read_dicom_series
 
 __all__ = ["READER_VERSION", "file_content_digest", "series_cache_key", "save_volume", "load_volume",
-           "load_series_cached"]
+           "cached_series_path", "load_series_cached", "cache_series_volumes", "mri_series_folders", "MRI_SERIES_PATTERN"]
 
 #: Bump when the reader's output for the same files changes.
 READER_VERSION = "2"
@@ -67,17 +72,6 @@ def series_cache_key(folders: str | Path | Sequence[str | Path], **parameters) -
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, writer, suffix: str = ".tmp") -> None:
-    """Call ``writer(tmp)`` on a temporary sibling of ``path`` (ending in ``suffix``), then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_volume(volume: Volume, path: str | Path) -> Path:
     """Save a volume as NIfTI (``.nii.gz``) plus a JSON sidecar (``.json``) with its metadata.
 
@@ -94,10 +88,10 @@ def save_volume(volume: Volume, path: str | Path) -> Path:
         "mirrored": volume.mirrored,
         "metadata": volume.metadata,
     }
-    _atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str)))
+    atomic_write(sidecar, lambda tmp: tmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=str)))
     image = volume.to_nifti()
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    _atomic_write(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)
+    atomic_write(path, lambda tmp: nib.save(image, str(tmp)), suffix=suffix)
     return path
 
 
@@ -117,6 +111,28 @@ def load_volume(path: str | Path) -> Volume:
         mirrored=bool(meta.get("mirrored", False)),
         metadata=meta.get("metadata", {}),
     )
+
+
+def _cache_folder(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else config.cache_root() / "volumes"
+
+
+def cached_series_path(
+    folders: str | Path | Sequence[str | Path],
+    *,
+    laterality: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
+    """Make sure the cache holds the series' volume and return the entry's ``.nii.gz`` path.
+
+    Idempotent: an existing entry is kept untouched; a missing one is read and written
+    atomically (sidecar first, image last). Arguments as :func:`load_series_cached`.
+    """
+    key = series_cache_key(folders, laterality=laterality)
+    path = entry_path(_cache_folder(cache_dir), key, ".nii.gz")
+    if not path.is_file():
+        save_volume(read_dicom_series(folders, laterality=laterality), path)
+    return path
 
 
 def load_series_cached(
@@ -140,10 +156,69 @@ def load_series_cached(
         Equal (array, affine, echo times, laterality) to a fresh read.
     """
     key = series_cache_key(folders, laterality=laterality)
-    root = Path(cache_dir) if cache_dir is not None else config.cache_root() / "volumes"
-    path = root / key[:2] / f"{key}.nii.gz"
+    path = entry_path(_cache_folder(cache_dir), key, ".nii.gz")
     if path.is_file():
         return load_volume(path)
     volume = read_dicom_series(folders, laterality=laterality)
     save_volume(volume, path)
     return volume
+
+
+#: Series descriptions of MRI series in the OAI image index (radiographs are not volumes).
+MRI_SERIES_PATTERN = r"(SAG|COR|AX)_.*"
+
+
+def _series_task(folder: str, *, cache_dir: str, laterality: str | None) -> dict[str, Any]:
+    from kneelib.data.errors import KneelibDataError
+
+    try:
+        return {"folder": folder, "path": str(cached_series_path(folder, laterality=laterality, cache_dir=cache_dir)),
+                "error": ""}
+    except (KneelibDataError, FileNotFoundError) as error:
+        return {"folder": folder, "path": "", "error": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
+
+
+def cache_series_volumes(
+    folders: Sequence[str | Path],
+    *,
+    laterality: str | None = None,
+    cache_dir: str | Path | None = None,
+    n_jobs: int | None = None,
+    scheduler: Any = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Convert many DICOM series to cached NIfTI volumes, one task per series (the per-subject stage).
+
+    Parameters
+    ----------
+    folders : sequence of paths
+        Series folders (one series each).
+    laterality : str, optional
+        As for :func:`~kneelib.data.dicom.read_dicom_series`.
+    cache_dir : path, optional
+        Default ``kneelib.config.cache_root() / "volumes"``, resolved here (not on the workers).
+    n_jobs, scheduler, progress
+        As for :func:`kneelib.executor.map_tasks` (joblib by default; a dask scheduler address,
+        client or cluster, or ``$KNEELIB_DASK_SCHEDULER``).
+
+    Returns
+    -------
+    list of dict
+        Per folder, in input order: ``folder``, ``path`` of the cached ``.nii.gz`` (empty when the
+        series could not be read) and ``error`` (the exception type and first message line).
+    """
+    from kneelib.executor import map_tasks
+
+    root = str(_cache_folder(cache_dir).resolve())
+    task = functools.partial(_series_task, cache_dir=root, laterality=laterality)
+    return map_tasks(task, [str(Path(f).resolve()) for f in folders], n_jobs=n_jobs, scheduler=scheduler,
+                     progress=progress, desc="DICOM -> NIfTI", unit="series")
+
+
+def mri_series_folders(index, pattern: str = MRI_SERIES_PATTERN) -> list[Path]:
+    """Folders of the series of an :class:`~kneelib.data.image_index.ImageIndex` whose description
+    matches ``pattern`` (case-insensitive, whole description), in index order."""
+    regex = re.compile(pattern, re.IGNORECASE)
+    table = index.table
+    keep = table["SeriesDescription"].map(lambda d: bool(regex.fullmatch(str(d).strip())))
+    return [Path(p) for p in table.loc[keep, "path"]]

@@ -280,18 +280,23 @@ def _extract_or_reason(knee: dict, cache_dir: str):
         return str(error).split("\n")[0]
 
 
-def knee_biomarkers(knees: Sequence[dict], n_jobs: int = 1, cache_dir: str | Path | None = None) -> tuple[list, list]:
-    """:func:`kneelib.qmri.biomarkers.cached_knee_biomarkers` per knee, in parallel (joblib).
+def knee_biomarkers(knees: Sequence[dict], n_jobs: int = 1, cache_dir: str | Path | None = None,
+                    scheduler=None) -> tuple[list, list]:
+    """:func:`kneelib.qmri.biomarkers.cached_knee_biomarkers` per knee, in parallel
+    (:func:`kneelib.executor.map_tasks`: joblib, or the dask cluster of ``scheduler`` /
+    ``$KNEELIB_DASK_SCHEDULER``).
 
     Returns ``(results, failures)``: a knee whose extraction raises a data error (e.g. a bone the
     segmentation missed) is left out and its reason listed.
     """
-    from joblib import Parallel, delayed
+    import functools
 
     from kneelib.config import cache_root
+    from kneelib.executor import map_tasks
 
     cache_dir = str(cache_dir if cache_dir is not None else cache_root() / "qmri_biomarkers")
-    outputs = Parallel(n_jobs=n_jobs)(delayed(_extract_or_reason)(dict(k), cache_dir) for k in knees)
+    outputs = map_tasks(functools.partial(_extract_or_reason, cache_dir=cache_dir), [dict(k) for k in knees],
+                        n_jobs=n_jobs, scheduler=scheduler, progress=False, desc="qMRI biomarkers", unit="knee")
     return [o for o in outputs if not isinstance(o, str)], [o for o in outputs if isinstance(o, str)]
 
 

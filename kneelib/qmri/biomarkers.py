@@ -6,9 +6,10 @@ bone shape), "Relaxometry" (cartilage T2, deep / superficial / total), "Bone sur
 (224 x 224 maps). :func:`extract_knee_biomarkers` composes the stage functions of
 :mod:`kneelib.qmri.thickness`, :mod:`kneelib.qmri.relaxometry`, :mod:`kneelib.qmri.surface` and
 :mod:`kneelib.qmri.spherical` for ONE knee (no global state), so :func:`extract_many` runs knees in
-parallel with joblib; :func:`cached_knee_biomarkers` keeps each knee's result as one ``.npz``
-under a key of the input bytes, the parameters and :data:`CODE_VERSION` (written to a temporary
-name, then renamed), for the chronic-pain chapter.
+parallel through :func:`kneelib.executor.map_tasks` (joblib, or a dask cluster);
+:func:`cached_knee_biomarkers` keeps each knee's result as one ``.npz`` under a key of the input
+bytes, the parameters and :data:`CODE_VERSION` (written to a temporary name, then renamed), for the
+chronic-pain chapter.
 
 Per bone (femur, tibia, patella) with its cartilage:
 
@@ -33,10 +34,9 @@ the volume's RAS affine; without one the array axes are taken as RAS.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -418,8 +418,9 @@ _ARRAY_FIELDS = ("vertices", "faces", "normals", "centroid_mm", "frame", "theta"
 
 def save_biomarkers(result: KneeBiomarkers, path: str | Path) -> Path:
     """Write a :class:`KneeBiomarkers` as one ``.npz`` (temporary name, then rename: never half-written)."""
+    from kneelib.cache import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"spacing_mm": result.spacing_mm, "t2_fitted": np.array(result.t2_fitted),
               "key": np.array(result.key), "code_version": np.array(result.code_version)}
     for bone, b in result.bones.items():
@@ -431,14 +432,7 @@ def save_biomarkers(result: KneeBiomarkers, path: str | Path) -> Path:
             arrays[f"{bone}/maps/{name}"] = v.astype(np.float32)
         for name, v in b.summary.items():
             arrays[f"{bone}/summary/{name}"] = np.array(float(v))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
 
 
 def load_biomarkers(path: str | Path) -> KneeBiomarkers:
@@ -465,10 +459,11 @@ def cached_knee_biomarkers(labels, spacing_mm, *, cache_dir: str | Path | None =
     ``kneelib.config.cache_root() / "qmri_biomarkers"``), ``key`` from :func:`biomarker_cache_key`.
     """
     from kneelib import config
+    from kneelib.cache import entry_path
 
     key = biomarker_cache_key(labels, spacing_mm, **kwargs)
     root = Path(cache_dir) if cache_dir is not None else config.cache_root() / "qmri_biomarkers"
-    path = root / key[:2] / f"{key}.npz"
+    path = entry_path(root, key, ".npz")
     if path.is_file():
         return load_biomarkers(path)
     result = extract_knee_biomarkers(labels, spacing_mm, **kwargs)
@@ -478,8 +473,9 @@ def cached_knee_biomarkers(labels, spacing_mm, *, cache_dir: str | Path | None =
 
 
 def extract_many(knees: Sequence[Mapping], *, n_jobs: int = 2, cache_dir: str | Path | None = None,
-                 use_cache: bool = True, backend: str = "loky") -> list[KneeBiomarkers]:
-    """Biomarkers of many knees in parallel (joblib processes; one knee per task, no shared state).
+                 use_cache: bool = True, backend: str = "loky", scheduler=None,
+                 progress: bool = False) -> list[KneeBiomarkers]:
+    """Biomarkers of many knees in parallel (:func:`kneelib.executor.map_tasks`; one knee per task).
 
     Parameters
     ----------
@@ -487,18 +483,28 @@ def extract_many(knees: Sequence[Mapping], *, n_jobs: int = 2, cache_dir: str | 
         Keyword arguments of :func:`extract_knee_biomarkers` per knee (``labels``, ``spacing_mm``,
         optional ``codes``, ``affine``, ``echoes``, ``echo_times_ms``, ``echo_valid``, ``options``).
     n_jobs : int
-        joblib workers (1: in this process).
+        Local workers (1: in this process).
     cache_dir : path, optional
     use_cache : bool
         Through :func:`cached_knee_biomarkers` (default) or not.
     backend : str
         joblib backend ("loky" processes by default; "threading" avoids the start-up cost for a few
         small knees, the numpy/scipy work releasing the GIL only in part).
+    scheduler : str, Client or cluster, optional
+        A dask.distributed scheduler (default ``$KNEELIB_DASK_SCHEDULER``; none: joblib).
+    progress : bool
     """
-    from joblib import Parallel, delayed
+    from kneelib.executor import map_tasks
 
-    if use_cache:
-        task = lambda k: delayed(cached_knee_biomarkers)(cache_dir=cache_dir, **k)
-    else:
-        task = lambda k: delayed(extract_knee_biomarkers)(**k)
-    return Parallel(n_jobs=n_jobs, backend=backend)(task(dict(k)) for k in knees)
+    task = (functools.partial(_cached_knee, cache_dir=None if cache_dir is None else str(cache_dir)) if use_cache
+            else _extract_knee)
+    return map_tasks(task, [dict(k) for k in knees], n_jobs=n_jobs, scheduler=scheduler, backend=backend,
+                     progress=progress, desc="qMRI biomarkers", unit="knee")
+
+
+def _cached_knee(knee: dict, cache_dir: str | None) -> KneeBiomarkers:
+    return cached_knee_biomarkers(cache_dir=cache_dir, **knee)
+
+
+def _extract_knee(knee: dict) -> KneeBiomarkers:
+    return extract_knee_biomarkers(**knee)
