@@ -122,7 +122,7 @@ def _tree_stats(path: Path) -> tuple[int, float]:
     if path.is_symlink() or path.is_file():
         st = path.lstat()
         return st.st_blocks * 512, st.st_mtime
-    size, newest = 0, path.lstat().st_mtime
+    size, newest = 0, None  # the files' times: a folder's own changes whenever a file is added
     for folder, _dirs, files in os.walk(path):
         try:
             size += os.lstat(folder).st_blocks * 512  # folders take blocks too (as du counts them)
@@ -134,8 +134,8 @@ def _tree_stats(path: Path) -> tuple[int, float]:
             except FileNotFoundError:  # removed while we walk
                 continue
             size += st.st_blocks * 512
-            newest = max(newest, st.st_mtime)
-    return size, newest
+            newest = st.st_mtime if newest is None else max(newest, st.st_mtime)
+    return size, path.lstat().st_mtime if newest is None else newest
 
 
 def _keyed_entries(area: str, shard: Path, prefix: str) -> Iterable[CacheEntry]:

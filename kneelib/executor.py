@@ -80,7 +80,7 @@ def _map_dask(fn: Callable, items: list, scheduler: Any, bar, retries: int) -> l
         client = scheduler
     try:
         futures = client.map(fn, items, pure=False, retries=retries)
-        for _future in as_completed(futures):
+        for _future in as_completed(futures, loop=client.loop):
             bar.update()
         return client.gather(futures)
     finally:
