@@ -137,6 +137,18 @@ def test_multi_echo_series_becomes_4d(tmp_path):
     assert volume.echo_times_ms == tuple(echo_times)
     for echo in range(7):
         np.testing.assert_array_equal(volume.slices(echo), array[echo])
+    assert volume.array.flags.f_contiguous  # the NIfTI layout, without a transpose copy
+
+
+def test_fresh_read_and_cache_hit_share_the_fortran_layout(tmp_path):
+    write(tmp_path / "s")
+    fresh = read_dicom_series(tmp_path / "s")
+    assert fresh.array.flags.f_contiguous and fresh.array.shape == (N_COLS, N_ROWS, N_SLICES)
+    first = load_series_cached(tmp_path / "s", cache_dir=tmp_path / "cache")
+    hit = load_series_cached(tmp_path / "s", cache_dir=tmp_path / "cache")
+    for volume in (first, hit):
+        assert volume.array.flags.f_contiguous
+        np.testing.assert_array_equal(volume.array, fresh.array)
 
 
 def test_several_folders_grouped_by_frame_of_reference(tmp_path):
