@@ -4,9 +4,12 @@ Paper 000 shows CAMs over MRI slices of the knee with pain (Fig. 3); the book's
 chapters let a reader browse them. :class:`SubjectExplorer` is an ipywidgets viewer
 for JupyterLab -- choose a subject, scroll the slices of both knees side by side,
 toggle and fade the CAM overlay, read the prediction and the label -- and
-:func:`render_subject_view` draws the same view as a static matplotlib figure, which
-the book shows in place of the live widget (HTML pages have no kernel). Both take
-plain arrays, so later chapters reuse them for any paired-knee model:
+:class:`StaticExplorer` is the same explorer without a kernel, for the HTML book: the slices are
+pre-rendered as small JPEG frames (downscaled, base64 inside the page, under a size cap) behind a
+subject menu, a slice slider, a CAM toggle and an opacity slider driven by a few lines of inline
+JavaScript (no CDN, no network). :func:`render_subject_view` draws one view as a matplotlib
+figure (for saved figures and papers). All take plain arrays, so later chapters reuse them for any
+paired-knee model:
 
 * ``images``: ``(n_subjects, 2 knees, n_slices, H, W)`` (knee 0 = left, 1 = right),
 * ``cams``: ``(n_subjects, 2, n_slices, h, w)`` at any resolution (upsampled
@@ -15,13 +18,18 @@ plain arrays, so later chapters reuse them for any paired-knee model:
 """
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
+import uuid
 from typing import Sequence
 
 import numpy as np
 
 from kneelib.explain.cam import normalize_cam, upsample_cam
 
-__all__ = ["render_subject_view", "SubjectExplorer", "KNEE_NAMES"]
+__all__ = ["render_subject_view", "SubjectExplorer", "StaticExplorer", "KNEE_NAMES"]
 
 KNEE_NAMES: tuple[str, str] = ("Left knee", "Right knee")
 
@@ -179,17 +187,14 @@ class SubjectExplorer:
 
         display(self.widget)
 
+    def to_static(self, **kwargs) -> "StaticExplorer":
+        """The same explorer as a kernel-free :class:`StaticExplorer` (for the HTML book)."""
+        return StaticExplorer(self.images, self.cams, self.probabilities, self.labels, self.subject_ids,
+                              knee_names=self.knee_names, start_at_top_slice=self.start_at_top_slice, **kwargs)
+
     def top_slice(self, index: int) -> int:
         """Slice with the highest mean CAM on the predicted (else labelled) painful knee."""
-        if self.cams is None:
-            return self.images.shape[2] // 2
-        if self.probabilities is not None:
-            knee = int(self.probabilities[index] >= 0.5)
-        elif self.labels is not None:
-            knee = int(self.labels[index])
-        else:
-            knee = int(self.cams[index].mean(axis=(-2, -1)).max(axis=1).argmax())
-        return int(self.cams[index, knee].mean(axis=(-2, -1)).argmax())
+        return _top_slice(self.cams, self.probabilities, self.labels, index, self.images.shape[2])
 
     def _on_subject(self, _change=None):
         if self.start_at_top_slice and self.cams is not None:
@@ -216,3 +221,200 @@ class SubjectExplorer:
             clear_output(wait=True)
             display(self.figure)
         return self.figure
+
+
+def _top_slice(cams, probabilities, labels, index: int, n_slices: int) -> int:
+    """Slice with the highest mean CAM on the predicted (else labelled, else hottest) knee."""
+    if cams is None:
+        return n_slices // 2
+    if probabilities is not None:
+        knee = int(probabilities[index] >= 0.5)
+    elif labels is not None:
+        knee = int(labels[index])
+    else:
+        knee = int(cams[index].mean(axis=(-2, -1)).max(axis=1).argmax())
+    return int(cams[index, knee].mean(axis=(-2, -1)).argmax())
+
+
+def _encode(rgb_or_gray: np.ndarray, size: tuple[int, int], fmt: str, quality: int) -> str:
+    from PIL import Image
+
+    image = Image.fromarray(rgb_or_gray)
+    if image.size != size:
+        image = image.resize(size, Image.BILINEAR)
+    buffer = io.BytesIO()
+    if fmt == "JPEG":
+        image.save(buffer, format="JPEG", quality=quality, optimize=True)
+    else:
+        image.save(buffer, format="PNG", optimize=True)
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+_VIEWER_JS = """
+(function () {
+  var root = document.getElementById("%(id)s");
+  var data = JSON.parse(root.querySelector("script.kx-data").textContent);
+  var subject = root.querySelector(".kx-subject"), slice = root.querySelector(".kx-slice"),
+      cam = root.querySelector(".kx-cam-toggle"), alpha = root.querySelector(".kx-alpha");
+  function draw() {
+    var s = data.subjects[+subject.value], k = +slice.value;
+    root.querySelector(".kx-info").textContent = s.title;
+    root.querySelector(".kx-slice-value").textContent = k;
+    for (var knee = 0; knee < 2; knee++) {
+      var panel = root.querySelectorAll(".kx-panel")[knee];
+      panel.querySelector("img.kx-base").src = s.base[knee][k];
+      var over = panel.querySelector("img.kx-over");
+      over.style.display = (s.cam && cam.checked) ? "block" : "none";
+      if (s.cam) { over.src = s.cam[knee][k]; }
+      over.style.opacity = alpha.value / 100;
+      panel.querySelector(".kx-caption").textContent = data.knee_names[knee] + ", slice " + k;
+      panel.style.outline = (s.label === knee) ? "3px solid red" : "none";
+    }
+    root.dataset.frame = subject.value + ":" + k;
+  }
+  subject.addEventListener("change", function () {
+    slice.value = data.subjects[+subject.value].start; draw();
+  });
+  [slice, cam, alpha].forEach(function (c) { c.addEventListener("input", draw); c.addEventListener("change", draw); });
+  draw();
+})();
+"""
+
+
+class StaticExplorer:
+    """Kernel-free explorer for the HTML book: pre-rendered frames behind a slice slider.
+
+    Takes the arrays of :class:`SubjectExplorer`; renders, per subject, knee and slice, the slice
+    (grey, 1st-99th percentile window per subject) and its CAM (upsampled and min-max scaled as in
+    :func:`render_subject_view`, coloured with ``cmap_cam``) as small JPEG frames. The page shows
+    them with a subject menu, a slice slider, a CAM toggle and an opacity slider (the CAM frame lies
+    over the slice with CSS opacity, the same blend as matplotlib's ``alpha``), the title line of the
+    live explorer and the painful knee outlined in red. Self-contained: the frames are base64 inside
+    the HTML and the script is inline, so it works offline in a static page (myst-nb shows a
+    ``text/html`` output as is).
+
+    Parameters
+    ----------
+    images, cams, probabilities, labels, subject_ids, knee_names, start_at_top_slice
+        As :class:`SubjectExplorer`.
+    max_side : int
+        Frames are downscaled so that their longer side is at most this many pixels.
+    max_bytes : int
+        Size cap of the HTML: subjects are added in order while the total stays under it (at
+        least one); :attr:`n_shown` tells how many made it and the page says so.
+    quality : int
+        JPEG quality.
+    cmap_cam : str
+        Matplotlib colormap of the CAM.
+    alpha : float
+        Initial CAM opacity.
+    display_side : int
+        Longer side of each knee's panel on the page, in CSS pixels.
+
+    Examples
+    --------
+    >>> StaticExplorer(images, cams, probabilities, labels)  # doctest: +SKIP
+    """
+
+    def __init__(self, images, cams=None, probabilities=None, labels=None, subject_ids=None, *,
+                 knee_names: Sequence[str] = KNEE_NAMES, start_at_top_slice: bool = True, max_side: int = 160,
+                 max_bytes: int = 1_500_000, quality: int = 80, cmap_cam: str = "jet", alpha: float = 0.5,
+                 display_side: int = 300):
+        from matplotlib import colormaps
+
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 5 or images.shape[1] != 2:
+            raise ValueError(f"images must be (n_subjects, 2, n_slices, H, W); got {images.shape}")
+        n, _, n_slices, height, width = images.shape
+        cams = None if cams is None else np.asarray(cams, dtype=np.float32)
+        if cams is not None and cams.shape[:3] != images.shape[:3]:
+            raise ValueError(f"cams {cams.shape} do not match images {images.shape}")
+        probabilities = None if probabilities is None else np.asarray(probabilities, dtype=float)
+        labels = None if labels is None else np.asarray(labels, dtype=int)
+        for name, values in (("probabilities", probabilities), ("labels", labels)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries for {n} subjects")
+        subject_ids = list(range(n)) if subject_ids is None else list(subject_ids)
+        if len(subject_ids) != n:
+            raise ValueError(f"subject_ids has {len(subject_ids)} entries for {n} subjects")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        scale = min(1.0, max_side / max(height, width))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        colour = colormaps[cmap_cam]
+        self.knee_names = tuple(knee_names)
+        self.n_subjects, self.n_slices, self.alpha, self.size = n, n_slices, alpha, size
+        longer = max(height, width)
+        self.display = (round(display_side * width / longer), round(display_side * height / longer))
+        self.subjects: list[dict] = []
+        total = 0
+        for i in range(n):
+            low, high = np.percentile(images[i], [1, 99])
+            grey = np.clip((images[i] - low) / (high - low if high > low else 1.0), 0, 1)
+            grey = (grey * 255).round().astype(np.uint8)
+            base = [[_encode(grey[knee, k], size, "JPEG", quality) for k in range(n_slices)] for knee in range(2)]
+            over = None
+            if cams is not None:
+                maps = normalize_cam(upsample_cam(cams[i], (height, width)))
+                rgb = (colour(maps)[..., :3] * 255).round().astype(np.uint8)
+                over = [[_encode(rgb[knee, k], size, "JPEG", quality) for k in range(n_slices)] for knee in range(2)]
+            probability = None if probabilities is None else float(probabilities[i])
+            label = None if labels is None else int(labels[i])
+            start = (_top_slice(cams, probabilities, labels, i, n_slices) if start_at_top_slice
+                     else n_slices // 2)
+            entry = {"id": str(subject_ids[i]), "title": _title(subject_ids[i], probability, label),
+                     "label": label, "start": start, "base": base, "cam": over}
+            cost = sum(len(f) for knee in base for f in knee) + (
+                sum(len(f) for knee in over for f in knee) if over else 0)
+            if self.subjects and total + cost > max_bytes:
+                break
+            self.subjects.append(entry)
+            total += cost
+        self.n_shown = len(self.subjects)
+        self.html = self._render()
+
+    def _render(self) -> str:
+        element = f"kx-{uuid.uuid4().hex[:12]}"
+        data = {"subjects": self.subjects, "knee_names": list(self.knee_names)}
+        has_cam = any(s["cam"] for s in self.subjects)
+        options = "".join(f'<option value="{i}">{html.escape(s["id"])}</option>' for i, s in enumerate(self.subjects))
+        start = self.subjects[0]["start"]
+        width, height = self.display
+        panel = (f'<figure class="kx-panel" style="margin:0 8px 0 0;display:inline-block">'
+                 f'<div style="position:relative;width:{width}px;height:{height}px">'
+                 f'<img class="kx-base" alt="slice" style="width:100%;height:100%;image-rendering:auto">'
+                 f'<img class="kx-over" alt="CAM" style="position:absolute;left:0;top:0;width:100%;height:100%">'
+                 f'</div><figcaption class="kx-caption" style="font-size:small"></figcaption></figure>')
+        note = ("" if self.n_shown == self.n_subjects else
+                f'<div style="font-size:small">first {self.n_shown} of {self.n_subjects} subjects (size cap)</div>')
+        cam_controls = (f'<label style="margin-right:12px"><input type="checkbox" class="kx-cam-toggle" checked> '
+                        f'CAM overlay</label><label>CAM opacity <input type="range" class="kx-alpha" min="0" '
+                        f'max="100" value="{round(self.alpha * 100)}"></label>' if has_cam else
+                        '<input type="checkbox" class="kx-cam-toggle" style="display:none">'
+                        '<input type="range" class="kx-alpha" style="display:none" value="0">')
+        payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+        return (f'<div class="kneelib-explorer" id="{element}" style="font-family:sans-serif">'
+                f'<div class="kx-controls" style="margin-bottom:6px">'
+                f'<label style="margin-right:12px">Subject <select class="kx-subject">{options}</select></label>'
+                f'<label style="margin-right:12px">Slice <input type="range" class="kx-slice" min="0" '
+                f'max="{self.n_slices - 1}" value="{start}"> <span class="kx-slice-value">{start}</span></label>'
+                f'{cam_controls}</div>'
+                f'<div class="kx-info" style="font-weight:bold;font-size:small;margin-bottom:4px"></div>{note}'
+                f'<div class="kx-panels">{panel}{panel}</div>'
+                f'<script type="application/json" class="kx-data">{payload}</script>'
+                f'<script>{_VIEWER_JS % {"id": element}}</script></div>')
+
+    @property
+    def n_bytes(self) -> int:
+        """Size of the HTML in bytes."""
+        return len(self.html.encode())
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def save(self, path) -> None:
+        """Write a standalone HTML page holding the viewer."""
+        from pathlib import Path
+
+        Path(path).write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kneelib explorer</title>"
+                              f"</head><body>{self.html}</body></html>", encoding="utf-8")

@@ -70,3 +70,51 @@ def test_titles_in_dom_and_math_typeset_offline(built_book, chromium, tmp_path):
     # MathJax (served from _static/mathjax, no network) replaced the TeX source.
     assert 'class="MathJax"' in chapter_dom, "MathJax did not typeset the chapter's math"
     assert "Math Processing Error" not in chapter_dom
+
+
+def _explorer_page(tmp_path: Path, move_to: int | None) -> Path:
+    """A page with the kernel-free explorer; ``move_to``: a script then moves the slice slider there."""
+    from kneelib.widgets import StaticExplorer
+
+    n_slices, size = 6, 64
+    yy, xx = np.mgrid[:size, :size]
+    images = np.zeros((2, 2, n_slices, size, size), np.float32)
+    for k in range(n_slices):  # a bright disc that moves from slice to slice
+        images[:, :, k] = ((yy - 10 - 8 * k) ** 2 + (xx - 32) ** 2 < 64).astype(np.float32)
+    viewer = StaticExplorer(images, np.ones((2, 2, n_slices, 4, 4), np.float32), [0.8, 0.3], [1, 0],
+                            subject_ids=["9000001", "9000002"], start_at_top_slice=False)
+    html = viewer.html
+    if move_to is not None:
+        html += (
+            "<script>(function(){var root=document.querySelector('.kneelib-explorer');"
+            "var img=root.querySelector('.kx-panel img.kx-base'), s=root.querySelector('.kx-slice');"
+            "var before=img.src, caption=root.querySelector('.kx-caption').textContent;"
+            f"s.value={move_to}; s.dispatchEvent(new Event('input'));"
+            "var result={changed: before!==img.src, frame: root.dataset.frame, before: caption,"
+            " after: root.querySelector('.kx-caption').textContent};"
+            "document.body.insertAdjacentHTML('beforeend','<pre id=\"result\">'+JSON.stringify(result)+'</pre>');"
+            "})();</script>")
+    page = tmp_path / f"explorer_{move_to}.html"
+    page.write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head>"
+                    f"<body style='margin:0;background:white'>{html}</body></html>")
+    return page
+
+
+def test_static_explorer_slider_changes_the_image(chromium, tmp_path):
+    import json
+    import re
+
+    still = _explorer_page(tmp_path, None)
+    moved = _explorer_page(tmp_path, 5)
+    assert "http://" not in moved.read_text() and "https://" not in moved.read_text()  # no CDN, no network
+    dom = _run(chromium, tmp_path, "--dump-dom", moved.as_uri()).stdout
+    result = json.loads(re.findall(r'<pre id="result">(\{.*?\})</pre>', dom)[-1].replace("&quot;", '"'))
+    assert result["changed"], "moving the slider did not change the image"
+    assert result["frame"] == "0:5" and result["before"] == "Left knee, slice 3" and result[
+        "after"] == "Left knee, slice 5"
+    # and what the reader sees changes: the disc moved down the panel
+    before = _screenshot(chromium, tmp_path, still.as_uri(), "still")
+    after = _screenshot(chromium, tmp_path, moved.as_uri(), "moved")
+    panel = (slice(40, 340), slice(0, 620))
+    assert before[panel].std() > 10, "the explorer did not render"
+    assert np.abs(before[panel] - after[panel]).mean() > 2, "the rendered slice did not change"

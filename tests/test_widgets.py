@@ -54,3 +54,35 @@ def test_explorer_controls_drive_the_view():
     with pytest.raises(ValueError, match="labels"):
         SubjectExplorer(images, labels=[0, 1])
     plt.close("all")
+
+
+def test_static_explorer_is_self_contained_small_and_matches_the_live_one():
+    import base64
+    import io
+    import json
+    import re
+
+    from PIL import Image
+
+    from kneelib.widgets import StaticExplorer
+
+    images, cams, prob, labels = tiny_data(size=200)
+    live = SubjectExplorer(images, cams, prob, labels, subject_ids=["a", "b", "c"])
+    viewer = live.to_static(max_side=100)
+    assert viewer.n_shown == 3 and viewer.html == viewer._repr_html_()
+    data = json.loads(re.search(r'<script type="application/json" class="kx-data">(.*?)</script>',
+                                viewer.html).group(1))
+    b = data["subjects"][1]
+    assert b["start"] == live.top_slice(1) == 2 and b["label"] == 1 and "predicted right" in b["title"]
+    assert len(b["base"]) == 2 and len(b["base"][0]) == 4 and len(b["cam"][1]) == 4  # knees x slices
+    frame = Image.open(io.BytesIO(base64.b64decode(b["base"][0][0].split(",", 1)[1])))
+    assert frame.format == "JPEG" and frame.size == (100, 100)  # downscaled from 200 px
+    assert "http://" not in viewer.html and "https://" not in viewer.html and "<script src" not in viewer.html
+    # the size cap drops subjects (never the first) and says so
+    capped = StaticExplorer(images, cams, prob, labels, max_side=100, max_bytes=1)
+    assert capped.n_shown == 1 and "first 1 of 3 subjects" in capped.html and capped.n_bytes < viewer.n_bytes
+    plain = StaticExplorer(images)  # no CAMs: no overlay controls shown
+    assert json.loads(re.search(r'class="kx-data">(.*?)</script>', plain.html).group(1))["subjects"][0]["cam"] is None
+    with pytest.raises(ValueError, match="labels"):
+        StaticExplorer(images, labels=[0, 1])
+    plt.close("all")
