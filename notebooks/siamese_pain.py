@@ -214,8 +214,9 @@ plt.show()
 # %% [markdown]
 # ### Explorer
 #
-# In JupyterLab, `SubjectExplorer` lets you choose a test subject, scroll the slices of both
-# knees and fade the CAM; the book shows a static rendering of its view of one subject.
+# Choose a test subject, move through the slices of both knees and fade the CAM. On this page the
+# explorer runs without a kernel (pre-rendered frames behind the sliders); in JupyterLab,
+# `explorer.widget` (the cell below shows it) is the live ipywidgets version of the same view.
 
 # %%
 explorer = SubjectExplorer(test_images, saliency.cams["siamese"], saliency.probability["siamese"], labels_test,
@@ -225,7 +226,10 @@ view = render_subject_view(test_images[0], saliency.cams["siamese"][0],
                            probability=float(saliency.probability["siamese"][0]), label=int(labels_test[0]),
                            subject_id=data.cohort["participant_id"].iloc[saliency.test[0]])
 view.savefig(figure_dir / "explorer.png", dpi=100)
-plt.show()
+plt.close(view)
+display(explorer.to_static())
+
+# %%
 explorer.widget
 
 # %% [markdown]
