@@ -118,3 +118,24 @@ def test_static_explorer_slider_changes_the_image(chromium, tmp_path):
     panel = (slice(40, 340), slice(0, 620))
     assert before[panel].std() > 10, "the explorer did not render"
     assert np.abs(before[panel] - after[panel]).mean() > 2, "the rendered slice did not change"
+
+
+def test_explorer_works_in_the_book_page(built_book, chromium, tmp_path):
+    """The siamese_pain page holds the kernel-free explorer; its script runs and its slider moves it."""
+    import json
+    import re
+
+    chapter = built_book.parent / "_executed" / "siamese_pain.html"
+    source = chapter.read_text()
+    assert "kneelib-explorer" in source, "the chapter shows no kernel-free explorer"
+    probe = chapter.with_name("siamese_pain.slider-probe.html")  # beside it, so _static/ resolves
+    probe.write_text(source.replace("</body>", (
+        "<script>(function(){var root=document.querySelector('.kneelib-explorer');"
+        "var img=root.querySelector('img.kx-base'), s=root.querySelector('.kx-slice'), before=img.src;"
+        "s.value=(+s.value+1)%(+s.max+1); s.dispatchEvent(new Event('input'));"
+        "document.body.insertAdjacentHTML('beforeend','<pre id=\"probe\">'+JSON.stringify("
+        "{drawn: before.indexOf('data:image/')===0, changed: before!==img.src})+'</pre>');})();</script></body>")))
+    dom = _run(chromium, tmp_path, "--dump-dom", probe.as_uri()).stdout
+    found = re.findall(r'<pre id="probe"[^>]*>(\{.*?\})</pre>', dom)  # the theme adds attributes
+    assert found, "the probe did not run in the book page"
+    assert json.loads(found[-1].replace("&quot;", '"')) == {"drawn": True, "changed": True}

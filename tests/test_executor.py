@@ -36,12 +36,16 @@ def _fail_on_three(x):
 
 
 @pytest.fixture(scope="module")
-def smoke_series(tmp_path_factory) -> list[Path]:
+def smoke_root(tmp_path_factory) -> Path:
     from kneelib.synth.cohort import generate_cohort
 
-    root = generate_cohort("smoke", out_dir=tmp_path_factory.mktemp("cohort") / "smoke", seed=0, n_subjects=2,
+    return generate_cohort("smoke", out_dir=tmp_path_factory.mktemp("cohort") / "smoke", seed=0, n_subjects=2,
                            n_workers=1, progress=False)
-    index = read_image_index(root)
+
+
+@pytest.fixture(scope="module")
+def smoke_series(smoke_root) -> list[Path]:
+    index = read_image_index(smoke_root)
     baseline = {Path(p) for p in index.table.loc[index.table["VISIT"] == 0, "path"]}
     folders = [f for f in mri_series_folders(index) if f in baseline]
     assert len(folders) == 14  # 2 subjects x 7 MRI series at baseline; the radiographs are left out
@@ -191,3 +195,12 @@ def test_unreadable_series_is_reported_not_fatal(tmp_path):
     empty.mkdir()
     rows = cache_series_volumes([empty], cache_dir=tmp_path / "v", n_jobs=1, progress=False)
     assert rows[0]["path"] == "" and str(empty) in rows[0]["folder"] and rows[0]["error"]
+
+
+def test_cli_volumes_command(smoke_root, tmp_path, capsys):
+    from kneelib.cli import main
+
+    assert main(["volumes", str(smoke_root), "--series", "SAG_3D_DESS_.*", "--workers", "1",
+                 "--cache-dir", str(tmp_path), "--scheduler", "local"]) == 0
+    assert "4 of 4 series cached" in capsys.readouterr().out  # 2 subjects x 2 visits x right and left DESS
+    assert len(list(tmp_path.glob("*/*.nii.gz"))) == 4
