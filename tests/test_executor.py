@@ -202,5 +202,5 @@ def test_cli_volumes_command(smoke_root, tmp_path, capsys):
 
     assert main(["volumes", str(smoke_root), "--series", "SAG_3D_DESS_.*", "--workers", "1",
                  "--cache-dir", str(tmp_path), "--scheduler", "local"]) == 0
-    assert "4 of 4 series cached" in capsys.readouterr().out  # 2 subjects x 2 visits x right and left DESS
-    assert len(list(tmp_path.glob("*/*.nii.gz"))) == 4
+    assert "8 of 8 series cached" in capsys.readouterr().out  # 2 subjects x 2 visits x right and left DESS
+    assert len(list(tmp_path.glob("*/*.nii.gz"))) == 8
