@@ -19,17 +19,19 @@ paired-knee model:
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
+import itertools
 import json
-import uuid
 from typing import Sequence
 
 import numpy as np
 
 from kneelib.explain.cam import normalize_cam, upsample_cam
 
-__all__ = ["render_subject_view", "SubjectExplorer", "StaticExplorer", "KNEE_NAMES"]
+__all__ = ["render_subject_view", "SubjectExplorer", "StaticSliceViewer", "StaticExplorer", "KNEE_NAMES",
+           "frame_size", "grey_frames", "encode_frame"]
 
 KNEE_NAMES: tuple[str, str] = ("Left knee", "Right knee")
 
@@ -236,12 +238,13 @@ def _top_slice(cams, probabilities, labels, index: int, n_slices: int) -> int:
     return int(cams[index, knee].mean(axis=(-2, -1)).argmax())
 
 
-def _encode(rgb_or_gray: np.ndarray, size: tuple[int, int], fmt: str, quality: int) -> str:
+def encode_frame(pixels: np.ndarray, size: tuple[int, int], fmt: str = "JPEG", quality: int = 80) -> str:
+    """A data URI of one frame (grey, RGB or, as PNG, RGBA), resized to ``size`` (width, height)."""
     from PIL import Image
 
-    image = Image.fromarray(rgb_or_gray)
+    image = Image.fromarray(pixels)
     if image.size != size:
-        image = image.resize(size, Image.BILINEAR)
+        image = image.resize(size, Image.NEAREST if fmt == "PNG" else Image.BILINEAR)
     buffer = io.BytesIO()
     if fmt == "JPEG":
         image.save(buffer, format="JPEG", quality=quality, optimize=True)
@@ -250,38 +253,169 @@ def _encode(rgb_or_gray: np.ndarray, size: tuple[int, int], fmt: str, quality: i
     return f"data:image/{fmt.lower()};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
 
+def frame_size(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) of frames of a ``(H, W)`` slice downscaled to at most ``max_side`` pixels."""
+    height, width = shape
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def grey_frames(stack: np.ndarray, size: tuple[int, int], low: float, high: float, quality: int = 80) -> list[str]:
+    """JPEG data URIs of the slices ``stack[k]`` windowed to ``[low, high]``."""
+    grey = np.clip((np.asarray(stack, dtype=np.float32) - low) / (high - low if high > low else 1.0), 0, 1)
+    grey = (grey * 255).round().astype(np.uint8)
+    return [encode_frame(frame, size, "JPEG", quality) for frame in grey]
+
+
 _VIEWER_JS = """
 (function () {
   var root = document.getElementById("%(id)s");
   var data = JSON.parse(root.querySelector("script.kx-data").textContent);
-  var subject = root.querySelector(".kx-subject"), slice = root.querySelector(".kx-slice"),
-      cam = root.querySelector(".kx-cam-toggle"), alpha = root.querySelector(".kx-alpha");
+  var menu = root.querySelector(".kx-subject"), slice = root.querySelector(".kx-slice"),
+      toggle = root.querySelector(".kx-cam-toggle"), alpha = root.querySelector(".kx-alpha");
+  var panels = root.querySelectorAll(".kx-panel");
   function draw() {
-    var s = data.subjects[+subject.value], k = +slice.value;
-    root.querySelector(".kx-info").textContent = s.title;
-    root.querySelector(".kx-slice-value").textContent = k;
-    for (var knee = 0; knee < 2; knee++) {
-      var panel = root.querySelectorAll(".kx-panel")[knee];
-      panel.querySelector("img.kx-base").src = s.base[knee][k];
-      var over = panel.querySelector("img.kx-over");
-      over.style.display = (s.cam && cam.checked) ? "block" : "none";
-      if (s.cam) { over.src = s.cam[knee][k]; }
+    var view = data.views[+menu.value], k = +slice.value;
+    root.querySelector(".kx-info").textContent = view.title;
+    var number = data.slice_numbers ? data.slice_numbers[k] : k;
+    root.querySelector(".kx-slice-value").textContent = number;
+    for (var p = 0; p < panels.length; p++) {
+      var spec = view.panels[p], panel = panels[p];
+      if (!spec) { panel.style.display = "none"; continue; }
+      panel.style.display = "inline-block";
+      panel.querySelector("img.kx-base").src = data.stacks[spec.base][k];
+      var over = panel.querySelector("img.kx-over"), has = spec.over !== null;
+      over.style.display = (has && toggle.checked) ? "block" : "none";
+      if (has) { over.src = data.stacks[spec.over][k]; }
       over.style.opacity = alpha.value / 100;
-      panel.querySelector(".kx-caption").textContent = data.knee_names[knee] + ", slice " + k;
-      panel.style.outline = (s.label === knee) ? "3px solid red" : "none";
+      panel.querySelector(".kx-caption").textContent = spec.caption.replace("{slice}", number);
+      panel.style.outline = spec.outline ? "3px solid red" : "none";
     }
-    root.dataset.frame = subject.value + ":" + k;
+    root.dataset.frame = menu.value + ":" + k;
   }
-  subject.addEventListener("change", function () {
-    slice.value = data.subjects[+subject.value].start; draw();
-  });
-  [slice, cam, alpha].forEach(function (c) { c.addEventListener("input", draw); c.addEventListener("change", draw); });
+  menu.addEventListener("change", function () { slice.value = data.views[+menu.value].start; draw(); });
+  [slice, toggle, alpha].forEach(function (c) { c.addEventListener("input", draw); c.addEventListener("change", draw); });
   draw();
 })();
 """
 
 
-class StaticExplorer:
+_VIEWER_NUMBERS = itertools.count()
+
+
+class StaticSliceViewer:
+    """A kernel-free slice viewer: a menu of views, a slice slider, an overlay toggle and opacity.
+
+    The frames are pre-rendered data URIs (small JPEG or PNG, base64 inside the page) and a few
+    lines of inline JavaScript swap them, so the viewer works in a static HTML page without a
+    kernel or a network (myst-nb shows a ``text/html`` output as is). Stacks of frames are stored
+    once and shared by the views that show them. :class:`StaticExplorer` (both knees with CAMs)
+    and :func:`kneelib.figures.qmri.static_segmentation_viewer` are built on it.
+
+    Parameters
+    ----------
+    n_slices : int
+        Frames per stack.
+    display_size : (int, int)
+        (width, height) of each panel on the page, CSS pixels.
+    menu_label, overlay_label : str
+        Names of the view menu and of the overlay controls.
+    alpha : float
+        Initial overlay opacity.
+    slice_numbers : sequence of int, optional
+        The slice each frame shows, for the captions (default ``0 .. n_slices - 1``; a viewer of
+        every k-th slice passes them).
+    """
+
+    def __init__(self, n_slices: int, display_size: tuple[int, int], *, menu_label: str = "View",
+                 overlay_label: str = "overlay", alpha: float = 0.5, slice_numbers: Sequence[int] | None = None):
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+        if slice_numbers is not None and len(slice_numbers) != n_slices:
+            raise ValueError(f"slice_numbers has {len(slice_numbers)} entries for {n_slices} slices")
+        self.slice_numbers = None if slice_numbers is None else [int(k) for k in slice_numbers]
+        self.n_slices, self.display_size, self.alpha = int(n_slices), display_size, alpha
+        self.menu_label, self.overlay_label = menu_label, overlay_label
+        self.stacks: list[list[str]] = []
+        self.views: list[dict] = []
+        self.note = ""
+        self._number = next(_VIEWER_NUMBERS)  # element ids unique on a page, reproducible in a run
+
+    def add_stack(self, frames: Sequence[str]) -> int:
+        """Store one frame per slice; returns its id for :meth:`add_view`."""
+        if len(frames) != self.n_slices:
+            raise ValueError(f"a stack needs {self.n_slices} frames, got {len(frames)}")
+        self.stacks.append(list(frames))
+        return len(self.stacks) - 1
+
+    def add_view(self, name: str, title: str, panels: Sequence[dict], start: int | None = None) -> None:
+        """One menu entry: ``panels`` of ``{"base": id, "over": id or None, "caption": str with
+        "{slice}", "outline": bool}`` shown side by side; the slider jumps to ``start`` on choosing it."""
+        start = self.n_slices // 2 if start is None else int(start)
+        self.views.append({"name": str(name), "title": title, "start": start,
+                           "panels": [{"base": p["base"], "over": p.get("over"), "caption": p.get("caption", ""),
+                                       "outline": bool(p.get("outline", False))} for p in panels]})
+
+    @staticmethod
+    def stack_bytes(frames: Sequence[str]) -> int:
+        return sum(len(f) for f in frames)
+
+    @property
+    def html(self) -> str:
+        """The viewer as one self-contained HTML fragment."""
+        if not self.views:
+            raise ValueError("the viewer has no view (add_view)")
+        data = {"stacks": self.stacks, "views": self.views, "slice_numbers": self.slice_numbers}
+        payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+        element = f"kx-{self._number}-{hashlib.sha1(payload.encode()).hexdigest()[:10]}"
+        has_overlay = any(p["over"] is not None for v in self.views for p in v["panels"])
+        options = "".join(f'<option value="{i}">{html.escape(v["name"])}</option>' for i, v in enumerate(self.views))
+        start = self.views[0]["start"]
+        width, height = self.display_size
+        panel = (f'<figure class="kx-panel" style="margin:0 8px 0 0;display:inline-block">'
+                 f'<div style="position:relative;width:{width}px;height:{height}px">'
+                 f'<img class="kx-base" alt="slice" style="width:100%;height:100%">'
+                 f'<img class="kx-over" alt="{html.escape(self.overlay_label)}" '
+                 f'style="position:absolute;left:0;top:0;width:100%;height:100%">'
+                 f'</div><figcaption class="kx-caption" style="font-size:small"></figcaption></figure>')
+        n_panels = max(len(v["panels"]) for v in self.views)
+        label = html.escape(self.overlay_label)
+        overlay_controls = (
+            f'<label style="margin-right:12px"><input type="checkbox" class="kx-cam-toggle" checked> {label}</label>'
+            f'<label>{label} opacity <input type="range" class="kx-alpha" min="0" max="100" '
+            f'value="{round(self.alpha * 100)}"></label>' if has_overlay else
+            '<input type="checkbox" class="kx-cam-toggle" style="display:none">'
+            '<input type="range" class="kx-alpha" style="display:none" value="0">')
+        note = f'<div style="font-size:small">{html.escape(self.note)}</div>' if self.note else ""
+        return (f'<div class="kneelib-explorer" id="{element}" style="font-family:sans-serif">'
+                f'<div class="kx-controls" style="margin-bottom:6px">'
+                f'<label style="margin-right:12px">{html.escape(self.menu_label)} '
+                f'<select class="kx-subject">{options}</select></label>'
+                f'<label style="margin-right:12px">Slice <input type="range" class="kx-slice" min="0" '
+                f'max="{self.n_slices - 1}" value="{start}"> <span class="kx-slice-value">{start}</span></label>'
+                f'{overlay_controls}</div>'
+                f'<div class="kx-info" style="font-weight:bold;font-size:small;margin-bottom:4px"></div>{note}'
+                f'<div class="kx-panels">{panel * n_panels}</div>'
+                f'<script type="application/json" class="kx-data">{payload}</script>'
+                f'<script>{_VIEWER_JS % {"id": element}}</script></div>')
+
+    @property
+    def n_bytes(self) -> int:
+        """Size of the HTML in bytes."""
+        return len(self.html.encode())
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+    def save(self, path) -> None:
+        """Write a standalone HTML page holding the viewer."""
+        from pathlib import Path
+
+        Path(path).write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kneelib viewer</title>"
+                              f"</head><body>{self.html}</body></html>", encoding="utf-8")
+
+
+class StaticExplorer(StaticSliceViewer):
     """Kernel-free explorer for the HTML book: pre-rendered frames behind a slice slider.
 
     Takes the arrays of :class:`SubjectExplorer`; renders, per subject, knee and slice, the slice
@@ -289,9 +423,7 @@ class StaticExplorer:
     :func:`render_subject_view`, coloured with ``cmap_cam``) as small JPEG frames. The page shows
     them with a subject menu, a slice slider, a CAM toggle and an opacity slider (the CAM frame lies
     over the slice with CSS opacity, the same blend as matplotlib's ``alpha``), the title line of the
-    live explorer and the painful knee outlined in red. Self-contained: the frames are base64 inside
-    the HTML and the script is inline, so it works offline in a static page (myst-nb shows a
-    ``text/html`` output as is).
+    live explorer and the painful knee outlined in red (:class:`StaticSliceViewer`).
 
     Parameters
     ----------
@@ -300,7 +432,7 @@ class StaticExplorer:
     max_side : int
         Frames are downscaled so that their longer side is at most this many pixels.
     max_bytes : int
-        Size cap of the HTML: subjects are added in order while the total stays under it (at
+        Size cap of the frames: subjects are added in order while the total stays under it (at
         least one); :attr:`n_shown` tells how many made it and the page says so.
     quality : int
         JPEG quality.
@@ -337,84 +469,33 @@ class StaticExplorer:
         subject_ids = list(range(n)) if subject_ids is None else list(subject_ids)
         if len(subject_ids) != n:
             raise ValueError(f"subject_ids has {len(subject_ids)} entries for {n} subjects")
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        scale = min(1.0, max_side / max(height, width))
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        colour = colormaps[cmap_cam]
-        self.knee_names = tuple(knee_names)
-        self.n_subjects, self.n_slices, self.alpha, self.size = n, n_slices, alpha, size
         longer = max(height, width)
-        self.display = (round(display_side * width / longer), round(display_side * height / longer))
-        self.subjects: list[dict] = []
+        super().__init__(n_slices, (round(display_side * width / longer), round(display_side * height / longer)),
+                         menu_label="Subject", overlay_label="CAM", alpha=alpha)
+        self.knee_names, self.n_subjects = tuple(knee_names), n
+        size = frame_size((height, width), max_side)
+        colour = colormaps[cmap_cam]
         total = 0
         for i in range(n):
             low, high = np.percentile(images[i], [1, 99])
-            grey = np.clip((images[i] - low) / (high - low if high > low else 1.0), 0, 1)
-            grey = (grey * 255).round().astype(np.uint8)
-            base = [[_encode(grey[knee, k], size, "JPEG", quality) for k in range(n_slices)] for knee in range(2)]
-            over = None
+            base = [grey_frames(images[i, knee], size, low, high, quality) for knee in range(2)]
+            over = [None, None]
             if cams is not None:
                 maps = normalize_cam(upsample_cam(cams[i], (height, width)))
                 rgb = (colour(maps)[..., :3] * 255).round().astype(np.uint8)
-                over = [[_encode(rgb[knee, k], size, "JPEG", quality) for k in range(n_slices)] for knee in range(2)]
+                over = [[encode_frame(frame, size, "JPEG", quality) for frame in rgb[knee]] for knee in range(2)]
+            cost = sum(self.stack_bytes(f) for f in base + over if f is not None)
+            if self.views and total + cost > max_bytes:
+                break
+            total += cost
             probability = None if probabilities is None else float(probabilities[i])
             label = None if labels is None else int(labels[i])
-            start = (_top_slice(cams, probabilities, labels, i, n_slices) if start_at_top_slice
-                     else n_slices // 2)
-            entry = {"id": str(subject_ids[i]), "title": _title(subject_ids[i], probability, label),
-                     "label": label, "start": start, "base": base, "cam": over}
-            cost = sum(len(f) for knee in base for f in knee) + (
-                sum(len(f) for knee in over for f in knee) if over else 0)
-            if self.subjects and total + cost > max_bytes:
-                break
-            self.subjects.append(entry)
-            total += cost
-        self.n_shown = len(self.subjects)
-        self.html = self._render()
-
-    def _render(self) -> str:
-        element = f"kx-{uuid.uuid4().hex[:12]}"
-        data = {"subjects": self.subjects, "knee_names": list(self.knee_names)}
-        has_cam = any(s["cam"] for s in self.subjects)
-        options = "".join(f'<option value="{i}">{html.escape(s["id"])}</option>' for i, s in enumerate(self.subjects))
-        start = self.subjects[0]["start"]
-        width, height = self.display
-        panel = (f'<figure class="kx-panel" style="margin:0 8px 0 0;display:inline-block">'
-                 f'<div style="position:relative;width:{width}px;height:{height}px">'
-                 f'<img class="kx-base" alt="slice" style="width:100%;height:100%;image-rendering:auto">'
-                 f'<img class="kx-over" alt="CAM" style="position:absolute;left:0;top:0;width:100%;height:100%">'
-                 f'</div><figcaption class="kx-caption" style="font-size:small"></figcaption></figure>')
-        note = ("" if self.n_shown == self.n_subjects else
-                f'<div style="font-size:small">first {self.n_shown} of {self.n_subjects} subjects (size cap)</div>')
-        cam_controls = (f'<label style="margin-right:12px"><input type="checkbox" class="kx-cam-toggle" checked> '
-                        f'CAM overlay</label><label>CAM opacity <input type="range" class="kx-alpha" min="0" '
-                        f'max="100" value="{round(self.alpha * 100)}"></label>' if has_cam else
-                        '<input type="checkbox" class="kx-cam-toggle" style="display:none">'
-                        '<input type="range" class="kx-alpha" style="display:none" value="0">')
-        payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-        return (f'<div class="kneelib-explorer" id="{element}" style="font-family:sans-serif">'
-                f'<div class="kx-controls" style="margin-bottom:6px">'
-                f'<label style="margin-right:12px">Subject <select class="kx-subject">{options}</select></label>'
-                f'<label style="margin-right:12px">Slice <input type="range" class="kx-slice" min="0" '
-                f'max="{self.n_slices - 1}" value="{start}"> <span class="kx-slice-value">{start}</span></label>'
-                f'{cam_controls}</div>'
-                f'<div class="kx-info" style="font-weight:bold;font-size:small;margin-bottom:4px"></div>{note}'
-                f'<div class="kx-panels">{panel}{panel}</div>'
-                f'<script type="application/json" class="kx-data">{payload}</script>'
-                f'<script>{_VIEWER_JS % {"id": element}}</script></div>')
-
-    @property
-    def n_bytes(self) -> int:
-        """Size of the HTML in bytes."""
-        return len(self.html.encode())
-
-    def _repr_html_(self) -> str:
-        return self.html
-
-    def save(self, path) -> None:
-        """Write a standalone HTML page holding the viewer."""
-        from pathlib import Path
-
-        Path(path).write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>kneelib explorer</title>"
-                              f"</head><body>{self.html}</body></html>", encoding="utf-8")
+            panels = [{"base": self.add_stack(base[knee]),
+                       "over": None if over[knee] is None else self.add_stack(over[knee]),
+                       "caption": f"{self.knee_names[knee]}, slice {{slice}}", "outline": label == knee}
+                      for knee in range(2)]
+            start = _top_slice(cams, probabilities, labels, i, n_slices) if start_at_top_slice else n_slices // 2
+            self.add_view(str(subject_ids[i]), _title(subject_ids[i], probability, label), panels, start)
+        self.n_shown = len(self.views)
+        if self.n_shown < n:
+            self.note = f"first {self.n_shown} of {n} subjects (size cap)"

@@ -309,11 +309,16 @@ display(t1rho_regions.round(1).fillna("no fit in range"))
 # %% [markdown]
 # ### Viewer
 #
-# In JupyterLab, `segmentation_viewer` scrolls the slices of a test knee with either overlay.
+# Scroll the slices of a test knee with either overlay. On this page the viewer runs without a
+# kernel (pre-rendered frames); in JupyterLab, `segmentation_viewer` (the cell below) is the live one.
 
 # %%
-figures.segmentation_viewer(image, {"truth (cartilage)": truths["cartilage"], "ensemble (cartilage)": predictions[0]["cartilage"],
-                                    "truth (bone)": truths["bone"], "ensemble (bone)": predictions[0]["bone"]})
+viewer_overlays = {"truth (cartilage)": truths["cartilage"], "ensemble (cartilage)": predictions[0]["cartilage"],
+                   "truth (bone)": truths["bone"], "ensemble (bone)": predictions[0]["bone"]}
+display(figures.static_segmentation_viewer(image, viewer_overlays))
+
+# %%
+figures.segmentation_viewer(image, viewer_overlays)
 
 # %% [markdown]
 # ### Published and found

@@ -139,3 +139,33 @@ def test_explorer_works_in_the_book_page(built_book, chromium, tmp_path):
     found = re.findall(r'<pre id="probe"[^>]*>(\{.*?\})</pre>', dom)  # the theme adds attributes
     assert found, "the probe did not run in the book page"
     assert json.loads(found[-1].replace("&quot;", '"')) == {"drawn": True, "changed": True}
+
+
+def test_static_segmentation_viewer_menu_and_slice_numbers(chromium, tmp_path):
+    import json
+    import re
+
+    from kneelib.figures.qmri import static_segmentation_viewer
+
+    image = np.random.default_rng(2).random((12, 48, 48)).astype(np.float32)
+    truth = np.zeros(image.shape, np.uint8)
+    truth[:, 10:30, 10:30] = 1
+    full = static_segmentation_viewer(image, {"truth": truth, "shifted": np.roll(truth, 8, axis=2)})
+    viewer = static_segmentation_viewer(image, {"truth": truth, "shifted": np.roll(truth, 8, axis=2)},
+                                        max_bytes=full.n_bytes // 3)
+    numbers = viewer.slice_numbers
+    page = tmp_path / "segmentation.html"
+    page.write_text("<!DOCTYPE html><html><body>" + viewer.html + (
+        "<script>(function(){var root=document.querySelector('.kneelib-explorer');"
+        "var s=root.querySelector('.kx-slice'), m=root.querySelector('.kx-subject');"
+        "var over=root.querySelector('img.kx-over'), base=root.querySelector('img.kx-base');"
+        "s.value=2; s.dispatchEvent(new Event('input'));"
+        "var caption=root.querySelector('.kx-caption').textContent, o1=over.src, b1=base.src;"
+        "m.value=1; m.dispatchEvent(new Event('change'));"
+        "var o2=over.src; s.value=2; s.dispatchEvent(new Event('input'));"
+        "document.body.insertAdjacentHTML('beforeend','<pre id=\"result\">'+JSON.stringify({caption: caption,"
+        " overlay_changed: o1!==over.src, base_same: b1===base.src})+'</pre>');})();</script></body></html>"))
+    dom = _run(chromium, tmp_path, "--dump-dom", page.as_uri()).stdout
+    result = json.loads(re.findall(r'<pre id="result">(\{.*?\})</pre>', dom)[-1].replace("&quot;", '"'))
+    assert len(numbers) < 12 and result == {"caption": f"slice {numbers[2]}", "overlay_changed": True,
+                                             "base_same": True}

@@ -72,17 +72,43 @@ def test_static_explorer_is_self_contained_small_and_matches_the_live_one():
     assert viewer.n_shown == 3 and viewer.html == viewer._repr_html_()
     data = json.loads(re.search(r'<script type="application/json" class="kx-data">(.*?)</script>',
                                 viewer.html).group(1))
-    b = data["subjects"][1]
-    assert b["start"] == live.top_slice(1) == 2 and b["label"] == 1 and "predicted right" in b["title"]
-    assert len(b["base"]) == 2 and len(b["base"][0]) == 4 and len(b["cam"][1]) == 4  # knees x slices
-    frame = Image.open(io.BytesIO(base64.b64decode(b["base"][0][0].split(",", 1)[1])))
+    b = data["views"][1]
+    assert b["start"] == live.top_slice(1) == 2 and "predicted right" in b["title"] and b["name"] == "b"
+    assert [p["outline"] for p in b["panels"]] == [False, True]  # the right knee is the painful one
+    assert len(data["stacks"]) == 3 * 2 * 2 and all(len(stack) == 4 for stack in data["stacks"])  # slices
+    assert b["panels"][1]["caption"] == "Right knee, slice {slice}" and b["panels"][1]["over"] is not None
+    frame = Image.open(io.BytesIO(base64.b64decode(data["stacks"][b["panels"][0]["base"]][0].split(",", 1)[1])))
     assert frame.format == "JPEG" and frame.size == (100, 100)  # downscaled from 200 px
     assert "http://" not in viewer.html and "https://" not in viewer.html and "<script src" not in viewer.html
     # the size cap drops subjects (never the first) and says so
     capped = StaticExplorer(images, cams, prob, labels, max_side=100, max_bytes=1)
     assert capped.n_shown == 1 and "first 1 of 3 subjects" in capped.html and capped.n_bytes < viewer.n_bytes
     plain = StaticExplorer(images)  # no CAMs: no overlay controls shown
-    assert json.loads(re.search(r'class="kx-data">(.*?)</script>', plain.html).group(1))["subjects"][0]["cam"] is None
+    assert json.loads(re.search(r'class="kx-data">(.*?)</script>', plain.html).group(1))["views"][0]["panels"][0][
+        "over"] is None and "CAM opacity" not in plain.html
     with pytest.raises(ValueError, match="labels"):
         StaticExplorer(images, labels=[0, 1])
     plt.close("all")
+
+
+def test_static_segmentation_viewer_shares_the_slices_and_caps_its_size():
+    import json
+    import re
+
+    from kneelib.figures.qmri import static_segmentation_viewer
+
+    rng = np.random.default_rng(1)
+    image = rng.random((10, 40, 30)).astype(np.float32)
+    truth = np.zeros(image.shape, np.uint8)
+    truth[:, 10:20, 5:15] = 1
+    viewer = static_segmentation_viewer(image, {"truth": truth, "prediction": np.roll(truth, 3, axis=2)})
+    data = json.loads(re.search(r'class="kx-data">(.*?)</script>', viewer.html).group(1))
+    assert [v["name"] for v in data["views"]] == ["truth", "prediction"]
+    assert len(data["stacks"]) == 3 and data["views"][0]["panels"][0]["base"] == data["views"][1]["panels"][0]["base"]
+    assert data["stacks"][data["views"][0]["panels"][0]["over"]][0].startswith("data:image/png;base64,")
+    assert data["slice_numbers"] == list(range(10)) and viewer.display_size == (270, 360)
+    capped = static_segmentation_viewer(image, {"truth": truth}, max_bytes=len(viewer.html) // 4)
+    numbers = json.loads(re.search(r'class="kx-data">(.*?)</script>', capped.html).group(1))["slice_numbers"]
+    assert 1 < len(numbers) < 10 and numbers[0] == 0 and "slices shown" in capped.html
+    with pytest.raises(ValueError, match="overlay 'bad'"):
+        static_segmentation_viewer(image, {"bad": truth[:5]})

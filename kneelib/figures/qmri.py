@@ -21,7 +21,8 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 
 __all__ = ["LABEL_COLOURS", "overlay_rgba", "plot_segmentation_overlay", "plot_error_maps", "plot_surface_views",
-           "plot_spherical_maps", "plot_relaxation_map", "segmentation_viewer", "plot_bland_altman", "plot_strategies"]
+           "plot_spherical_maps", "plot_relaxation_map", "segmentation_viewer", "static_segmentation_viewer",
+           "plot_bland_altman", "plot_strategies"]
 
 #: Colours of class codes 1..9 in the overlays (bone network 1-3, cartilage network 1-4).
 LABEL_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6", "#bcf60c", "#fabebe")
@@ -204,6 +205,53 @@ def segmentation_viewer(image: np.ndarray, overlays: Mapping[str, np.ndarray], s
         control.observe(draw, names="value")
     draw()
     return widgets.VBox([widgets.HBox([slider, chooser, opacity]), output])
+
+
+def static_segmentation_viewer(image: np.ndarray, overlays: Mapping[str, np.ndarray], *, max_side: int = 192,
+                               display_side: int = 360, max_bytes: int = 2_000_000, alpha: float = 0.45,
+                               quality: int = 85):
+    """:func:`segmentation_viewer` without a kernel, for the HTML book (:class:`kneelib.widgets.StaticSliceViewer`).
+
+    One menu entry per overlay over the same slices (stored once): the image as JPEG frames
+    (0 to the volume's 99.5th percentile), the labels as PNG frames in :data:`LABEL_COLOURS`
+    under an opacity slider. When all slices would pass ``max_bytes``, every k-th slice is kept
+    (the captions give the slice numbers).
+    """
+    from kneelib.widgets import StaticSliceViewer, encode_frame, frame_size, grey_frames
+
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"image must be (slices, H, W); got {image.shape}")
+    for name, labels in overlays.items():
+        if np.shape(labels) != image.shape:
+            raise ValueError(f"overlay {name!r} has shape {np.shape(labels)}, the image {image.shape}")
+    n, height, width = image.shape
+    size = frame_size((height, width), max_side)
+    high = float(np.percentile(image, 99.5)) or 1.0
+
+    def render(keep):
+        base = grey_frames(image[keep], size, 0.0, high, quality)
+        over = {name: [encode_frame((overlay_rgba(np.asarray(labels)[k], alpha=1.0) * 255).round().astype(np.uint8),
+                                    size, "PNG") for k in keep] for name, labels in overlays.items()}
+        return base, over
+
+    keep = list(range(n))
+    base, over = render(keep)
+    total = StaticSliceViewer.stack_bytes(base) + sum(StaticSliceViewer.stack_bytes(f) for f in over.values())
+    if total > max_bytes:
+        keep = list(range(0, n, int(np.ceil(total / max_bytes))))
+        base, over = render(keep)
+    longer = max(height, width)
+    viewer = StaticSliceViewer(len(keep), (round(display_side * width / longer), round(display_side * height / longer)),
+                               menu_label="Overlay", overlay_label="overlay", alpha=alpha, slice_numbers=keep)
+    base_id = viewer.add_stack(base)
+    middle = len(keep) // 2
+    for name, frames in over.items():
+        viewer.add_view(name, f"{name}: slice by slice", [{"base": base_id, "over": viewer.add_stack(frames),
+                                                           "caption": "slice {slice}"}], start=middle)
+    if len(keep) < n:
+        viewer.note = f"{len(keep)} of {n} slices shown, one in {keep[1] - keep[0]} (size cap)"
+    return viewer
 
 
 def plot_bland_altman(pairs, summary, biomarker_labels: Mapping[str, str] | None = None):
