@@ -35,7 +35,7 @@ On SLURM with dask-jobqueue (``pip install dask-jobqueue``)::
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 __all__ = ["SCHEDULER_ENV", "scheduler_from", "resolve_n_jobs", "map_tasks"]
 

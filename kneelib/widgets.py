@@ -294,7 +294,9 @@ _VIEWER_JS = """
     root.dataset.frame = menu.value + ":" + k;
   }
   menu.addEventListener("change", function () { slice.value = data.views[+menu.value].start; draw(); });
-  [slice, toggle, alpha].forEach(function (c) { c.addEventListener("input", draw); c.addEventListener("change", draw); });
+  [slice, toggle, alpha].forEach(function (c) {
+    c.addEventListener("input", draw); c.addEventListener("change", draw);
+  });
   draw();
 })();
 """

@@ -36,7 +36,8 @@ from kneelib.cache import atomic_write, entry_path
 from kneelib.data.dicom import Volume, list_dicom_files, read_dicom_series
 
 __all__ = ["READER_VERSION", "file_content_digest", "series_cache_key", "save_volume", "load_volume",
-           "cached_series_path", "load_series_cached", "cache_series_volumes", "mri_series_folders", "MRI_SERIES_PATTERN"]
+           "cached_series_path", "load_series_cached", "cache_series_volumes", "mri_series_folders",
+           "MRI_SERIES_PATTERN"]
 
 #: Bump when the reader's output for the same files changes.
 READER_VERSION = "2"
