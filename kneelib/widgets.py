@@ -4,7 +4,8 @@ Paper 000 shows CAMs over MRI slices of the knee with pain (Fig. 3); the book's
 chapters let a reader browse them. :class:`SubjectExplorer` is an ipywidgets viewer
 for JupyterLab -- choose a subject, scroll the slices of both knees side by side,
 toggle and fade the CAM overlay, read the prediction and the label -- and
-:class:`StaticExplorer` is the same explorer without a kernel, for the HTML book: the slices are
+:class:`StaticExplorer` is the same explorer without a kernel, for the HTML book (displaying a
+:class:`SubjectExplorer` outputs both: JupyterLab shows the widget, the book the static twin): the slices are
 pre-rendered as small JPEG frames (downscaled, base64 inside the page, under a size cap) behind a
 subject menu, a slice slider, a CAM toggle and an opacity slider driven by a few lines of inline
 JavaScript (no CDN, no network). :func:`render_subject_view` draws one view as a matplotlib
@@ -30,8 +31,8 @@ import numpy as np
 
 from kneelib.explain.cam import normalize_cam, upsample_cam
 
-__all__ = ["render_subject_view", "SubjectExplorer", "StaticSliceViewer", "StaticExplorer", "KNEE_NAMES",
-           "frame_size", "grey_frames", "encode_frame"]
+__all__ = ["render_subject_view", "SubjectExplorer", "StaticSliceViewer", "StaticExplorer", "LiveOrStatic",
+           "live_or_static_bundle", "KNEE_NAMES", "frame_size", "grey_frames", "encode_frame"]
 
 KNEE_NAMES: tuple[str, str] = ("Left knee", "Right knee")
 
@@ -184,10 +185,9 @@ class SubjectExplorer:
             control.observe(lambda _change: self.update(), names="value")
         self._on_subject()
 
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        """The live widget for JupyterLab plus the kernel-free explorer as ``text/html`` for the book."""
+        return live_or_static_bundle(self.widget, self.to_static(), include=include, exclude=exclude)
 
     def to_static(self, **kwargs) -> "StaticExplorer":
         """The same explorer as a kernel-free :class:`StaticExplorer` (for the HTML book)."""
@@ -223,6 +223,35 @@ class SubjectExplorer:
             clear_output(wait=True)
             display(self.figure)
         return self.figure
+
+
+def live_or_static_bundle(widget, static, include=None, exclude=None) -> dict:
+    """One output for both readers: the widget's view (JupyterLab renders it first) and ``text/html``.
+
+    The book's ``nb_mime_priority_overrides`` (book/_config.yml) puts ``text/html`` first, so the
+    static page shows the kernel-free viewer where a live widget could not run.
+    """
+    bundle = dict(widget._repr_mimebundle_(include=include, exclude=exclude) or {})
+    bundle["text/html"] = static.html
+    return bundle
+
+
+class LiveOrStatic:
+    """An ipywidget and its kernel-free twin shown as one output (:func:`live_or_static_bundle`).
+
+    Attributes
+    ----------
+    widget : ipywidgets.Widget
+        What JupyterLab shows.
+    static : StaticSliceViewer
+        What the HTML book shows.
+    """
+
+    def __init__(self, widget, static):
+        self.widget, self.static = widget, static
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return live_or_static_bundle(self.widget, self.static, include=include, exclude=exclude)
 
 
 def _top_slice(cams, probabilities, labels, index: int, n_slices: int) -> int:

@@ -309,16 +309,12 @@ display(t1rho_regions.round(1).fillna("no fit in range"))
 # %% [markdown]
 # ### Viewer
 #
-# Scroll the slices of a test knee with either overlay. On this page the viewer runs without a
-# kernel (pre-rendered frames); in JupyterLab, `segmentation_viewer` (the cell below) is the live one.
+# Scroll the slices of a test knee with either overlay: live in JupyterLab (`segmentation_viewer`),
+# from pre-rendered frames on this page (no kernel needed).
 
 # %%
-viewer_overlays = {"truth (cartilage)": truths["cartilage"], "ensemble (cartilage)": predictions[0]["cartilage"],
-                   "truth (bone)": truths["bone"], "ensemble (bone)": predictions[0]["bone"]}
-display(figures.static_segmentation_viewer(image, viewer_overlays))
-
-# %%
-figures.segmentation_viewer(image, viewer_overlays)
+figures.segmentation_viewer(image, {"truth (cartilage)": truths["cartilage"], "ensemble (cartilage)": predictions[0]["cartilage"],
+                                    "truth (bone)": truths["bone"], "ensemble (bone)": predictions[0]["bone"]})
 
 # %% [markdown]
 # ### Published and found

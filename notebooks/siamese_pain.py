@@ -214,9 +214,8 @@ plt.show()
 # %% [markdown]
 # ### Explorer
 #
-# Choose a test subject, move through the slices of both knees and fade the CAM. On this page the
-# explorer runs without a kernel (pre-rendered frames behind the sliders); in JupyterLab,
-# `explorer.widget` (the cell below shows it) is the live ipywidgets version of the same view.
+# Choose a test subject, move through the slices of both knees and fade the CAM: live in JupyterLab
+# (`SubjectExplorer`), from pre-rendered frames behind the sliders on this page (no kernel needed).
 
 # %%
 explorer = SubjectExplorer(test_images, saliency.cams["siamese"], saliency.probability["siamese"], labels_test,
@@ -227,10 +226,7 @@ view = render_subject_view(test_images[0], saliency.cams["siamese"][0],
                            subject_id=data.cohort["participant_id"].iloc[saliency.test[0]])
 view.savefig(figure_dir / "explorer.png", dpi=100)
 plt.close(view)
-display(explorer.to_static())
-
-# %%
-explorer.widget
+explorer
 
 # %% [markdown]
 # ### Paper vs reproduced

@@ -112,3 +112,27 @@ def test_static_segmentation_viewer_shares_the_slices_and_caps_its_size():
     assert 1 < len(numbers) < 10 and numbers[0] == 0 and "slices shown" in capped.html
     with pytest.raises(ValueError, match="overlay 'bad'"):
         static_segmentation_viewer(image, {"bad": truth[:5]})
+
+
+def test_one_output_serves_jupyterlab_and_the_book():
+    from kneelib.figures.qmri import segmentation_viewer
+
+    images, cams, prob, labels = tiny_data()
+    bundle = SubjectExplorer(images, cams, prob, labels)._repr_mimebundle_()
+    # JupyterLab renders the widget view first; the book (nb_mime_priority_overrides) the HTML twin
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "kneelib-explorer" in bundle["text/html"]
+    image = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
+    viewer = segmentation_viewer(image, {"truth": (image > 0.5).astype(np.uint8)})
+    bundle = viewer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "kneelib-explorer" in bundle["text/html"]
+    assert viewer.widget.children  # the VBox of the live viewer
+    plt.close("all")
+
+
+def test_the_book_prefers_the_html_twin():
+    import yaml
+
+    from kneelib.config import repo_root
+
+    config = yaml.safe_load((repo_root() / "book" / "_config.yml").read_text())["sphinx"]["config"]
+    assert ["html", "text/html", 5] in config["nb_mime_priority_overrides"]  # before widget views (10)

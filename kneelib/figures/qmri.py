@@ -184,7 +184,13 @@ def plot_relaxation_map(first_echo: np.ndarray, relaxation_ms: np.ndarray, rois:
 
 
 def segmentation_viewer(image: np.ndarray, overlays: Mapping[str, np.ndarray], spacing_mm=None):
-    """ipywidgets viewer: a slice slider, an overlay chooser and an opacity slider (JupyterLab)."""
+    """ipywidgets viewer: a slice slider, an overlay chooser and an opacity slider (JupyterLab).
+
+    Returns a :class:`kneelib.widgets.LiveOrStatic`: displayed, JupyterLab shows the widget and the
+    HTML book its kernel-free twin (:func:`static_segmentation_viewer`); ``.widget`` is the VBox.
+    """
+    from kneelib.widgets import LiveOrStatic
+
     import ipywidgets as widgets
 
     slider = widgets.IntSlider(value=image.shape[0] // 2, min=0, max=image.shape[0] - 1, description="slice")
@@ -204,7 +210,8 @@ def segmentation_viewer(image: np.ndarray, overlays: Mapping[str, np.ndarray], s
     for control in (slider, chooser, opacity):
         control.observe(draw, names="value")
     draw()
-    return widgets.VBox([widgets.HBox([slider, chooser, opacity]), output])
+    return LiveOrStatic(widgets.VBox([widgets.HBox([slider, chooser, opacity]), output]),
+                        static_segmentation_viewer(image, overlays))
 
 
 def static_segmentation_viewer(image: np.ndarray, overlays: Mapping[str, np.ndarray], *, max_side: int = 192,
