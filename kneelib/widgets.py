@@ -1,16 +1,16 @@
 """Interactive and static viewers of both knees' slices with CAM overlays.
 
-Paper 000 shows CAMs over MRI slices of the knee with pain (Fig. 3); the book's
-chapters let a reader browse them. :class:`SubjectExplorer` is an ipywidgets viewer
-for JupyterLab -- choose a subject, scroll the slices of both knees side by side,
-toggle and fade the CAM overlay, read the prediction and the label -- and
-:class:`StaticExplorer` is the same explorer without a kernel, for the HTML book (displaying a
-:class:`SubjectExplorer` outputs both: JupyterLab shows the widget, the book the static twin): the slices are
-pre-rendered as small JPEG frames (downscaled, base64 inside the page, under a size cap) behind a
-subject menu, a slice slider, a CAM toggle and an opacity slider driven by a few lines of inline
-JavaScript (no CDN, no network). :func:`render_subject_view` draws one view as a matplotlib
-figure (for saved figures and papers). All take plain arrays, so later chapters reuse them for any
-paired-knee model:
+Paper 000 shows CAMs over MRI slices of the knee with pain (Fig. 3); the book's chapters let a
+reader browse them. :class:`SubjectExplorer` is an ipywidgets viewer for JupyterLab -- choose a
+subject, scroll the slices of both knees side by side, toggle and fade the CAM overlay, read the
+prediction and the label. :class:`StaticExplorer` is the same explorer without a kernel, for the
+HTML book: the slices are pre-rendered as small JPEG frames (downscaled, base64 inside the page,
+under a size cap) behind a subject menu, a slice slider, a CAM toggle and an opacity slider driven
+by a few lines of inline JavaScript (no CDN, no network; :class:`StaticSliceViewer` is the generic
+core). Displaying a :class:`SubjectExplorer` outputs both (:class:`LiveOrStatic`): JupyterLab shows
+the widget, the book the static twin. :func:`render_subject_view` draws one view as a matplotlib
+figure (for saved figures). All take plain arrays, so later chapters reuse them for any paired-knee
+model:
 
 * ``images``: ``(n_subjects, 2 knees, n_slices, H, W)`` (knee 0 = left, 1 = right),
 * ``cams``: ``(n_subjects, 2, n_slices, h, w)`` at any resolution (upsampled

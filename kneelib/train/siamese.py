@@ -43,8 +43,8 @@ Design note: how the chapter composes these steps
    (:func:`kneelib.explain.cam.siamese_cams`, :func:`~kneelib.explain.cam.top_cam_slice`)
    and score them with :mod:`kneelib.explain.pointing` against the planted lesion
    masks (Fig. 3I as a pointing game);
-5. show subjects with :class:`kneelib.widgets.SubjectExplorer` (static rendering via
-   :func:`kneelib.widgets.render_subject_view` in the book).
+5. show subjects with :class:`kneelib.widgets.SubjectExplorer` (in the book, its kernel-free
+   twin :class:`kneelib.widgets.StaticExplorer`).
 
 Budget of the ``default`` run (``benchmarks/bench_siamese.py``; 2 cores): a training
 step costs 0.64 GFLOP per knee pair at 64 px, 7 slices, widths 16..128; measured
