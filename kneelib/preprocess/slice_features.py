@@ -52,7 +52,7 @@ SERIES: dict[str, tuple[str, int]] = {
     "SAG_3D_DESS": ("SAG_3D_DESS_{side}", 0),
 }
 #: Bump when the features of the same files and parameters change.
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"  # 2: N4 on one SimpleITK thread per worker (float16 features differ slightly from 1)
 _SIDE = {"R": "RIGHT", "L": "LEFT"}
 
 
