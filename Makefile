@@ -1,5 +1,6 @@
 # kneelib: one command to build the book, one to run the tests.
 #   make book   -> .venv, install, default synthetic data, every notebook at `default`, HTML book
+#                  (a chapter is re-executed only when its inputs changed; FORCE=1 re-executes all)
 #   make test   -> install if needed, run the test suite
 #   make smoke  -> the book at `smoke` parameters (seconds per notebook)
 #   make bench  -> speed and memory benchmarks
@@ -25,7 +26,7 @@ data: install
 	$(PY) -m kneelib synth --preset default
 
 book: data
-	$(PY) -m kneelib book --params default
+	$(PY) -m kneelib book --params default $(if $(FORCE),--force,)
 
 smoke: install
 	$(PY) -m kneelib book --params smoke

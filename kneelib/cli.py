@@ -18,7 +18,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_book(args: argparse.Namespace) -> int:
     from kneelib.runner import build_book
 
-    index = build_book(params=args.params, notebooks=args.notebooks or None)
+    index = build_book(params=args.params, notebooks=args.notebooks or None, force=args.force)
     print(index)
     return 0
 
@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     book = sub.add_parser("book", help="execute every notebook and build the HTML book")
     book.add_argument("--params", default="default", help="smoke | default | paper")
     book.add_argument("notebooks", nargs="*", help="only these notebooks (default: all in _toc)")
+    book.add_argument("--force", action="store_true",
+                      help="re-execute every chapter (default: only those whose inputs changed)")
     book.set_defaults(func=_cmd_book)
 
     synth = sub.add_parser("synth", help="generate a synthetic OAI-format cohort")

@@ -41,6 +41,7 @@ __all__ = [
     "run_notebook",
     "toc_notebooks",
     "write_status_table",
+    "execution_table",
     "install_mathjax",
     "build_book",
 ]
@@ -318,6 +319,9 @@ def run_notebook(name: str, params: str | os.PathLike | dict = "default",
     executed = out / f"{stem}.ipynb"
     log = Path(log_path) if log_path is not None else out / "run_log.csv"
 
+    from kneelib.fingerprint import chapter_fingerprint, write_record
+
+    fingerprint = chapter_fingerprint(source, values)  # of the inputs as they are when the run starts
     started = time.perf_counter()
     status = "ok"
     failure: Exception | None = None
@@ -343,6 +347,7 @@ def run_notebook(name: str, params: str | os.PathLike | dict = "default",
         raise NotebookExecutionError(stem, index, head, failure.ename, failure.evalue,
                                      executed) from None
     _hide_default_parameters(executed)
+    write_record(out, stem, fingerprint, label, values, wall)
     print(f"[kneelib] {stem} ({label}): {wall:.1f} s, kernel peak {record.peak_rss_mb:.0f} MB "
           f"-> {executed}", file=sys.stderr)
     return executed
@@ -529,10 +534,42 @@ def write_status_table(metrics_dir: str | os.PathLike, out_path: str | os.PathLi
         for nb in others:
             lines += [f"### Chapter `{nb}`", "", params_line(metrics[nb]), "",
                       *comparisons_table(metrics[nb]), ""]
+    lines += execution_table(metrics_dir)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text("\n".join(lines) + "\n")
     return out_path
+
+
+def execution_table(executed_dir: str | os.PathLike) -> list[str]:
+    """Markdown lines: when each chapter was last executed, with which parameters and code version.
+
+    Read from the records :func:`run_notebook` writes beside each executed notebook
+    (:mod:`kneelib.fingerprint`); empty when there are none.
+    """
+    from kneelib.fingerprint import FINGERPRINT_SUFFIX
+
+    folder = Path(executed_dir)
+    records = []
+    for path in sorted(folder.glob(f"*{FINGERPRINT_SUFFIX}")) if folder.is_dir() else []:
+        try:
+            records.append(yaml.safe_load(path.read_text()))
+        except (OSError, yaml.YAMLError):
+            continue
+    if not records:
+        return []
+    lines = ["## Chapter executions", "",
+             "Each chapter is re-executed by `make book` only when its notebook, parameters, the "
+             "kneelib code it imports, the published values or the input data changed "
+             "(`make book FORCE=1` re-executes all).", "",
+             "| chapter | parameters | executed (UTC) | code version | wall time (min) |",
+             "|---|---|---|---|---|"]
+    for record in records:
+        lines.append("| " + " | ".join(_md_cell(x) for x in (
+            f"`{record.get('chapter', '')}`", record.get("params_label", ""),
+            str(record.get("executed_utc", "")).replace("+00:00", ""), f"`{record.get('code_version', '')}`",
+            f"{float(record.get('wall_s', 0.0)) / 60:.1f}")) + " |")
+    return lines + [""]
 
 
 def install_mathjax(static_dir: str | os.PathLike) -> Path:
@@ -584,7 +621,7 @@ def _placeholder_notebook(path: Path, name: str) -> None:
 
 def build_book(params: str = "default", notebooks: list[str] | None = None,
                book_path: str | os.PathLike | None = None, progress: bool = True,
-               reuse_executed: bool = False) -> Path:
+               reuse_executed: bool = False, force: bool = False) -> Path:
     """Execute the book's notebooks, regenerate the status page and build the HTML.
 
     Parameters
@@ -601,7 +638,13 @@ def build_book(params: str = "default", notebooks: list[str] | None = None,
         Progress bars for notebook execution.
     reuse_executed : bool, default False
         Do not execute chapters that already have an executed copy in the build's
-        ``_executed`` folder (the test suite executes each notebook once, then builds).
+        ``_executed`` folder, whatever their inputs (the test suite executes each
+        notebook once, then builds).
+    force : bool, default False
+        Execute every selected chapter. Otherwise a chapter is executed only when its
+        notebook, its parameters, the ``kneelib`` code it imports, ``published.yml`` or
+        the data under ``$KNEELIB_DATA`` changed since its last successful run
+        (:func:`kneelib.fingerprint.chapter_fingerprint`); ``make book FORCE=1``.
 
     Returns
     -------
@@ -636,8 +679,20 @@ def build_book(params: str = "default", notebooks: list[str] | None = None,
     if unknown:
         raise ValueError(f"notebooks {unknown} are not chapters of the book; add "
                          f"'- file: _executed/<name>' to {book / '_toc.yml'}")
-    names = [n for n in selected
-             if not (reuse_executed and (executed_dir / f"{n}.ipynb").is_file())]
+    from kneelib.fingerprint import chapter_fingerprint, is_up_to_date
+
+    def up_to_date(name: str) -> bool:
+        if force:
+            return False
+        if reuse_executed:
+            return (executed_dir / f"{name}.ipynb").is_file()
+        return is_up_to_date(executed_dir, name,
+                             chapter_fingerprint(notebook_path(name), resolve_params(name, params)[0]))
+
+    names = [n for n in selected if not up_to_date(n)]
+    reused = [n for n in selected if n not in names]
+    if reused:
+        print(f"[kneelib] up to date, not re-executed: {', '.join(reused)}", file=sys.stderr)
     try:
         from tqdm.auto import tqdm
         bar = tqdm(names, desc=f"book ({params})", unit="notebook", disable=not progress)

@@ -44,6 +44,7 @@ n_boot = 500  # bootstrap resamples of every CI (participants)
 n_pairs = 150  # reader benchmark pairs (paper 150)
 n_gradcam = 12  # progressors whose Grad-CAM is scored against the planted drivers
 torch_threads = 1
+n_jobs = None  # worker processes extracting slice features (None: every core; same features)
 
 # %%
 import time
@@ -139,15 +140,18 @@ glue("cv_after", float(n4["cv_after"]), display=False)
 # EfficientNet-Lite0 with the offline ImageNet weights (the paper's network is unnamed; its 1280
 # descriptors match this family), computed once per series and cached on disk, keyed by the
 # DICOM files' content and every parameter. Series the reader refuses (the synthetic cohort
-# plants scan artefacts such as missing slices) are excluded and listed.
+# plants scan artefacts such as missing slices) are excluded and listed. Uncached series are
+# spread over `n_jobs` worker processes with one thread each; the features do not depend on
+# how many.
 
 # %%
 config = study.SliceFeatureConfig(series=series, n_slices=n_slices, image_size=image_size, n4_shrink=n4_shrink)
-features = study.slice_features(root, knees, config)
+features = study.slice_features(root, knees, config, n_jobs)
 status = features.knees["status"].value_counts().to_dict()
 print(f"{config.series}: {features.features.shape[1]} slices x {features.features.shape[2]} features per knee; "
       f"{status}; cache {features.cache_bytes / 2**20:.1f} MiB; "
-      f"{features.seconds['total']:.0f} s " + (f"(CNN {features.slices_per_second:.1f} slices/s)"
+      f"{features.seconds['total']:.0f} s " + (f"(CNN {features.slices_per_second:.1f} slices/s per worker, "
+                                                f"{features.n_jobs} worker(s))"
                                                 if status.get("computed") else "(all from the cache)"))
 display(features.knees.loc[features.knees["status"].isin(["missing", "unreadable"])])
 glue("cache_mib", features.cache_bytes / 2**20, display=False)
@@ -180,7 +184,7 @@ variants = [study.run_task("progression", knees, features, "Table 1", n_folds, t
                            baselines=False)]
 for extra in variant_series:
     extra_features = study.slice_features(root, knees, study.SliceFeatureConfig(
-        series=extra, n_slices=n_slices, image_size=image_size, n4_shrink=n4_shrink))
+        series=extra, n_slices=n_slices, image_size=image_size, n4_shrink=n4_shrink), n_jobs)
     variant = study.run_task("progression", knees, extra_features, "BMI", n_folds, train_config, n_boot, seed,
                              baselines=False)
     variant.model, variant.metrics = f"{extra}: " + variant.model, {f"{extra}: " + variant.model: variant.metrics[variant.model]}

@@ -148,9 +148,13 @@ def n4_on_real_dess(shrink: int = 4, slice_index: int = 40, region=((36, 45), (3
             "cv_after": coefficient_of_variation(result.corrected, box)}
 
 
-def slice_features(root, knees: pd.DataFrame, config: SliceFeatureConfig):
-    """Slice vectors of every knee's baseline series (2.4.1), cached per series."""
-    return extract_cohort_features(root, knees, config, visit_month=0)
+def slice_features(root, knees: pd.DataFrame, config: SliceFeatureConfig, n_jobs: int | None = None):
+    """Slice vectors of every knee's baseline series (2.3, 2.4.1), cached per series.
+
+    ``n_jobs`` worker processes compute the uncached series (``None``: every core; the
+    features do not depend on it), see :func:`kneelib.preprocess.slice_features.extract_cohort_features`.
+    """
+    return extract_cohort_features(root, knees, config, visit_month=0, n_jobs=n_jobs)
 
 
 @dataclass
