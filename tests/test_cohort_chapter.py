@@ -94,6 +94,26 @@ def test_qc_paths_are_relative_to_the_cohort_root(tmp_path):
     assert str(tmp_path) not in shown.loc[0, "reason"] and "<cohort>/1.C.2/x" in shown.loc[0, "reason"]
 
 
+def test_whole_cohort_qc_is_the_same_on_one_or_two_workers(tmp_path):
+    """load_every_series spreads participants over workers; the tables do not change."""
+    import shutil
+
+    from kneelib.synth.cohort import generate_cohort
+
+    source = generate_cohort(preset="smoke", seed=0, n_subjects=2, progress=False)
+    root = tmp_path / "cohort"
+    shutil.copytree(source, root)
+    contents = pd.read_csv(root / "contents.csv", dtype=str, keep_default_na=False)
+    first_series = contents[contents["SeriesDescription"].str.startswith("SAG_IW_TSE")]["Folder"].iloc[0]
+    shutil.rmtree(root / first_series)  # an excluded series, recorded with its reason
+    one, inventory_one = qc.load_every_series(root, progress=False, n_jobs=1)
+    two, inventory_two = qc.load_every_series(root, progress=False, n_jobs=2)
+    pd.testing.assert_frame_equal(one, two)
+    pd.testing.assert_frame_equal(inventory_one, inventory_two)
+    assert len(one) == 1 and one.loc[0, "series"].startswith("SAG_IW_TSE") and str(tmp_path) not in one.loc[0, "path"]
+    assert inventory_one["loaded"].sum() == inventory_one["requested"].sum() - 1
+
+
 def test_qc_display_table_keeps_each_reason_to_its_first_clause():
     positions = ", ".join(f"{50 + 1.75 * i:.3f}" for i in range(62))
     table = pd.DataFrame({

@@ -12,6 +12,7 @@ not show the folder it was built in.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -84,15 +85,56 @@ def qc_display_table(qc: pd.DataFrame, max_reason_chars: int = 110) -> pd.DataFr
     return table
 
 
+@lru_cache(maxsize=2)
+def _index(cohort_root: str):
+    """The image index of a cohort, read once per process (workers reuse it across participants)."""
+    from kneelib.data import read_image_index
+
+    return read_image_index(cohort_root)
+
+
+def _participant_series(job: tuple) -> tuple[list[dict], list[dict], list[tuple]]:
+    """Load every expected series of one participant: (MR exclusions, radiograph exclusions, counts).
+
+    Counts are ``(series description, (field, value))`` pairs of what loaded. A pure function
+    of one participant, run by :func:`kneelib.executor.map_tasks`; one volume is held at a time.
+    """
+    from kneelib.data import QCLog, iter_series_volumes, read_dicom_series, read_radiograph, requests_for
+
+    cohort_root, participant, visits = job
+    index = _index(cohort_root)
+    counts: list[tuple] = []
+    mr_qc, xr_qc = QCLog(), QCLog()
+    for request, volume in iter_series_volumes(index, requests_for([participant], visits, expected_mr_descriptions()),
+                                               qc=mr_qc, loader=read_dicom_series):
+        cols, rows, slices = volume.shape[:3]
+        spacing = volume.spacing_mm
+        counts += [(request.series_description, key) for key in (
+            ("matrix", f"{rows}x{cols}x{slices}"),
+            ("voxel mm", f"{spacing[1]:.3g}x{spacing[0]:.3g}x{spacing[2]:.3g}"),
+            ("echo times ms", ", ".join(f"{t:g}" for t in volume.echo_times_ms)), ("loaded", ""))]
+    for request, film in iter_series_volumes(index, requests_for([participant], visits, [RADIOGRAPH_DESCRIPTION]),
+                                             qc=xr_qc, loader=read_radiograph):
+        rows, cols = film.pixels.shape
+        counts += [(request.series_description, key) for key in (
+            ("matrix", f"{rows}x{cols}"),
+            ("voxel mm", f"{film.pixel_spacing_mm[0]:.3g}x{film.pixel_spacing_mm[1]:.3g}"),
+            ("echo times ms", ""), ("loaded", ""))]
+    return mr_qc.rows, xr_qc.rows, counts
+
+
 def load_every_series(cohort_root: str | Path, n_participants: int | None = None, visits=(0, 12),
-                      progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      progress: bool = True, n_jobs: int | None = None,
+                      scheduler=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load every expected series of every participant; return the QC table and an inventory.
 
     MR series go through :func:`kneelib.data.iter_series_volumes` with
     :func:`kneelib.data.read_dicom_series`, the bilateral radiographs through the same
     iterator with :func:`kneelib.data.read_radiograph`. Whatever fails to load (series
     missing from the index, unreadable files, slice gaps, mixed geometry) is recorded in
-    one :class:`kneelib.data.QCLog` and loading carries on. One volume is held at a time.
+    one :class:`kneelib.data.QCLog` and loading carries on. Participants are spread over
+    workers by :func:`kneelib.executor.map_tasks` (one volume at a time per worker); the
+    tables do not depend on the number of workers.
 
     Parameters
     ----------
@@ -103,7 +145,12 @@ def load_every_series(cohort_root: str | Path, n_participants: int | None = None
     visits : sequence of int
         Visit months.
     progress : bool
-        tqdm bars.
+        A tqdm bar over participants.
+    n_jobs : int, optional
+        Local worker processes (None: every core; 1: in this process).
+    scheduler : str or dask Client, optional
+        A dask.distributed scheduler (default ``$KNEELIB_DASK_SCHEDULER``, see
+        :mod:`kneelib.executor`).
 
     Returns
     -------
@@ -114,33 +161,26 @@ def load_every_series(cohort_root: str | Path, n_participants: int | None = None
         Per series description: requested, loaded, excluded, matrix (rows x columns x
         slices), voxel size (mm), echo times.
     """
-    from kneelib.data import QCLog, iter_series_volumes, read_dicom_series, read_image_index, read_radiograph
-    from kneelib.data import requests_for
+    from kneelib.data import QCLog, read_image_index, requests_for
+    from kneelib.executor import map_tasks
 
     index = read_image_index(cohort_root)
     participants = sorted(index.table["ParticipantID"].unique())
     if n_participants is not None:
         participants = participants[:int(n_participants)]
+    visits = tuple(int(v) for v in visits)
+    outcomes = map_tasks(_participant_series, [(str(index.root), p, visits) for p in participants], n_jobs=n_jobs,
+                         scheduler=scheduler, progress=progress, desc="QC: every series", unit="participant")
     qc = QCLog()
     counts = defaultdict(Counter)
+    for mr_rows, _, _ in outcomes:  # the table lists MR exclusions, then radiographs, each participant-major
+        qc.rows += mr_rows
+    for _, xr_rows, loaded in outcomes:
+        qc.rows += xr_rows
+        for description, key in loaded:
+            counts[description][key] += 1
     mr_requests = requests_for(participants, visits, expected_mr_descriptions())
     xr_requests = requests_for(participants, visits, [RADIOGRAPH_DESCRIPTION])
-    for request, volume in iter_series_volumes(index, mr_requests, qc=qc, loader=read_dicom_series,
-                                               progress=progress):
-        cols, rows, slices = volume.shape[:3]
-        spacing = volume.spacing_mm
-        counts[request.series_description].update({
-            ("matrix", f"{rows}x{cols}x{slices}"): 1,
-            ("voxel mm", f"{spacing[1]:.3g}x{spacing[0]:.3g}x{spacing[2]:.3g}"): 1,
-            ("echo times ms", ", ".join(f"{t:g}" for t in volume.echo_times_ms)): 1,
-            ("loaded", ""): 1})
-    for request, film in iter_series_volumes(index, xr_requests, qc=qc, loader=read_radiograph,
-                                             progress=progress):
-        rows, cols = film.pixels.shape
-        counts[request.series_description].update({
-            ("matrix", f"{rows}x{cols}"): 1,
-            ("voxel mm", f"{film.pixel_spacing_mm[0]:.3g}x{film.pixel_spacing_mm[1]:.3g}"): 1,
-            ("echo times ms", ""): 1, ("loaded", ""): 1})
     qc_frame = relative_to_root(qc.to_frame(), index.root)
     requested = Counter(r.series_description for r in mr_requests + xr_requests)
     inventory = []
