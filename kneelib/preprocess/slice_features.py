@@ -377,7 +377,7 @@ def _compute_knee(job: _KneeJob) -> _KneeOutcome:
     the reader or the pipeline refuses returns its :func:`exclusion_reason` and is not cached.
     """
     from kneelib.data import read_dicom_series
-    from kneelib.data.cache import _atomic_write
+    from kneelib.cache import atomic_write
     from kneelib.data.errors import KneelibDataError
     from kneelib.preprocess.bias_field import BiasFieldInputError
 
@@ -395,7 +395,7 @@ def _compute_knee(job: _KneeJob) -> _KneeOutcome:
         encoded = time.perf_counter()
     indices = indices.astype(np.int16)
     job.entry_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(job.entry_path, lambda tmp: np.savez(tmp, features=features, indices=indices), suffix=".tmp.npz")
+    atomic_write(job.entry_path, lambda tmp: np.savez(tmp, features=features, indices=indices), suffix=".tmp.npz")
     return _KneeOutcome(features, indices, "", preprocessed - start, encoded - encode_start)
 
 
@@ -410,23 +410,22 @@ def _resolve_n_jobs(n_jobs: int | None) -> int:
     return int(effective_n_jobs(int(n_jobs)))
 
 
-def _map_knees(jobs: list[_KneeJob], n_jobs: int):
-    """:func:`_compute_knee` over ``jobs``, outcomes yielded in order as they complete.
+def _map_knees(jobs: list[_KneeJob], n_jobs: int, progress: bool = False, scheduler=None) -> list[_KneeOutcome]:
+    """:func:`_compute_knee` over ``jobs`` in order, through :func:`kneelib.executor.map_tasks`.
 
-    One worker runs in this process; more run as joblib's loky processes, each keeping its
-    encoder (:func:`_process_encoder`) for every knee it is given.
+    One worker runs in this process; more run as joblib's loky processes (or on a dask
+    cluster when a scheduler is given), each keeping its encoder (:func:`_process_encoder`)
+    for every knee it is given.
     """
-    if n_jobs == 1:
-        yield from map(_compute_knee, jobs)
-        return
-    from joblib import Parallel, delayed
+    from kneelib.executor import map_tasks
 
-    yield from Parallel(n_jobs=n_jobs, backend="loky", return_as="generator")(delayed(_compute_knee)(job) for job in jobs)
+    return map_tasks(_compute_knee, jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress,
+                     desc="slice features", unit="knee")
 
 
 def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfig = SliceFeatureConfig(),
                             visit_month: int = 0, cache_dir=None, progress: bool = False,
-                            n_jobs: int | None = None) -> SliceFeatures:
+                            n_jobs: int | None = None, scheduler=None) -> SliceFeatures:
     """Slice features of every knee in ``knees`` (paper 002, 2.3 and 2.4.1, Fig. 2), from the cache when possible.
 
     This process finds each knee's series and looks its entry up in the cache; the uncached
@@ -447,10 +446,13 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
     cache_dir : path, optional
         Default :func:`features_cache_dir`.
     progress : bool
-        Show a tqdm bar over the knees done (cached ones at once, computed ones as they complete).
+        Show tqdm bars: one over the cache look-ups, then one over the knees computed.
     n_jobs : int, optional
         Worker processes for the uncached knees; ``None`` (default): every core, 1: in this
         process, negative: joblib's convention. Never more workers than uncached knees.
+    scheduler : str or dask Client, optional
+        Send the uncached knees to a dask.distributed cluster instead (default
+        ``$KNEELIB_DASK_SCHEDULER``; :mod:`kneelib.executor`).
 
     Returns
     -------
@@ -481,7 +483,7 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(rows), desc=f"{config.series} slice features", leave=False)
+        bar = tqdm(total=len(rows), desc=f"{config.series} slice features: cache look-up", leave=False)
     for row, (participant_id, side) in enumerate(rows):
         try:
             folder = index.find_series(str(participant_id), visit_month, config.description(side))
@@ -497,13 +499,14 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
             else:
                 jobs.append(_KneeJob(Path(folder), path, config, Path(root)))
                 job_rows.append(row)
-                continue
         if bar is not None:
             bar.update()
     n_workers = max(1, min(requested_jobs, len(jobs)))
     seconds = {"total": 0.0, "encode": 0.0, "preprocess": 0.0}
     n_encoded = 0
-    for row, outcome in zip(job_rows, _map_knees(jobs, n_workers)):
+    if bar is not None:
+        bar.close()
+    for row, outcome in zip(job_rows, _map_knees(jobs, n_workers, progress=progress, scheduler=scheduler)):
         if outcome.features is None:
             status[row], reasons[row], entry_paths[row] = "unreadable", outcome.reason, None
         else:
@@ -512,10 +515,6 @@ def extract_cohort_features(root, knees: pd.DataFrame, config: SliceFeatureConfi
             seconds["preprocess"] += outcome.preprocess_seconds
             seconds["encode"] += outcome.encode_seconds
             n_encoded += len(outcome.indices)
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
     cache_bytes = sum(path.stat().st_size for path in entry_paths if path is not None)
     seconds["total"] = time.perf_counter() - start_all
     n_features = next((e[0].shape[1] for e in entries if e is not None), 1280)
