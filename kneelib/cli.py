@@ -28,7 +28,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     out = generate_cohort(
         preset=args.preset, out_dir=args.out, seed=args.seed,
-        n_subjects=args.n_subjects, variant=args.variant, n_workers=args.workers, scheduler=args.scheduler,
+        n_subjects=args.n_subjects, variant=args.variant, n_workers=args.workers,
     )
     print(out)
     return 0
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n-subjects", type=int, default=None, help="override the preset")
     synth.add_argument("--variant", default="oai", choices=["oai", "most"],
                        help="'most': another site's acquisition settings (independent test set)")
-    _add_executor_options(synth)
+    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     synth.set_defaults(func=_cmd_synth)
 
     volumes = sub.add_parser("volumes", help="convert a cohort's MRI DICOM series to cached NIfTI volumes "

@@ -613,7 +613,7 @@ preset, variant and seed gives byte-identical files.
 # --------------------------------------------------------------------------------------------
 def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, seed: int = 0,
                     n_subjects: int | None = None, variant: str = "oai", n_workers: int | None = None,
-                    progress: bool = True, scheduler=None) -> Path:
+                    progress: bool = True) -> Path:
     """Generate (or reuse) a synthetic OAI-format cohort and return its root folder.
 
     Parameters
@@ -635,10 +635,6 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
         Processes; default all cores.
     progress : bool
         Show a tqdm bar.
-    scheduler : str, Client or cluster, optional
-        Render the subjects on this dask.distributed cluster (default
-        ``$KNEELIB_DASK_SCHEDULER``) through :func:`kneelib.executor.map_tasks` instead of
-        local processes; the workers must see ``out_dir``. The files are the same bytes.
 
     Returns
     -------
@@ -684,14 +680,8 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
     workers = max(1, min(int(n_workers or os.cpu_count() or 1), n))
     tasks = [(i, str(root), parameters) for i in range(n)]
     records: list[dict] = []
-    from kneelib.executor import map_tasks, scheduler_from
-
-    cluster = scheduler_from(scheduler)
-    bar = tqdm(total=n, desc=f"synth {variant}/{preset}", unit="subject", disable=not progress or cluster is not None)
-    if cluster is not None:
-        records = [_slim(r) for r in map_tasks(_subject_task, tasks, scheduler=cluster, progress=progress,
-                                                desc=f"synth {variant}/{preset}")]
-    elif workers == 1:
+    bar = tqdm(total=n, desc=f"synth {variant}/{preset}", unit="subject", disable=not progress)
+    if workers == 1:
         for task in tasks:
             records.append(_slim(_subject_task(task)))
             bar.update()
