@@ -30,7 +30,7 @@ def test_t_equals_the_ols_t_of_the_group_with_covariates():
 
 
 def test_planted_effect_is_found_and_the_null_controls_family_wise_error():
-    values, group, age = _data(effect=1.5, seed=1)
+    values, group, age = _data(effect=2.0, seed=1)
     result = permutation_spm(values, group, age, n_permutations=500, seed=0)
     assert result.significant().sum() >= 8 and result.significant()[:10].sum() == result.significant().sum()
     false_positive_maps = 0
