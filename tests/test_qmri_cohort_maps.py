@@ -35,3 +35,8 @@ def test_one_knee_is_computed_once_then_read_and_carries_its_planted_loss(smoke_
                                                                      "visit_month": [int(row.visit_month), 0]}),
                                            cache_dir=tmp_path, t2=False)
     assert len(maps) == 1 and len(failures) == 1 and failures[0].startswith("0/0")
+    parallel, parallel_failures = cohort_spherical_maps(smoke_root, pd.DataFrame(
+        {"participant_id": [row.participant_id, "0"], "visit_month": [int(row.visit_month), 0]}),
+        cache_dir=tmp_path, t2=False, n_jobs=2)
+    assert list(parallel) == list(maps) and parallel_failures == failures
+    assert next(iter(parallel.values())).seconds == 0  # read from the cache, not recomputed

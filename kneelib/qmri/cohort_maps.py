@@ -180,25 +180,28 @@ def knee_spherical_maps(root, participant_id: str, visit_month: int, *, cache_di
                       time.perf_counter() - start)
 
 
-def _one(root, participant_id, visit_month, cache_dir, t2, options):
+def _one(root, participant_id, visit_month, cache_dir, t2, options, keep: bool):
     from kneelib.data.errors import KneelibDataError
 
     try:
-        return knee_spherical_maps(root, participant_id, visit_month, cache_dir=cache_dir, t2=t2, options=options)
+        knee = knee_spherical_maps(root, participant_id, visit_month, cache_dir=cache_dir, t2=t2, options=options)
     except (KneelibDataError, FileNotFoundError) as error:
         return f"{participant_id}/{visit_month}: {str(error).splitlines()[0]}"
+    return knee if keep else knee.seconds
 
 
 def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_jobs: int = 1,
                           options: BiomarkerOptions = BiomarkerOptions(), progress: bool = False):
     """:func:`knee_spherical_maps` for every row (``participant_id``, ``visit_month``) of ``knees``.
 
-    Knees run in joblib processes (``n_jobs``); each is read from the cache when its files
-    were seen before.
+    With ``n_jobs > 1`` the knees not yet cached are computed in joblib processes first (they
+    return only their time, not the arrays); then every knee is read from the cache in this
+    process.
 
     Returns
     -------
     maps : dict of (participant_id, visit_month) to CohortKnee
+        ``seconds`` > 0 for the knees this call computed.
     failures : list of str
         ``"<participant>/<visit>: <reason>"`` per knee that could not be measured.
     """
@@ -208,10 +211,24 @@ def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_job
 
     cache_dir = str(cache_dir if cache_dir is not None else cache_root() / "qmri_pain_maps")
     rows = [(str(p), int(v)) for p, v in zip(knees["participant_id"], knees["visit_month"])]
-    jobs = (delayed(_one)(str(root), p, v, cache_dir, t2, options) for p, v in rows)
-    outputs = Parallel(n_jobs=n_jobs, verbose=5 if progress else 0)(jobs)
-    maps = {(o.participant_id, o.visit_month): o for o in outputs if not isinstance(o, str)}
-    return maps, [o for o in outputs if isinstance(o, str)]
+    computed = {}
+    if n_jobs != 1:
+        jobs = (delayed(_one)(str(root), p, v, cache_dir, t2, options, False) for p, v in rows)
+        computed = dict(zip(rows, Parallel(n_jobs=n_jobs, verbose=5 if progress else 0)(jobs)))
+    maps, failures = {}, []
+    for row in rows:
+        if isinstance(computed.get(row), str):
+            failures.append(computed[row])
+            continue
+        knee = _one(str(root), *row, cache_dir, t2, options, True)
+        if isinstance(knee, str):
+            failures.append(knee)
+            continue
+        if isinstance(computed.get(row), float) and computed[row] > 0:
+            knee = CohortKnee(knee.participant_id, knee.visit_month, knee.biomarkers, knee.right,
+                              knee.driver_distance_mm, computed[row])
+        maps[row] = knee
+    return maps, failures
 
 
 def main(argv: Sequence[str] | None = None) -> None:
