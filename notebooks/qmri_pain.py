@@ -31,13 +31,13 @@ split_fractions = [0.6, 0.2, 0.2]  # subjects: train / valid / test
 t2 = True  # fit T2 (needs the MSME); False: T2 maps empty
 map_jobs = 2  # processes filling the spherical-map cache
 strategies = ["t2", "thickness", "bone_shape", "thickness_bone_shape", "t2_thickness", "all"]  # Fig. 4
-image_size = 64  # input pixels (paper: 224)
+image_size = 48  # input pixels (paper: 224)
 cam_stage = -2  # stage Grad-CAM explains (-1: the last, as the paper)
 oa_arch = ["resnet18"]  # OA pretraining architecture(s)
-oa_epochs = 6
+oa_epochs = 3
 oa_lr = 0.001
-epochs = 6  # chronic-pain fine-tuning (early stopping on the validation loss)
-patience = 3
+epochs = 3  # chronic-pain fine-tuning (early stopping on the validation loss)
+patience = 2
 batch_size = 32
 grid = {"lr": [0.001], "arch": ["resnet18"], "init": ["random", "imagenet", "oa"], "freeze": ["none"]}  # Fig. S4
 n_boot = 100  # subject resamples of Table 1 (paper: 100)
@@ -97,7 +97,7 @@ knees = study.assign_splits(knees, tuple(split_fractions), seed=seed)
 print(f"{data_label}: {len(knees)} right-knee time points ({knees.participant_id.nunique()} subjects); "
       f"{int(knees.chronic_pain.notna().sum())} in the pain study, {int(knees.chronic_pain.sum())} with chronic pain")
 display(exclusions.reason.value_counts().rename("knees left out of the pain study").to_frame())
-display(study.table4(knees))
+display(study.table4(knees).join(pd.DataFrame(paper["table4"]).T.add_prefix("paper "), how="left"))
 
 # %% [markdown]
 # ## Method
@@ -108,9 +108,11 @@ display(study.table4(knees))
 
 # %%
 knees, maps, failures, map_seconds = study.spherical_maps(root, knees, n_jobs=map_jobs, t2=t2)
+one_knee_seconds = study.time_one_knee(root, knees, t2=t2)
 tensors = study.strategy_tensors(knees, maps, image_size)
-print(f"maps of {len(knees)} knees in {map_seconds['wall']:.0f} s ({map_seconds['computed']} computed, "
-      f"{map_seconds['per_computed_knee']:.1f} s each); failed: {failures or 'none'}")
+study.release_spherical_maps(maps)
+print(f"maps of {len(knees)} knees in {map_seconds['wall']:.0f} s ({map_seconds['computed']} computed now); "
+      f"one knee from its files: {one_knee_seconds:.1f} s; failed: {failures or 'none'}")
 
 # %% [markdown]
 # **Models.** Per bone and strategy an OA classifier, then the chronic-pain grid (Fig. S4):
@@ -232,7 +234,7 @@ lrt = real3[real3.quantity == "LRT p-value"].set_index("bone")
 auc = table1[table1.bone == "PTF"].auc
 for name, value in {"minutes": minutes, "training_minutes": training_minutes, "peak_gb": peak_gb,
                     "train_speed": models["_timing"]["train_images_per_s"], "inference_speed": inference_speed,
-                    "map_seconds": map_seconds["per_computed_knee"], "lrt_femur": lrt.loc["femur", "reproduced"],
+                    "map_seconds": one_knee_seconds, "lrt_femur": lrt.loc["femur", "reproduced"],
                     "lrt_tibia": lrt.loc["tibia", "reproduced"], "n_match": int(real3.match.sum()),
                     "n_printed": len(real3), "ptf_auc_min": float(auc.min()), "ptf_auc_max": float(auc.max()),
                     "n_tp": len(correct["TP"]), "n_tn": len(correct["TN"])}.items():
@@ -255,8 +257,8 @@ print(f"whole chapter {minutes:.1f} min, peak memory {peak_gb:.1f} GB")
 # - **Data.** A synthetic cohort (hundreds of knees, not 7,437); the segmentation is the ground-truth
 #   tissue labels (the previous chapter's networks are too slow to run on hundreds of knees on a
 #   CPU); splits 60/20/20 of subjects, the same subjects for OA pretraining and pain.
-# - **Models.** ResNet18 at 64 px (`default`) instead of ResNet50 at 224 px; Grad-CAM on layer3
-#   (4 x 4) since layer4 is 2 x 2 at 64 px; a few epochs. The grid at `default` is one learning rate,
+# - **Models.** ResNet18 at 48 px (`default`) instead of ResNet50 at 224 px; Grad-CAM on layer3
+#   (3 x 3) since layer4 is 2 x 2 at 48 px; three epochs. The grid at `default` is one learning rate,
 #   one depth, three initialisations, no freezing; `paper.yaml` holds the full grid. "ImageNet" is
 #   EfficientNet-Lite0 (the only offline ImageNet weights), not an ImageNet ResNet.
 # - **Selection.** Validation TPN (the authors' score in `painoptimization.csv`).

@@ -26,6 +26,7 @@ al. 2021); no algorithm lives here:
 """
 from __future__ import annotations
 
+import gc
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from kneelib.papers.qmri_biomarkers import cohort_root
 from kneelib.qmri.inputs import STRATEGIES
 
 __all__ = ["STUDY", "BONES", "STRATEGY_NAMES", "SINGLE_STRATEGIES", "published", "cohort_root", "chronic_pain_cohort",
-           "assign_splits", "table4", "spherical_maps", "strategy_tensors", "TrainSettings", "train_all",
+           "assign_splits", "table4", "spherical_maps", "time_one_knee", "release_spherical_maps", "strategy_tensors", "TrainSettings", "train_all",
            "test_predictions", "results_table", "table2", "surface_cams", "reference_knee", "group_analysis",
            "saliency_vs_truth", "dl_guided_tables", "table3_real", "model_selection", "comparisons", "fig1"]
 
@@ -121,6 +122,19 @@ def spherical_maps(root, knees: pd.DataFrame, n_jobs: int = 1, t2: bool = True):
                                   "computed": len(computed)}
 
 
+def time_one_knee(root, knees: pd.DataFrame, t2: bool = True) -> float:
+    """Seconds to compute one knee's biomarkers and spherical maps from its files (the first row),
+    bypassing the cache (a temporary cache folder), for the chapter's timing note."""
+    import tempfile
+
+    from kneelib.qmri.cohort_maps import knee_spherical_maps
+
+    row = knees.iloc[0]
+    with tempfile.TemporaryDirectory() as folder:
+        return knee_spherical_maps(root, row["participant_id"], int(row["visit_month"]), cache_dir=folder,
+                                   t2=t2).seconds
+
+
 def _key(row) -> tuple[str, int]:
     return str(row["participant_id"]), int(row["visit_month"])
 
@@ -144,6 +158,14 @@ def strategy_tensors(knees: pd.DataFrame, maps: dict, image_size: int) -> dict:
             images = np.stack([strategy_image(maps[k].biomarkers.bones[bone].maps, strategy, ranges) for k in keys])
             out[(bone, strategy)] = prepare_images(images, image_size)
     return out
+
+
+def release_spherical_maps(maps: dict) -> None:
+    """Drop the 224 x 224 map arrays once the input tensors are built (about 3.6 MB per knee; the
+    later steps use the vertices and per-vertex values only)."""
+    for knee in maps.values():
+        for bone in knee.biomarkers.bones.values():
+            bone.maps.clear()
 
 
 # ------------------------------------------------------------------------------------ 3. training
@@ -222,6 +244,7 @@ def train_all(tensors: dict, knees: pd.DataFrame, settings: TrainSettings, show_
         learner = train_spherical(model, x, labels, train, valid, config, show_progress=show_progress)
         seconds += time.perf_counter() - start
         images_seen += len(learner.recorder.values) * (len(train) + len(valid))
+        gc.collect()  # fastai's learner <-> callback cycles: free each fit's memory now
         return learner
 
     for bone in settings.bones:

@@ -142,6 +142,7 @@ def train_spherical(model: torch.nn.Module, images: torch.Tensor, labels, train_
         with learner.no_bar(), learner.no_logging():
             learner.fit(config.epochs, config.lr, cbs=[stop])
     learner.best_epoch = keep.best_epoch
+    learner.opt = None  # Adam's moments are not needed after the fit (and cycles would keep them alive)
     return learner
 
 
