@@ -95,7 +95,7 @@ def table4(knees: pd.DataFrame) -> pd.DataFrame:
                     "KL": f"{part['kl_grade'].mean():.1f} \u00b1 {part['kl_grade'].std():.2f}",
                     "male/female": f"{int((part['sex'] == 1).sum())}/{int((part['sex'] == 2).sum())}"})
         try:
-            row.update(split_independence(part[part[label] == 1] if task == "OA" else part))
+            row.update(split_independence(part))
         except ValueError:
             row.update({"chi_square_sex_p": np.nan, "manova_age_bmi_p": np.nan})
         rows.append(row)
@@ -563,20 +563,22 @@ def table3_real(data_root=None):
 
 
 def model_selection(grids: dict, data_root=None) -> pd.DataFrame:
-    """Fig. S4: the authors' validation-chosen AUC per bone and initialisation (``painoptimization.csv``)
-    beside ours (the best validation AUC of each initialisation in our grid, per bone, over strategies)."""
+    """Fig. S4: per bone and initialisation, the authors' test AUC of the configuration with the
+    highest TPN (``painoptimization.csv``, :func:`kneelib.data.inventory.deep_pain_model_selection`)
+    beside ours: the best validation AUC of that initialisation in our grid, over strategies."""
     from kneelib.config import data_root as default_root
     from kneelib.data.inventory import deep_pain_model_selection
 
     theirs = deep_pain_model_selection((data_root or default_root()) / "deep_pain_regression")
     theirs = theirs.rename(columns={"Diagnosis": "oa", "ImageNet": "imagenet", "Random": "random"})
     theirs.index = theirs.index.str.lower()
+    theirs.index.name = "bone"
     rows = []
     for (bone, strategy), grid in grids.items():
         for init, part in grid.groupby("init"):
             rows.append({"bone": bone, "init": init, "auc": float(part["auc"].max())})
     ours = pd.DataFrame(rows).groupby(["bone", "init"])["auc"].max().unstack() if rows else pd.DataFrame()
-    return theirs.add_prefix("paper ").join(ours.add_prefix("ours "), how="left")
+    return theirs.add_prefix("paper test AUC, ").join(ours.add_prefix("ours validation AUC, "), how="left")
 
 
 def fig1(groups: dict, strategies=SINGLE_STRATEGIES):
