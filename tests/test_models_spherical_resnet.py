@@ -60,3 +60,18 @@ def test_training_learns_a_planted_pattern_and_grad_cam_finds_it():
     assert cams.shape == (8, 2, 2) and (classes == 1).all()
     positives = np.flatnonzero(labels[32:40] == 1)
     assert np.mean(cams[positives][:, :, 0].sum(axis=1) >= cams[positives][:, :, 1].sum(axis=1)) >= 0.75
+
+
+def test_grid_search_chooses_on_validation_tpn_and_counts_images():
+    from kneelib.train.spherical import grid_search
+
+    images, labels = _images(32)
+    x = prepare_images(images)
+    factory = lambda c: set_frozen(spherical_classifier(c["arch"], c["init"]), c["freeze"])
+    table, model = grid_search(factory, x, labels, np.arange(24), np.arange(24, 32),
+                               {"lr": [3e-3], "arch": ["resnet18", "resnet34"], "init": ["random", "imagenet"],
+                                "freeze": ["all layers"]},
+                               SphericalTrainConfig(epochs=1, batch_size=8, patience=1))
+    assert len(table) == 3  # the ImageNet substitute collapses the two depths
+    assert table["chosen"].sum() == 1 and table.loc[table["chosen"], "tpn"].iloc[0] == table["tpn"].max()
+    assert (table["images"] == 32).all() and isinstance(model, torch.nn.Module)

@@ -41,7 +41,9 @@ def test_splits_keep_subjects_whole():
 
 def test_grid_configurations_collapse_the_imagenet_substitute():
     grid = {"lr": [1e-4], "arch": ["resnet18", "resnet34"], "init": ["random", "imagenet", "oa"], "freeze": ["none"]}
-    configurations = study._configurations(grid)
+    from kneelib.train.spherical import grid_configurations
+
+    configurations = grid_configurations(grid)
     assert len(configurations) == 5 and sum(c["init"] == "imagenet" for c in configurations) == 1
 
 

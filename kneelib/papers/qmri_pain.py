@@ -194,33 +194,20 @@ class TrainSettings:
     bones: tuple = BONES
 
 
-def _configurations(grid: dict) -> list[dict]:
-    """The grid without duplicates that differ only in ``arch`` for the ImageNet substitute."""
-    import itertools
-
-    keys, seen, out = list(grid), set(), []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        configuration = dict(zip(keys, values))
-        if configuration.get("init") == "imagenet":
-            configuration["arch"] = "efficientnet_lite0"
-        marker = tuple(sorted(configuration.items()))
-        if marker not in seen:
-            seen.add(marker)
-            out.append(configuration)
-    return out
-
-
 def train_all(tensors: dict, knees: pd.DataFrame, settings: TrainSettings, show_progress: bool = False) -> dict:
     """OA models, then the chronic-pain grid, for every bone and strategy (Fig. S4; Supplementary Fig. S1d-e).
 
-    Returns ``{(bone, strategy): {"oa": {arch: model}, "grid": DataFrame, "model": chosen
-    pain model, "oa_valid": validation scores of the OA models}}`` and, under ``"_timing"``,
-    training images per second (every epoch's training and validation images over the wall
-    time of the fits).
+    Per bone and strategy: an OA classifier per architecture the grid initialises from OA
+    (:func:`kneelib.train.spherical.train_spherical` on the training and validation knees of
+    every time point), then :func:`kneelib.train.spherical.grid_search` of the chronic-pain
+    configurations on the pain-labelled knees. Returns ``{(bone, strategy): {"oa": {arch:
+    model}, "oa_valid": {arch: validation scores}, "grid": DataFrame, "model": chosen pain
+    model}}`` and, under ``"_timing"``, training images per second (every epoch's training and
+    validation images over the fits' wall time).
     """
     from kneelib.models.spherical_resnet import set_frozen, spherical_classifier
-    from kneelib.train.spherical import (SphericalTrainConfig, predict_probability, train_spherical,
-                                         validation_scores)
+    from kneelib.train.spherical import (SphericalTrainConfig, grid_configurations, grid_search,
+                                         predict_probability, train_spherical, validation_scores)
 
     split = knees["split"].to_numpy()
     oa = knees["oa"].to_numpy(int)
@@ -234,42 +221,36 @@ def train_all(tensors: dict, knees: pd.DataFrame, settings: TrainSettings, show_
                                      patience=settings.patience, seed=settings.seed)
     pain_config = SphericalTrainConfig(epochs=settings.epochs, batch_size=settings.batch_size,
                                        patience=settings.patience, seed=settings.seed)
-    configurations = _configurations(settings.grid)
+    configurations = grid_configurations(settings.grid)
+    oa_archs = sorted({c["arch"] for c in configurations if c.get("init") == "oa"} | set(settings.oa_arch))
     results, images_seen, seconds = {}, 0, 0.0
-
-    def fit(model, labels, train, valid, config):
-        nonlocal images_seen, seconds
-        model.cam_stage = settings.cam_stage
-        start = time.perf_counter()
-        learner = train_spherical(model, x, labels, train, valid, config, show_progress=show_progress)
-        seconds += time.perf_counter() - start
-        images_seen += len(learner.recorder.values) * (len(train) + len(valid))
-        gc.collect()  # fastai's learner <-> callback cycles: free each fit's memory now
-        return learner
-
     for bone in settings.bones:
         for strategy in settings.strategies:
             x = tensors[(bone, strategy)]
             oa_models, oa_scores = {}, {}
-            for arch in sorted({c["arch"] for c in configurations if c.get("init") == "oa"} | set(settings.oa_arch)):
-                learner = fit(spherical_classifier(arch, "random"), oa, oa_train, oa_valid, oa_config)
-                oa_models[arch] = learner.model
+            for arch in oa_archs:
+                model = spherical_classifier(arch, "random")
+                model.cam_stage = settings.cam_stage
+                start = time.perf_counter()
+                learner = train_spherical(model, x, oa, oa_train, oa_valid, oa_config, show_progress=show_progress)
+                seconds += time.perf_counter() - start
+                images_seen += len(learner.recorder.values) * (len(oa_train) + len(oa_valid))
+                oa_models[arch] = learner.model.eval()
                 oa_scores[arch] = validation_scores(oa[oa_valid], predict_probability(learner.model, x, oa_valid))
-            rows, models = [], []
-            for configuration in configurations:
+                del learner
+
+            def factory(configuration, oa_models=oa_models):
                 model = spherical_classifier(configuration["arch"], configuration["init"],
                                              oa_models.get(configuration["arch"]))
-                set_frozen(model, configuration["freeze"])
-                learner = fit(model, pain_labels, pain_train, pain_valid,
-                              SphericalTrainConfig(**{**pain_config.__dict__, "lr": float(configuration["lr"])}))
-                scores = validation_scores(pain_labels[pain_valid], predict_probability(learner.model, x, pain_valid))
-                rows.append({**configuration, **scores, "best_epoch": learner.best_epoch})
-                models.append(learner.model)
-            grid = pd.DataFrame(rows)
-            best = int(grid["tpn"].fillna(-np.inf).to_numpy().argmax())
-            grid["chosen"] = np.arange(len(grid)) == best
-            results[(bone, strategy)] = {"oa": oa_models, "oa_valid": oa_scores, "grid": grid,
-                                         "model": models[best].eval()}
+                model.cam_stage = settings.cam_stage
+                return set_frozen(model, configuration["freeze"])
+
+            grid, chosen = grid_search(factory, x, pain_labels, pain_train, pain_valid, configurations, pain_config,
+                                       show_progress=show_progress)
+            images_seen += int(grid["images"].sum())
+            seconds += float(grid["seconds"].sum())
+            results[(bone, strategy)] = {"oa": oa_models, "oa_valid": oa_scores, "grid": grid, "model": chosen.eval()}
+            gc.collect()  # fastai's learner <-> callback cycles: free each bone's fits now
     results["_timing"] = {"train_images_per_s": images_seen / seconds if seconds else float("nan"),
                           "train_seconds": seconds}
     return results
@@ -412,33 +393,35 @@ def group_analysis(cams: dict, knees: pd.DataFrame, maps: dict, correct_rows: di
 
     ``correct_rows``: {"TP": rows, "TN": rows} (the knees every model classified correctly).
     Each knee's surface Grad-CAM goes to the reference surface of its bone
-    (:func:`kneelib.qmri.correspondence.values_on_reference`: the bones in their spherical
+    (:func:`kneelib.qmri.correspondence.correspondence_to_reference`: the bones in their spherical
     frames, rigid ICP, nearest vertex); per vertex :func:`kneelib.stats.spm.permutation_spm` of
     TP against TN with age, sex and BMI as covariates, max-T family-wise control.
     """
-    from kneelib.qmri.correspondence import frame_coordinates, values_on_reference
+    from kneelib.qmri.correspondence import correspondence_to_reference, frame_coordinates
     from kneelib.stats.spm import permutation_spm
 
     tp, tn = list(correct_rows["TP"]), list(correct_rows["TN"])
     rows = tp + tn
-    out = {"rows": {"TP": tp, "TN": tn}, "reference": None, "maps": {}}
+    out = {"rows": {"TP": tp, "TN": tn}, "reference": None, "maps": {}, "pairs": {}}
     if not tp or not tn:
         return out
     reference = reference_knee(knees, rows)
     out["reference"] = reference
+    group = np.r_[np.ones(len(tp)), np.zeros(len(tn))]
+    covariates = knees.loc[rows, ["age", "sex", "bmi"]].to_numpy(float)
     for bone in BONES:
+        if not any(b == bone for b, _ in cams):
+            continue
         reference_bone = maps[_key(knees.loc[reference])].biomarkers.bones[bone]
         reference_points = frame_coordinates(reference_bone)
-        aligned = {}
-        for r in rows:
-            points = frame_coordinates(maps[_key(knees.loc[r])].biomarkers.bones[bone])
-            aligned[r] = points
+        pairs = {r: correspondence_to_reference(reference_points,
+                                                frame_coordinates(maps[_key(knees.loc[r])].biomarkers.bones[bone]))
+                 for r in rows}  # one rigid ICP per knee and bone, for every strategy
+        out["pairs"][bone] = pairs
         for (b, strategy), per_knee in cams.items():
             if b != bone:
                 continue
-            values = np.stack([values_on_reference(reference_points, aligned[r], per_knee[r])[0] for r in rows])
-            group = np.r_[np.ones(len(tp)), np.zeros(len(tn))]
-            covariates = knees.loc[rows, ["age", "sex", "bmi"]].to_numpy(float)
+            values = np.stack([pairs[r].carry(per_knee[r]) for r in rows])
             try:
                 spm = permutation_spm(values, group, covariates, n_permutations=n_permutations, seed=seed)
             except ValueError:
@@ -481,7 +464,6 @@ def saliency_vs_truth(cams: dict, knees: pd.DataFrame, maps: dict, groups: dict,
     Returns ``(pointing per knee, pointing summary, overlap table)``; empty tables without ground truth.
     """
     from kneelib.explain.surface_cam import region_overlap, surface_pointing
-    from kneelib.qmri.correspondence import frame_coordinates, values_on_reference
     from kneelib.stats.proportions import proportion_with_ci
 
     records = []
@@ -512,12 +494,8 @@ def saliency_vs_truth(cams: dict, knees: pd.DataFrame, maps: dict, groups: dict,
     for (bone, strategy), entry in groups.get("maps", {}).items():
         if entry["spm"] is None:
             continue
-        truth = []
-        for r in groups["rows"]["TP"]:
-            cohort_knee = maps[_key(knees.loc[r])]
-            near = (cohort_knee.driver_distance_mm[bone] <= radius_mm).astype(float)
-            truth.append(values_on_reference(entry["points"], frame_coordinates(cohort_knee.biomarkers.bones[bone]),
-                                             near)[0])
+        truth = [groups["pairs"][bone][r].carry(maps[_key(knees.loc[r])].driver_distance_mm[bone] <= radius_mm)
+                 for r in groups["rows"]["TP"]]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             share = np.nanmean(np.stack(truth), axis=0)

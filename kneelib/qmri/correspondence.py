@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["IcpResult", "frame_coordinates", "rigid_icp", "values_on_reference"]
+__all__ = ["IcpResult", "Correspondence", "frame_coordinates", "rigid_icp", "correspondence_to_reference",
+           "values_on_reference"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,32 @@ def rigid_icp(source, target, *, max_iterations: int = 50, tolerance_mm: float =
     return IcpResult(rotation, translation, rms, k)
 
 
+@dataclass(frozen=True)
+class Correspondence:
+    """For every reference vertex, the nearest vertex of one aligned surface (``valid``: within the limit)."""
+
+    nearest: np.ndarray
+    valid: np.ndarray
+    icp: IcpResult | None
+
+    def carry(self, values) -> np.ndarray:
+        """Per-vertex ``values`` of the surface at the reference vertices (NaN where not valid)."""
+        out = np.asarray(values, float)[self.nearest]
+        out[~self.valid] = np.nan
+        return out
+
+
+def correspondence_to_reference(reference_points, points, *, align: bool = True,
+                                max_distance_mm: float = 5.0) -> Correspondence:
+    """Align ``points`` onto ``reference_points`` (:func:`rigid_icp`, when ``align``), then pair each
+    reference vertex with the nearest aligned vertex; pairs farther than ``max_distance_mm`` are not valid."""
+    reference_points, points = np.asarray(reference_points, float), np.asarray(points, float)
+    icp = rigid_icp(points, reference_points) if align else None
+    moved = icp.apply(points) if icp is not None else points
+    distance, nearest = cKDTree(moved).query(reference_points)
+    return Correspondence(nearest, distance <= max_distance_mm, icp)
+
+
 def values_on_reference(reference_points, points, values, *, align: bool = True, max_distance_mm: float = 5.0):
     """Per-vertex ``values`` of one surface carried to the vertices of a reference surface.
 
@@ -94,13 +121,7 @@ def values_on_reference(reference_points, points, values, *, align: bool = True,
     value of the nearest aligned vertex; NaN where that vertex is farther than
     ``max_distance_mm``. Returns ``(values at the reference vertices, IcpResult or None)``.
     """
-    reference_points, points = np.asarray(reference_points, float), np.asarray(points, float)
-    values = np.asarray(values, float)
-    if len(values) != len(points):
-        raise ValueError(f"{len(values)} values for {len(points)} points")
-    icp = rigid_icp(points, reference_points) if align else None
-    moved = icp.apply(points) if icp is not None else points
-    distance, nearest = cKDTree(moved).query(reference_points)
-    out = values[nearest]
-    out[distance > max_distance_mm] = np.nan
-    return out, icp
+    if len(np.asarray(values)) != len(np.asarray(points)):
+        raise ValueError(f"{len(np.asarray(values))} values for {len(np.asarray(points))} points")
+    pairs = correspondence_to_reference(reference_points, points, align=align, max_distance_mm=max_distance_mm)
+    return pairs.carry(values), pairs.icp

@@ -40,7 +40,7 @@ from fastai.optimizer import Adam
 from fastai.torch_core import set_seed
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SphericalTrainConfig", "prepare_images", "class_weights",
-           "KeepBestValidLoss", "train_spherical", "predict_probability", "validation_scores", "grid_search"]
+           "KeepBestValidLoss", "train_spherical", "predict_probability", "validation_scores", "grid_configurations", "grid_search"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -176,8 +176,29 @@ def validation_scores(labels, probability, threshold: float = 0.5) -> dict:
             "tpn": sensitivity + specificity + auc}
 
 
+def grid_configurations(grid: dict[str, Sequence]) -> list[dict]:
+    """Every combination of ``grid`` (Fig. S4), without duplicates.
+
+    The ImageNet initialisation is always the substitute architecture
+    (:data:`kneelib.models.spherical_resnet.IMAGENET_SUBSTITUTE`), so its combinations that differ
+    only in ``arch`` collapse to one.
+    """
+    from kneelib.models.spherical_resnet import IMAGENET_SUBSTITUTE
+
+    keys, seen, out = list(grid), set(), []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        configuration = dict(zip(keys, values))
+        if configuration.get("init") == "imagenet" and "arch" in configuration:
+            configuration["arch"] = IMAGENET_SUBSTITUTE
+        marker = tuple(sorted(configuration.items()))
+        if marker not in seen:
+            seen.add(marker)
+            out.append(configuration)
+    return out
+
+
 def grid_search(factory: Callable[[dict], torch.nn.Module], images: torch.Tensor, labels, train_rows, valid_rows,
-                grid: dict[str, Sequence], config: SphericalTrainConfig = SphericalTrainConfig(),
+                grid: dict[str, Sequence] | Sequence[dict], config: SphericalTrainConfig = SphericalTrainConfig(),
                 show_progress: bool = False):
     """Train every configuration of ``grid`` and choose on validation (Fig. S4).
 
@@ -186,30 +207,40 @@ def grid_search(factory: Callable[[dict], torch.nn.Module], images: torch.Tensor
     factory : callable
         ``factory(configuration) -> model`` (a fresh, possibly frozen, model for one
         configuration: the grid's keys other than ``lr``).
-    grid : dict of str to sequence
-        E.g. ``{"lr": [1e-4, 1e-5], "arch": [...], "init": [...], "freeze": [...]}``; ``lr``
-        (if present) overrides ``config.lr``.
+    grid : dict of str to sequence, or list of dict
+        E.g. ``{"lr": [1e-4, 1e-5], "arch": [...], "init": [...], "freeze": [...]}``
+        (:func:`grid_configurations`) or the configurations themselves; ``lr`` (if present)
+        overrides ``config.lr``.
 
     Returns
     -------
     table : DataFrame
         One row per configuration: its values, validation sensitivity / specificity / AUC /
-        TPN, best epoch, ``chosen`` (the highest TPN; ties: the first).
-    learner : Learner
-        The chosen configuration's trained learner.
+        TPN, ``best_epoch``, ``epochs`` run, ``images`` passed (training + validation, all
+        epochs), ``seconds``, ``chosen`` (the highest TPN; ties: the first).
+    model : torch.nn.Module
+        The chosen configuration's trained model (the others are not kept).
     """
-    keys = list(grid)
-    rows, learners = [], []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        configuration = dict(zip(keys, values))
+    import time
+
+    configurations = grid_configurations(grid) if isinstance(grid, dict) else [dict(c) for c in grid]
+    rows, best_model, best_tpn = [], None, -np.inf
+    for configuration in configurations:
         run_config = replace(config, lr=float(configuration.get("lr", config.lr)))
         set_seed(config.seed)
+        start = time.perf_counter()
         learner = train_spherical(factory(configuration), images, labels, train_rows, valid_rows, run_config,
                                   show_progress=show_progress)
+        seconds = time.perf_counter() - start
         scores = validation_scores(np.asarray(labels)[valid_rows], predict_probability(learner.model, images, valid_rows))
-        rows.append({**configuration, **scores, "best_epoch": learner.best_epoch})
-        learners.append(learner)
+        epochs = len(learner.recorder.values)
+        rows.append({**configuration, **scores, "best_epoch": learner.best_epoch, "epochs": epochs,
+                     "images": epochs * (len(train_rows) + len(valid_rows)), "seconds": seconds})
+        tpn = scores["tpn"] if np.isfinite(scores["tpn"]) else -np.inf
+        if best_model is None or tpn > best_tpn:
+            best_model, best_tpn = learner.model, tpn
+        del learner
     table = pd.DataFrame(rows)
     best = int(table["tpn"].fillna(-np.inf).to_numpy().argmax())
     table["chosen"] = np.arange(len(table)) == best
-    return table, learners[best]
+    return table, best_model
