@@ -124,3 +124,36 @@ def test_group_maps_spm_and_saliency_find_the_planted_region():
     # the Grad-CAM of pain knees weights the thinned cartilage: DL-guided thinner than either compartment
     pain = femur[femur.Outcome == 1]
     assert (pain["DLROI"] < pain[["LF", "MF"]].min(axis=1)).all()
+
+
+def test_tp_tn_groups_lower_the_agreement_only_when_a_group_is_too_small():
+    import torch
+
+    class Fixed(torch.nn.Module):
+        """Class-1 logit from the input's single value (so each 'model' scores from its own tensor)."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            p = x.reshape(len(x), -1)[:, :1].clamp(1e-4, 1 - 1e-4)
+            return torch.cat([torch.zeros_like(p), torch.log(p / (1 - p)) * self.w], dim=1)
+
+    n = 20
+    y = np.r_[np.ones(10), np.zeros(10)]
+    knees = pd.DataFrame({"participant_id": [str(i) for i in range(n)], "visit_month": 0, "split": "test",
+                          "chronic_pain": y})
+    rng = np.random.default_rng(0)
+    models, tensors = {}, {}
+    for m in range(3):  # each model right on ~80% of the knees
+        right = rng.random(n) < 0.8
+        p = np.where(right == (y == 1), 0.9, 0.1)
+        models[("femur", f"s{m}")] = {"model": Fixed()}
+        tensors[("femur", f"s{m}")] = torch.tensor(p, dtype=torch.float32).reshape(n, 1, 1, 1)
+    strict = study.correct_for_all(models, tensors, knees, agreement=1.0, min_group=1)
+    assert strict["agreement"] == 1.0
+    relaxed = study.correct_for_all(models, tensors, knees, agreement=1.0, min_group=8)
+    assert relaxed["agreement"] < 1.0 and relaxed["asked"] == 1.0
+    assert len(relaxed["TP"]) >= len(strict["TP"]) and set(strict["TP"]) <= set(relaxed["TP"])
+    assert all(y[r] == 1 for r in relaxed["TP"]) and all(y[r] == 0 for r in relaxed["TN"])

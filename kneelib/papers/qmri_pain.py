@@ -434,9 +434,15 @@ def group_analysis(cams: dict, knees: pd.DataFrame, maps: dict, correct_rows: di
     return out
 
 
-def correct_for_all(models: dict, tensors: dict, knees: pd.DataFrame, agreement: float = 1.0) -> dict:
+def correct_for_all(models: dict, tensors: dict, knees: pd.DataFrame, agreement: float = 1.0,
+                    min_group: int = 5) -> dict:
     """Test knees (first time point) that at least ``agreement`` of the pain models classify correctly
-    (1.0: all 18, the paper's intersection), split into TP (chronic pain) and TN."""
+    (1.0: all 18, the paper's intersection), split into TP (chronic pain) and TN.
+
+    When that leaves fewer than ``min_group`` knees in TP or TN, the share is lowered in steps of
+    one model until both groups have ``min_group`` (or no lower share helps); ``agreement`` in the
+    result is the share used, ``asked`` the one asked for.
+    """
     from kneelib.train.spherical import predict_probability
 
     test = knees[(knees["split"] == "test") & knees["chronic_pain"].notna()]
@@ -444,8 +450,18 @@ def correct_for_all(models: dict, tensors: dict, knees: pd.DataFrame, agreement:
     y = knees.loc[rows, "chronic_pain"].to_numpy(int)
     correct = np.stack([(predict_probability(m["model"], tensors[k], rows) >= 0.5).astype(int) == y
                         for k, m in models.items() if isinstance(k, tuple)])
-    keep = correct.mean(axis=0) >= agreement - 1e-9
-    return {"TP": list(rows[keep & (y == 1)]), "TN": list(rows[keep & (y == 0)]), "n_models": len(correct)}
+    share = correct.mean(axis=0)
+    n_models = len(correct)
+    needed = int(np.ceil(agreement * n_models - 1e-9))
+    for n in range(needed, 0, -1):
+        keep = share >= n / n_models - 1e-9
+        if min((keep & (y == 1)).sum(), (keep & (y == 0)).sum()) >= min_group:
+            break
+    else:
+        n = needed
+        keep = share >= n / n_models - 1e-9
+    return {"TP": list(rows[keep & (y == 1)]), "TN": list(rows[keep & (y == 0)]), "n_models": n_models,
+            "agreement": n / n_models, "asked": agreement}
 
 
 # ---------------------------------------------------------------------- 6. saliency against truth

@@ -136,8 +136,9 @@ def train_spherical(model: torch.nn.Module, images: torch.Tensor, labels, train_
     learner = Learner(dls, model, loss_func=CrossEntropyLossFlat(weight=class_weights(labels[train_rows])),
                       opt_func=Adam, wd=config.weight_decay, cbs=[keep])
     stop = EarlyStoppingCallback(monitor="valid_loss", patience=config.patience)
-    if show_progress:
-        learner.fit(config.epochs, config.lr, cbs=[stop])
+    if show_progress:  # fastai's progress bar, without the per-epoch table
+        with learner.no_logging():
+            learner.fit(config.epochs, config.lr, cbs=[stop])
     else:
         with learner.no_bar(), learner.no_logging():
             learner.fit(config.epochs, config.lr, cbs=[stop])
