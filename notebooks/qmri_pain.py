@@ -109,7 +109,7 @@ display(study.table4(knees).join(pd.DataFrame(paper["table4"]).T.add_prefix("pap
 # %%
 knees, maps, failures, map_seconds = study.spherical_maps(root, knees, n_jobs=map_jobs, t2=t2)
 one_knee_seconds = study.time_one_knee(root, knees, t2=t2)
-tensors = study.strategy_tensors(knees, maps, image_size)
+tensors = study.strategy_tensors(knees, maps, image_size, strategies)
 study.release_spherical_maps(maps)
 print(f"maps of {len(knees)} knees in {map_seconds['wall']:.0f} s ({map_seconds['computed']} computed now); "
       f"one knee from its files: {one_knee_seconds:.1f} s; failed: {failures or 'none'}")
@@ -261,7 +261,8 @@ print(f"whole chapter {minutes:.1f} min, peak memory {peak_gb:.1f} GB")
 # - **Models.** ResNet18 at 48 px (`default`) instead of ResNet50 at 224 px; Grad-CAM on layer3
 #   (3 x 3) since layer4 is 2 x 2 at 48 px; three epochs. The grid at `default` is one learning rate,
 #   one depth, three initialisations, no freezing; `paper.yaml` holds the full grid. "ImageNet" is
-#   EfficientNet-Lite0 (the only offline ImageNet weights), not an ImageNet ResNet.
+#   EfficientNet-Lite0 (the only offline ImageNet weights), not an ImageNet ResNet; the OA models
+#   start at random (the paper's OA models were fine-tuned from ImageNet ResNet50s).
 # - **Selection.** Validation TPN (the authors' score in `painoptimization.csv`).
 # - **Confidence intervals.** Percentile intervals of 100 subject resamples. The paper's are about
 #   +-0.5 points for some 700 test subjects (e.g. 58.9 (58.3, 59.5)), far narrower than a metric's

@@ -139,8 +139,9 @@ def _key(row) -> tuple[str, int]:
     return str(row["participant_id"]), int(row["visit_month"])
 
 
-def strategy_tensors(knees: pd.DataFrame, maps: dict, image_size: int) -> dict:
-    """``{(bone, strategy): float tensor (n_knees, 3, s, s)}`` in the row order of ``knees``.
+def strategy_tensors(knees: pd.DataFrame, maps: dict, image_size: int, strategies=tuple(STRATEGIES)) -> dict:
+    """``{(bone, strategy): float tensor (n_knees, 3, s, s)}`` in the row order of ``knees``, for
+    the Fig. 4 ``strategies`` asked for.
 
     Group normalisation (:func:`kneelib.qmri.inputs.group_ranges`) over the training knees of
     each bone, so the test knees never set the scale; then the 8-bit image of each strategy
@@ -154,7 +155,7 @@ def strategy_tensors(knees: pd.DataFrame, maps: dict, image_size: int) -> dict:
     out = {}
     for bone in BONES:
         ranges = group_ranges(maps[k].biomarkers.bones[bone].maps for k in train)
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             images = np.stack([strategy_image(maps[k].biomarkers.bones[bone].maps, strategy, ranges) for k in keys])
             out[(bone, strategy)] = prepare_images(images, image_size)
     return out
