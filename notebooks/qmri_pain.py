@@ -265,7 +265,7 @@ print(f"whole chapter {minutes:.1f} min, peak memory {peak_gb:.1f} GB")
 #   start at random (the paper's OA models were fine-tuned from ImageNet ResNet50s).
 # - **Selection.** Validation TPN (the authors' score in `painoptimization.csv`).
 # - **Confidence intervals.** Percentile intervals of 100 subject resamples. The paper's are about
-#   +-0.5 points for some 700 test subjects (e.g. 58.9 (58.3, 59.5)), far narrower than a metric's
+#   +-0.5 points for some 700 test subjects, far narrower than a metric's
 #   sampling spread at that size; they look like intervals of the mean of the bootstrap replicates.
 # - **Correspondence.** Rigid ICP (Besl & McKay) from the bones' anatomical frames, nearest vertex;
 #   not the curvature-feature matching with CPD of the paper (no CPD package installed).
