@@ -232,19 +232,31 @@ def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_job
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m kneelib.qmri.cohort_maps ROOT [--jobs N] [--no-t2]``: fill the cache ahead of a chapter run."""
+    """Fill the spherical-map cache ahead of a chapter run (every right knee with DESS, MSME and KL).
+
+    ``python -m kneelib.qmri.cohort_maps [ROOT | --preset default --seed 0] [--jobs N] [--no-t2]``;
+    without ROOT the synthetic cohort of ``--preset`` / ``--seed`` (generated if absent).
+    """
     import argparse
 
     from kneelib.data.qmri_cohort import qmri_knee_table
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("root")
+    parser.add_argument("root", nargs="?", default=None)
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--no-t2", action="store_true")
     args = parser.parse_args(argv)
+    root = args.root
+    if root is None:
+        from kneelib.config import oai_root
+        from kneelib.synth.cohort import generate_cohort
+
+        root = oai_root() or generate_cohort(preset=args.preset, seed=args.seed, progress=False)
     start = time.perf_counter()
-    maps, failures = cohort_spherical_maps(args.root, qmri_knee_table(args.root), t2=not args.no_t2,
-                                           n_jobs=args.jobs, progress=True)
+    maps, failures = cohort_spherical_maps(root, qmri_knee_table(root), t2=not args.no_t2, n_jobs=args.jobs,
+                                           progress=True)
     computed = [m.seconds for m in maps.values() if m.seconds > 0]
     print(json.dumps({"knees": len(maps), "failures": failures, "computed": len(computed),
                       "seconds_per_computed_knee": float(np.mean(computed)) if computed else None,
