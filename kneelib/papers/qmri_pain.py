@@ -41,7 +41,7 @@ from kneelib.qmri.inputs import STRATEGIES
 __all__ = ["STUDY", "BONES", "STRATEGY_NAMES", "SINGLE_STRATEGIES", "published", "cohort_root", "chronic_pain_cohort",
            "assign_splits", "table4", "spherical_maps", "time_one_knee", "release_spherical_maps", "strategy_tensors", "TrainSettings", "train_all",
            "test_predictions", "results_table", "table2", "surface_cams", "reference_knee", "group_analysis",
-           "saliency_vs_truth", "dl_guided_tables", "table3_real", "model_selection", "comparisons", "fig1"]
+           "correct_for_all", "saliency_vs_truth", "dl_guided_tables", "table3_real", "model_selection", "comparisons", "fig1"]
 
 STUDY = "qmri_pain"
 BONES = ("patella", "tibia", "femur")
