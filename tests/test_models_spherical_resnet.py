@@ -75,3 +75,15 @@ def test_grid_search_chooses_on_validation_tpn_and_counts_images():
     assert len(table) == 3  # the ImageNet substitute collapses the two depths
     assert table["chosen"].sum() == 1 and table.loc[table["chosen"], "tpn"].iloc[0] == table["tpn"].max()
     assert (table["images"] == 32).all() and isinstance(model, torch.nn.Module)
+
+
+def test_frozen_stages_keep_weights_and_batch_norm_statistics():
+    images, labels = _images(24)
+    x = prepare_images(images)
+    model = set_frozen(spherical_classifier("resnet18", "random"), "first two layers")
+    before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("stages.0", "stages.1"))}
+    learner = train_spherical(model, x, labels, np.arange(16), np.arange(16, 24),
+                              SphericalTrainConfig(epochs=1, batch_size=8, patience=1))
+    after = learner.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # running means included
+    assert not torch.equal(after["stages.2.0.bn1.running_mean"], torch.zeros_like(after["stages.2.0.bn1.running_mean"]))

@@ -92,14 +92,18 @@ class _Rows(torch.utils.data.Dataset):
 
 
 class KeepBestValidLoss(Callback):
-    """Remember the weights of the epoch with the lowest validation loss; restore them after fit."""
+    """Remember the weights of the epoch with the lowest validation loss; restore them after fit.
+
+    It also keeps the frozen stages (:func:`kneelib.models.spherical_resnet.set_frozen`) in eval
+    mode while training, so their batch-norm statistics stay those they were loaded with.
+    """
 
     order = 70
 
     def before_fit(self):
         self.best, self.state, self.best_epoch = np.inf, None, -1
 
-    def before_epoch(self):
+    def before_train(self):  # after fastai's TrainEvalCallback has put the model in training mode
         frozen = getattr(self.learn.model, "n_frozen", 0)
         for stage in list(getattr(self.learn.model, "stages", []))[:frozen]:
             stage.eval()  # frozen stages keep their batch-norm statistics
