@@ -157,3 +157,19 @@ def test_tp_tn_groups_lower_the_agreement_only_when_a_group_is_too_small():
     assert relaxed["agreement"] < 1.0 and relaxed["asked"] == 1.0
     assert len(relaxed["TP"]) >= len(strict["TP"]) and set(strict["TP"]) <= set(relaxed["TP"])
     assert all(y[r] == 1 for r in relaxed["TP"]) and all(y[r] == 0 for r in relaxed["TN"])
+
+
+def test_table2_recovers_a_kl_effect_and_sets_the_paper_beside_it():
+    rng = np.random.default_rng(3)
+    n = 600
+    knees = pd.DataFrame({"participant_id": [str(i // 2) for i in range(n)], "visit_month": [0, 12] * (n // 2),
+                          "kl_grade": rng.integers(0, 5, n), "jsn_medial": rng.integers(0, 3, n),
+                          "jsn_lateral": rng.integers(0, 3, n), "min_medial_jsw_mm": rng.normal(4, 1, n),
+                          "age": rng.normal(62, 9, n), "sex": rng.integers(1, 3, n), "bmi": rng.normal(28, 4, n)})
+    knees["chronic_pain"] = (rng.random(n) < 1 / (1 + np.exp(-(-2 + 0.8 * knees["kl_grade"])))).astype(float)
+    knees["split"] = np.where(knees.index < 450, "train", "test")
+    coefficients, scores = study.table2(knees, n_boot=20)
+    assert 0.5 < coefficients.loc["kl_grade", "estimate"] < 1.1
+    assert coefficients.loc["kl_grade", "paper estimate (95% CI)"] == "0.79 (0.64, 0.93)"
+    assert coefficients.loc["kl_grade", "ci_low"] < coefficients.loc["kl_grade", "estimate"]
+    assert scores.iloc[0]["n"] == 75 and scores.iloc[0]["auc"] > 60

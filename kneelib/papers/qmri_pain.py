@@ -50,6 +50,10 @@ STRATEGY_NAMES = {"t2": "Cartilage T2", "thickness": "Cartilage thickness", "bon
                   "thickness_bone_shape": "Morphological bone and cartilage fusion",
                   "t2_thickness": "Morphological and compositional cartilage fusion", "all": "All biomarkers fusion"}
 SINGLE_STRATEGIES = ("thickness", "bone_shape", "t2")
+#: Table 2's variables (our columns -> the paper's labels).
+TABLE2_LABELS = {"kl_grade": "KL grades", "jsn_medial": "OARSI JSN grades medial",
+                 "jsn_lateral": "OARSI JSN grades lateral", "min_medial_jsw_mm": "Quantitative JSW", "age": "Age",
+                 "female": "Female sex", "bmi": "BMI"}
 
 
 def published() -> dict:
@@ -343,6 +347,10 @@ def table2(knees: pd.DataFrame, n_boot: int = 100, seed: int = 0):
     coefficients = pd.DataFrame({"estimate": c["estimate"], "ci_low": np.log(c["or_ci_low"]),
                                  "ci_high": np.log(c["or_ci_high"]), "odds_ratio": c["odds_ratio"],
                                  "or_ci_low": c["or_ci_low"], "or_ci_high": c["or_ci_high"], "p_value": c["p_value"]})
+    printed = published().get("table2", {})
+    coefficients["paper estimate (95% CI)"] = [
+        "{} ({}, {})".format(*printed[TABLE2_LABELS[v]]) if TABLE2_LABELS.get(v) in printed else ""
+        for v in coefficients.index]
     test = data[data["split"] == "test"].sort_values("visit_month").groupby("participant_id").head(1)
     design = np.column_stack([np.ones(len(test)), test[columns].to_numpy(float)])
     probability = 1 / (1 + np.exp(-design @ c["estimate"].to_numpy()))
@@ -606,8 +614,7 @@ def comparisons(table1: pd.DataFrame, table_s2: pd.DataFrame, radiographic: tupl
                                        f"{data_label}, {int(r['n'])} test subjects ({int(r['positive'])} positive)",
                                        "first time point per subject; bootstrap 95% CI over subjects"))
     coefficients, scores = radiographic
-    names = {} if coefficients.empty else {"kl_grade": "KL grades", "jsn_medial": "OARSI JSN grades medial", "jsn_lateral": "OARSI JSN grades lateral",
-             "min_medial_jsw_mm": "Quantitative JSW", "age": "Age", "female": "Female sex", "bmi": "BMI"}
+    names = {} if coefficients.empty else TABLE2_LABELS
     for variable, label in names.items():
         printed = paper.get("table2", {}).get(label)
         c = coefficients.loc[variable]
