@@ -24,6 +24,7 @@ install: $(STAMP)
 
 data: install
 	$(PY) -m kneelib synth --preset default
+	$(PY) -m kneelib.qmri.cohort_maps --preset default --seed 0 --jobs 2
 
 book: data
 	$(PY) -m kneelib book --params default $(if $(FORCE),--force,)

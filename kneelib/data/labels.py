@@ -333,3 +333,76 @@ def jsn_progression_cohort(root):
                                "step": "labels", "reason": reasons[missing]})
     knees = knees.sort_values(["participant_id", "side"], kind="stable").reset_index(drop=True)
     return knees, exclusions.reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Chronic knee pain from qMRI biomarkers (paper 001, Morales et al. 2021)
+# ------------------------------------------------------------------------------------------
+#: Variables (names of ``oai_variables.yaml``) of the chronic-pain cohort of paper 001: the
+#: pain label (VxxKPNR12 / VxxKPNR12M), widespread pain (VxxOJPN*, VxxHPR30CV, VxxBP30, ...),
+#: and the radiographic features of Table 2 (VxxXRJSM, VxxXRJSL, VxxMCMJSW).
+CHRONIC_PAIN_VARIABLES: tuple[str, ...] = (
+    "knee_pain_any_12m", "knee_pain_months_12m", "widespread_pain_above_waist", "widespread_pain_below_waist",
+    "widespread_pain_axial", "jsn_medial", "jsn_lateral", "min_medial_jsw_mm",
+)
+#: KL grade from which a knee counts as radiographic OA (paper 001, Methods: KL 0-1 healthy, 2-4 OA).
+OA_KL_THRESHOLD = 2
+
+
+def chronic_pain_cohort(root, visits=(0, 12)):
+    """Right knees of paper 001's chronic-pain study, every time point, with their labels.
+
+    Paper 001, Methods "Clinical outcome definition" and "Patient inclusion": a right knee at a
+    visit with a SAG 3D DESS, a SAG MSME T2 series and a KL grade
+    (:func:`kneelib.data.qmri_cohort.qmri_knee_table`); ``chronic_pain`` 1 for pain, aching or
+    stiffness on more than half the days of a month for more than 6 of the past 12 months
+    (``VxxKPNR12M >= 7``), 0 for no knee pain at all in the past 12 months (``VxxKPNR12 == 0``),
+    NaN in between (:func:`kneelib.data.clinical.chronic_pain`); a participant with widespread
+    pain at the visit (above-waist, below-waist and axial joints in the past 30 days;
+    :func:`kneelib.data.clinical.widespread_pain`) leaves the pain study at that visit.
+    ``oa`` is the OA pretraining label, ``KL >= 2`` (:data:`OA_KL_THRESHOLD`), defined for
+    every knee of the table.
+
+    Returns
+    -------
+    knees : DataFrame
+        One row per right knee and visit: ``participant_id``, ``visit_month``, ``kl_grade``,
+        ``age``, ``bmi``, ``sex``, ``oa``, ``chronic_pain`` (NaN: not in the pain study),
+        ``widespread_pain``, ``jsn_medial``, ``jsn_lateral``, ``min_medial_jsw_mm``,
+        ``knee_pain_months_12m``, ``knee_pain_any_12m``.
+    exclusions : DataFrame
+        Why a knee of the table is not in the pain study (``participant_id``,
+        ``visit_month``, ``step``, ``reason``): widespread pain, pain between the two
+        definitions, a pain answer missing.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from kneelib.data import knee_table
+    from kneelib.data.clinical import chronic_pain, widespread_pain
+    from kneelib.data.qmri_cohort import qmri_knee_table
+
+    knees = qmri_knee_table(root, visits=visits)
+    table = knee_table(root, list(CHRONIC_PAIN_VARIABLES), visits=tuple(visits))
+    table = table[table["SIDE"] == 1].copy()
+    table["widespread_pain"] = widespread_pain(table)
+    table["chronic_pain"] = chronic_pain(table)
+    table = table.rename(columns={"ID": "participant_id", "VISIT": "visit_month"})
+    table["participant_id"] = table["participant_id"].astype(str)
+    table["visit_month"] = table["visit_month"].astype(int)
+    columns = ["chronic_pain", "widespread_pain", "jsn_medial", "jsn_lateral", "min_medial_jsw_mm",
+               "knee_pain_months_12m", "knee_pain_any_12m"]
+    knees = knees.merge(table[["participant_id", "visit_month", *columns]], on=["participant_id", "visit_month"],
+                        how="left")
+    knees["oa"] = (knees["kl_grade"] >= OA_KL_THRESHOLD).astype(int)
+    reasons = np.full(len(knees), "", dtype=object)
+    months, any_pain = knees["knee_pain_months_12m"], knees["knee_pain_any_12m"]
+    reasons[(months.isna() & any_pain.isna()).to_numpy()] = "no 12-month knee pain answer"
+    reasons[(knees["chronic_pain"].isna() & (reasons == "")).to_numpy()] = \
+        "knee pain in the past 12 months, on most days for at most 6 months"
+    reasons[(knees["widespread_pain"] == 1).to_numpy() & (reasons == "")] = "widespread pain"
+    knees.loc[reasons != "", "chronic_pain"] = np.nan
+    out = reasons != ""
+    exclusions = pd.DataFrame({"participant_id": knees["participant_id"][out], "visit_month": knees["visit_month"][out],
+                               "step": "chronic-pain label", "reason": reasons[out]})
+    return knees.reset_index(drop=True), exclusions.reset_index(drop=True)

@@ -9,6 +9,10 @@
   bone surface in a 0.729 mm cylinder along each normal (a voxel lookup, no KD-tree).
 - :mod:`kneelib.qmri.spherical`: 224 x 224 spherical maps of per-vertex values and the inverse
   map from a 2-D map (e.g. a Grad-CAM) back onto the surface vertices.
+- :mod:`kneelib.qmri.cohort_maps`: every knee's maps from the cohort's files, cached under a key of
+  the files' bytes (the chronic-pain chapter's inputs).
+- :mod:`kneelib.qmri.correspondence`: rigid ICP between bone surfaces and values carried to a
+  reference surface (Fig. 1's group maps).
 
 Bad input raises :class:`QmriInputError` (a :class:`kneelib.data.errors.KneelibDataError`),
 so callers that skip "bad data" catch one class.
