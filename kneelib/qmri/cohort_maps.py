@@ -7,7 +7,7 @@ T2 series aligned onto the DESS through the patient coordinates
 (:func:`kneelib.qmri.alignment.align_msme_to_dess`), and
 :func:`kneelib.qmri.biomarkers.extract_knee_biomarkers` (thickness, bone shape, T2, surfaces,
 224 x 224 maps). :func:`knee_spherical_maps` does it for ONE knee (a pure function of its files),
-so :func:`cohort_spherical_maps` hands knees to joblib processes.
+so :func:`cohort_spherical_maps` hands knees to :func:`kneelib.executor.map_tasks` (joblib processes).
 
 Cache. The key is a SHA-256 over the bytes of the knee's input files (every DESS and MSME
 DICOM file, the label and lesion-mask NIfTI files), the options and :data:`CODE_VERSION`:
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -124,13 +122,11 @@ def _driver_distances(labels_volume: np.ndarray, loss: np.ndarray | None, spacin
 
 
 def _save_extra(path: Path, right: np.ndarray, distances: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez_compressed(tmp, right=right, **{f"distance/{b}": d for b, d in distances.items()})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from kneelib.cache import atomic_write
+
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, right=right, **{f"distance/{b}": d
+                                                                            for b, d in distances.items()}),
+                 suffix=".npz")
 
 
 def knee_spherical_maps(root, participant_id: str, visit_month: int, *, cache_dir, t2: bool = True,
@@ -190,11 +186,16 @@ def _one(root, participant_id, visit_month, cache_dir, t2, options, keep: bool):
     return knee if keep else knee.seconds
 
 
+def _compute_only(job: tuple):
+    """:func:`_one` of a ``(root, participant, visit, cache_dir, t2, options)`` job, keeping only the time."""
+    return _one(*job, False)
+
+
 def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_jobs: int = 1,
                           options: BiomarkerOptions = BiomarkerOptions(), progress: bool = False):
     """:func:`knee_spherical_maps` for every row (``participant_id``, ``visit_month``) of ``knees``.
 
-    With ``n_jobs > 1`` the knees not yet cached are computed in joblib processes first (they
+    With ``n_jobs > 1`` the knees not yet cached are computed by the executor's workers first (they
     return only their time, not the arrays); then every knee is read from the cache in this
     process.
 
@@ -205,16 +206,16 @@ def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_job
     failures : list of str
         ``"<participant>/<visit>: <reason>"`` per knee that could not be measured.
     """
-    from joblib import Parallel, delayed
-
     from kneelib.config import cache_root
+    from kneelib.executor import map_tasks
 
     cache_dir = str(cache_dir if cache_dir is not None else cache_root() / "qmri_pain_maps")
     rows = [(str(p), int(v)) for p, v in zip(knees["participant_id"], knees["visit_month"])]
     computed = {}
     if n_jobs != 1:
-        jobs = (delayed(_one)(str(root), p, v, cache_dir, t2, options, False) for p, v in rows)
-        computed = dict(zip(rows, Parallel(n_jobs=n_jobs, verbose=5 if progress else 0)(jobs)))
+        jobs = [(str(root), p, v, cache_dir, t2, options) for p, v in rows]
+        computed = dict(zip(rows, map_tasks(_compute_only, jobs, n_jobs=n_jobs, progress=progress,
+                                            desc="spherical maps", unit="knee")))
     maps, failures = {}, []
     for row in rows:
         if isinstance(computed.get(row), str):
