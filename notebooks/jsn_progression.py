@@ -44,7 +44,7 @@ n_boot = 500  # bootstrap resamples of every CI (participants)
 n_pairs = 150  # reader benchmark pairs (paper 150)
 n_gradcam = 12  # progressors whose Grad-CAM is scored against the planted drivers
 torch_threads = 1
-n_jobs = None  # worker processes extracting slice features (None: every core; same features)
+n_jobs = None  # worker processes for slice features and CV folds (None: every core; same results)
 
 # %%
 import time
@@ -177,16 +177,16 @@ glue("feature_seconds", features.seconds["total"], display=False)
 train_config = study.AttentionTrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                                           conv_channels=conv_channels, gru_hidden=gru_hidden, mlp_hidden=mlp_hidden,
                                           dropout=dropout, n_components=n_components, seed=seed)
-results = {task: study.run_task(task, knees, features, "BMI", n_folds, train_config, n_boot, seed)
+results = {task: study.run_task(task, knees, features, "BMI", n_folds, train_config, n_boot, seed, n_jobs=n_jobs)
            for task in study.TASKS}
 study.planted_driver_ceiling(root, results["progression"], n_boot, seed)  # synthetic only: the planted bound
 variants = [study.run_task("progression", knees, features, "Table 1", n_folds, train_config, n_boot, seed,
-                           baselines=False)]
+                           baselines=False, n_jobs=n_jobs)]
 for extra in variant_series:
     extra_features = study.slice_features(root, knees, study.SliceFeatureConfig(
         series=extra, n_slices=n_slices, image_size=image_size, n4_shrink=n4_shrink), n_jobs)
     variant = study.run_task("progression", knees, extra_features, "BMI", n_folds, train_config, n_boot, seed,
-                             baselines=False)
+                             baselines=False, n_jobs=n_jobs)
     variant.model, variant.metrics = f"{extra}: " + variant.model, {f"{extra}: " + variant.model: variant.metrics[variant.model]}
     variants.append(variant)
 

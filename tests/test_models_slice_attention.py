@@ -125,3 +125,16 @@ def test_cross_validation_on_principal_axes_still_finds_the_planted_slice_signal
     from sklearn.metrics import roc_auc_score
     assert roc_auc_score(y, cv.probability) > 0.8
     assert cv.models[0].n_features == 8 and cv.standardisations[0].components.shape == (8, x.shape[2])
+
+
+def test_folds_on_two_workers_give_the_sequential_result():
+    """Every fold seeds itself: spreading folds over processes changes no number (paper 002, 2.2.3)."""
+    torch.set_num_threads(1)
+    x, mask, clinical, y, _ = _bags()
+    fold = stratified_kfold(y, 3, groups=np.repeat(np.arange(len(y) // 2), 2), seed=0)
+    config = AttentionTrainConfig(epochs=3, lr=3e-3, batch_size=16, conv_channels=4, gru_hidden=4, mlp_hidden=8)
+    one = cross_validate_attention("toy", x, mask, clinical, y, fold, config, n_jobs=1)
+    two = cross_validate_attention("toy", x, mask, clinical, y, fold, config, n_jobs=2)
+    np.testing.assert_array_equal(one.probability, two.probability)
+    np.testing.assert_array_equal(one.attention, two.attention)
+    assert len(two.models) == 3

@@ -177,10 +177,11 @@ class TaskResult:
 
 def run_task(task: str, knees: pd.DataFrame, features, clinical: str = "BMI", n_folds: int = 5,
              config: AttentionTrainConfig = AttentionTrainConfig(), n_boot: int = 1000, seed: int = 0,
-             baselines: bool = True) -> TaskResult:
+             baselines: bool = True, n_jobs: int | None = 1) -> TaskResult:
     """Cross-validate the attention model on one task, with the baselines on the same folds (2.2.3).
 
-    Knees without a label, a series or a clinical value are left out here.
+    Knees without a label, a series or a clinical value are left out here. ``n_jobs``: worker
+    processes over the folds (the result does not depend on it).
     """
     column = TASKS[task]
     needed = CLINICAL_SETS[clinical] + [c for cols in BASELINES.values() for c in cols]
@@ -190,7 +191,7 @@ def run_task(task: str, knees: pd.DataFrame, features, clinical: str = "BMI", n_
     labels = sub[column].to_numpy(int)
     fold = stratified_kfold(labels, n_folds, groups=sub["participant_id"].to_numpy(), seed=seed)
     cv = cross_validate_attention(f"{task}, {clinical}", features.features[rows], features.mask[rows],
-                                  sub[CLINICAL_SETS[clinical]].to_numpy(float), labels, fold, config)
+                                  sub[CLINICAL_SETS[clinical]].to_numpy(float), labels, fold, config, n_jobs=n_jobs)
     result = TaskResult(task, f"attention + {clinical}", sub, labels, fold, cv)
     result.scores[result.model] = cv.probability
     if baselines:

@@ -220,9 +220,33 @@ class CrossValidatedAttention:
     standardisations: list = field(default_factory=list, repr=False)
 
 
+def _fit_fold(job: tuple):
+    """Train on one fold's training rows, predict its test rows (one task of :func:`cross_validate_attention`).
+
+    Each fold seeds its own generators (:func:`train_attention_model`), so its model does not
+    depend on the process or the order it runs in. ``threads``: torch threads inside the task.
+    """
+    import torch
+
+    features, mask, clinical, labels, train, test, config, threads = job
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model, standard = train_attention_model(features, mask, clinical, labels, train, config)
+        probability, attention = predict_attention_model(model, standard, features, mask, clinical, test)
+    finally:
+        torch.set_num_threads(before)
+    return probability, attention, model, standard
+
+
 def cross_validate_attention(name: str, features, mask, clinical, labels, fold,
-                             config: AttentionTrainConfig = AttentionTrainConfig()) -> CrossValidatedAttention:
+                             config: AttentionTrainConfig = AttentionTrainConfig(),
+                             n_jobs: int | None = 1) -> CrossValidatedAttention:
     """Train on ``fold != k`` and predict ``fold == k`` for every fold ``k`` (paper 002, 2.2.3).
+
+    With ``n_jobs`` > 1 (None: every core) the folds run in worker processes of
+    :func:`kneelib.executor.map_tasks`, one torch thread each; every fold seeds itself, so the
+    result equals the sequential one.
 
     Parameters
     ----------
@@ -232,22 +256,33 @@ def cross_validate_attention(name: str, features, mask, clinical, labels, fold,
         Test fold per knee (subject-level, e.g. :func:`kneelib.train.splits.stratified_kfold`
         with ``groups``).
     config : AttentionTrainConfig
+    n_jobs : int, optional
+        Worker processes over folds (1: in this process, with its torch threads).
 
     Returns
     -------
     CrossValidatedAttention
     """
+    import torch
+
+    from kneelib.executor import map_tasks, resolve_n_jobs
+
     features, mask, clinical, labels = _check(features, mask, clinical, labels)
     fold = np.asarray(fold)
     if len(fold) != len(labels):
         raise ValueError(f"fold has {len(fold)} entries for {len(labels)} knees")
     probability = np.full(len(labels), np.nan)
     attention = np.zeros(mask.shape, np.float32)
+    folds = np.unique(fold)
+    workers = resolve_n_jobs(n_jobs, len(folds))
+    threads = 1 if workers > 1 else torch.get_num_threads()
+    tests = [np.flatnonzero(fold == k) for k in folds]
+    jobs = [(features, mask, clinical, labels, np.flatnonzero(fold != k), test, config, threads)
+            for k, test in zip(folds, tests)]
+    outcomes = map_tasks(_fit_fold, jobs, n_jobs=workers, progress=False, desc=name, unit="fold")
     models, standards = [], []
-    for k in np.unique(fold):
-        test, train = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
-        model, standard = train_attention_model(features, mask, clinical, labels, train, config)
-        probability[test], attention[test] = predict_attention_model(model, standard, features, mask, clinical, test)
+    for test, (fold_probability, fold_attention, model, standard) in zip(tests, outcomes):
+        probability[test], attention[test] = fold_probability, fold_attention
         models.append(model)
         standards.append(standard)
     return CrossValidatedAttention(name, np.arange(len(labels)), labels.astype(int), fold, probability, attention,
