@@ -17,10 +17,8 @@ default 16), ``KNEELIB_BENCH_KNEES`` (knees of the worker benchmark, default 24)
     pytest benchmarks/bench_jsn_slice_features.py --benchmark-only -s
 """
 import os
-import threading
 
 import numpy as np
-import psutil
 import pytest
 import torch
 
@@ -32,29 +30,7 @@ N_SLICES = int(os.environ.get("KNEELIB_BENCH_SLICES", 16))
 N_KNEES = int(os.environ.get("KNEELIB_BENCH_KNEES", 24))
 
 
-class _PeakRss:
-    def __init__(self):
-        self.process = psutil.Process()
-        self.start = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.01)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def extra_mib(self) -> float:
-        return (self.peak - self.start) / 2**20
+from peak_rss import PeakRss as _PeakRss  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,8 @@ Overrides: ``KNEELIB_BENCH_THREADS`` (default 1). Run with::
     pytest benchmarks/bench_qmri_pain.py --benchmark-only -s
 """
 import os
-import threading
 
 import numpy as np
-import psutil
 import pytest
 import torch
 
@@ -26,25 +24,7 @@ THREADS = int(os.environ.get("KNEELIB_BENCH_THREADS", 1))
 N = 96
 
 
-class _PeakRss:
-    def __init__(self):
-        self.process = psutil.Process()
-        self.start = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.01)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+from peak_rss import PeakRss as _PeakRss  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 @pytest.mark.parametrize("arch,size", [("resnet18", 48), ("resnet50", 224)])
