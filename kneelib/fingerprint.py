@@ -147,8 +147,12 @@ def data_listing(root: str | os.PathLike | None = None) -> list[tuple[str, int]]
 
 def chapter_fingerprint(notebook: str | os.PathLike, params: dict,
                         published: str | os.PathLike | None = None,
-                        data_root: str | os.PathLike | None = None) -> str:
-    """SHA-256 of everything a chapter's execution depends on (see the module docstring)."""
+                        data_root: str | os.PathLike | None = None, listing: list | None = None) -> str:
+    """SHA-256 of everything a chapter's execution depends on (see the module docstring).
+
+    ``listing``: :func:`data_listing` already taken (a book build lists the data once for
+    every chapter instead of once per chapter).
+    """
     digest = hashlib.sha256()
 
     def add(label: str, payload: bytes) -> None:
@@ -162,7 +166,7 @@ def chapter_fingerprint(notebook: str | os.PathLike, params: dict,
         add(f"code:{path.relative_to(package_root)}", path.read_bytes())
     published = Path(published) if published is not None else repo_root() / "book" / "published.yml"
     add("published", published.read_bytes() if published.is_file() else b"")
-    add("data", json.dumps(data_listing(data_root)).encode())
+    add("data", json.dumps(listing if listing is not None else data_listing(data_root)).encode())
     return digest.hexdigest()
 
 

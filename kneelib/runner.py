@@ -679,15 +679,17 @@ def build_book(params: str = "default", notebooks: list[str] | None = None,
     if unknown:
         raise ValueError(f"notebooks {unknown} are not chapters of the book; add "
                          f"'- file: _executed/<name>' to {book / '_toc.yml'}")
-    from kneelib.fingerprint import chapter_fingerprint, is_up_to_date
+    from kneelib.fingerprint import chapter_fingerprint, data_listing, is_up_to_date
+
+    listing = data_listing() if not (force or reuse_executed) else None  # once for every chapter
 
     def up_to_date(name: str) -> bool:
         if force:
             return False
         if reuse_executed:
             return (executed_dir / f"{name}.ipynb").is_file()
-        return is_up_to_date(executed_dir, name,
-                             chapter_fingerprint(notebook_path(name), resolve_params(name, params)[0]))
+        return is_up_to_date(executed_dir, name, chapter_fingerprint(notebook_path(name), resolve_params(name, params)[0],
+                                                                     listing=listing))
 
     names = [n for n in selected if not up_to_date(n)]
     reused = [n for n in selected if n not in names]
