@@ -19,6 +19,14 @@ Inventory (:func:`list_entries`, :func:`area_summary`)
     time since its newest file was written (reads do not count: many file systems do not record
     them).
 
+Keys of large inputs (:func:`stat_memoized`)
+    Hashing the bytes of a knee's DICOM series on every read would cost more than reading the
+    cached result. A content key computed once is remembered under a *stat signature* of its
+    input files (absolute path, size and modification time of each, as ``make`` and ``git``'s
+    index judge freshness): ``<area>/<sig[:2]>/<sig>.inputs.txt``. When any file is rewritten,
+    resized or moved the signature changes and the content is hashed again, so the key stays a
+    key of the bytes.
+
 ``python -m kneelib cache`` prints :func:`area_summary`; ``cache list`` and ``cache prune`` filter
 by area, age and size (:func:`select_entries`), and ``prune --max-size`` removes the oldest entries
 until the cache fits.
@@ -40,7 +48,7 @@ import pandas as pd
 
 from kneelib import config
 
-__all__ = ["CATEGORIES", "CacheEntry", "atomic_write", "content_key", "entry_path", "list_entries",
+__all__ = ["CATEGORIES", "CacheEntry", "atomic_write", "content_key", "entry_path", "stat_memoized", "list_entries",
            "area_summary", "select_entries", "prune", "parse_size", "parse_age", "format_size"]
 
 #: Area folder -> what it holds (areas not listed are reported as "other").
@@ -96,6 +104,44 @@ def content_key(*parts, version: str) -> str:
 def entry_path(root: str | Path, key: str, suffix: str) -> Path:
     """``root / key[:2] / (key + suffix)``: the layout of every content-addressed area."""
     return Path(root) / key[:2] / f"{key}{suffix}"
+
+
+def stat_memoized(memo_root: str | Path, paths: Iterable[str | Path], salt: str, compute: Callable[[], str]) -> str:
+    """``compute()`` -- a digest of the bytes of ``paths`` -- remembered by the files' stat signature.
+
+    Parameters
+    ----------
+    memo_root : path
+        The area the memo lives in (``<memo_root>/<sig[:2]>/<sig>.inputs.txt``).
+    paths : iterable of path
+        Every input file ``compute`` reads.
+    salt : str
+        What else ``compute`` depends on (options, code version), so that two digests of the
+        same files do not share a memo.
+    compute : callable
+        Returns the digest (a string without newlines).
+
+    Returns
+    -------
+    str
+        The remembered digest when the signature (absolute path, size, ``st_mtime_ns`` of
+        every file, and ``salt``) was seen before, else ``compute()``, then remembered.
+    """
+    stats = []
+    for path in paths:
+        path = Path(path).resolve()
+        info = path.stat()
+        stats.append([str(path), info.st_size, info.st_mtime_ns])
+    memo = entry_path(memo_root, content_key(salt, stats, version="stat-memo-1"), ".inputs.txt")
+    if memo.is_file():
+        remembered = memo.read_text().strip()
+        if remembered:
+            return remembered
+    digest = compute()
+    if "\n" in digest:
+        raise ValueError("a memoized digest must be one line")
+    atomic_write(memo, lambda tmp: Path(tmp).write_text(digest + "\n"))
+    return digest
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ n_boot = 500  # bootstrap resamples of every CI (participants)
 n_pairs = 150  # reader benchmark pairs (paper 150)
 n_gradcam = 12  # progressors whose Grad-CAM is scored against the planted drivers
 torch_threads = 1
-n_jobs = None  # worker processes for slice features and CV folds (None: every core; same results)
+n_jobs = None  # worker processes for slice features, CV folds and ground truth (None: every core; same results)
 
 # %%
 import time
@@ -198,7 +198,9 @@ for extra in variant_series:
 # %%
 fig = study.plot_task_rocs({t: (r.labels, r.cv.probability, r.fold) for t, r in results.items()},
                            {"progression": paper["progression"]["roc_auc"], "pain": paper["pain"]["roc_auc"],
-                            "relative progression": paper["relative_progression"]["roc_auc"]})
+                            "relative progression": paper["relative_progression"]["roc_auc"]},
+                           {t: tuple(r.metrics[r.model].loc["roc_auc", ["value", "ci_low", "ci_high"]])
+                            for t, r in results.items()})
 fig.savefig(figure_dir / "roc.png", dpi=100)
 plt.show()
 fig = study.plot_confusions({t: study.confusion_matrix(r.labels, r.cv.probability) for t, r in results.items()})
@@ -238,7 +240,8 @@ display(readers.round(3))
 # own cells (chance: the share of cells the driver overlaps).
 
 # %%
-looks = study.where_the_model_looks(root, results["progression"], config, n_gradcam=n_gradcam, n_boot=n_boot, seed=seed)
+looks = study.where_the_model_looks(root, results["progression"], config, n_gradcam=n_gradcam, n_boot=n_boot, seed=seed,
+                                    n_jobs=n_jobs)
 main = results["progression"]
 fig = study.plot_attention_profile(main.cv.attention, main.cv.attention > 0, main.labels,
                                    None if looks is None else looks["driver_share_by_slice"])
@@ -259,7 +262,7 @@ if looks is not None:
 
 # %%
 pain_looks = study.where_the_model_looks(root, results["pain"], config, n_gradcam=n_gradcam, n_boot=n_boot,
-                                         seed=seed, driver_mask=study.pain_driver_mask)
+                                         seed=seed, driver_mask=study.pain_driver_mask, n_jobs=n_jobs)
 if pain_looks is not None:
     print(pd.Series(pain_looks["summary"]).to_string())
     display(pain_looks["gradcam"].round(3))

@@ -117,3 +117,29 @@ def test_cli_summary_list_and_prune(tree, capsys):
     assert main(["cache", "prune", "--root", str(root), "--older-than", "30d", "--yes"]) == 0
     assert "removed 2 entries" in capsys.readouterr().out
     assert not (root / "synthetic" / "oai_smoke_seed0").exists()
+
+
+def test_stat_memoized_hashes_once_and_again_when_a_file_changes(tmp_path):
+    import hashlib
+
+    data = [tmp_path / "in" / f"{i}.dcm" for i in range(3)]
+    for i, path in enumerate(data):
+        _file(path, 1000 + i, 1, time.time())
+    calls = []
+
+    def digest():
+        calls.append(1)
+        return hashlib.sha256(b"".join(p.read_bytes() for p in data)).hexdigest()
+
+    memo = tmp_path / "area"
+    first = cache.stat_memoized(memo, data, "options-a", digest)
+    assert cache.stat_memoized(memo, data, "options-a", digest) == first and len(calls) == 1
+    assert [e.name.split("/")[1] for e in cache.list_entries(tmp_path, ["area"])][0]  # an entry of its own
+    cache.stat_memoized(memo, data, "options-b", digest)  # other options: not the same memo
+    assert len(calls) == 2
+    data[1].write_bytes(b"y" * 1001)  # same size, new bytes and modification time
+    os.utime(data[1], ns=(time.time_ns(), time.time_ns() + 10**9))
+    changed = cache.stat_memoized(memo, data, "options-a", digest)
+    assert len(calls) == 3 and changed != first
+    with pytest.raises(ValueError, match="one line"):
+        cache.stat_memoized(memo, data[:1], "x", lambda: "a\nb")

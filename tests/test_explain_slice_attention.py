@@ -91,3 +91,41 @@ def test_pain_driver_mask_is_the_union_of_the_pain_lesions():
     assert mask.sum() == 3 and mask[0, 1, 1] and not mask[2, 5, 5]
     with pytest.raises(ValueError):
         pain_driver_mask(labels, {"bml": bml[:1]})
+
+
+def test_knee_driver_and_network_slices_match_a_direct_read_in_workers():
+    """Per-knee reading in worker processes gives what reading in this process gives."""
+    from kneelib.data import read_dicom_series, read_image_index
+    from kneelib.explain.slice_attention import KneeSeries, knee_driver_slices, knee_network_slices
+    from kneelib.preprocess.slice_features import SliceFeatureConfig, label_slices, prepare_slices
+    from kneelib.synth.cohort import generate_cohort
+    from kneelib.synth.ground_truth import load_series_with_truth, series_truth_table
+
+    root = generate_cohort("smoke", seed=0, progress=False)
+    index, truth = read_image_index(root), series_truth_table(root)
+    config = SliceFeatureConfig(series="SAG_3D_DESS", n_slices=6, image_size=32, n4_shrink=0)
+    baseline = index.table[(index.table["VISIT"] == 0)
+                           & index.table["SeriesDescription"].str.startswith("SAG_3D_DESS_")]
+    pairs = list(baseline[["ParticipantID", "SeriesDescription"]].itertuples(index=False, name=None))[:3]
+    knees = [KneeSeries.of(root, index, truth, pid, description) for pid, description in pairs]
+    assert all(len(knee.truth) == 1 and set(knee.index.table["ParticipantID"]) == {pid}
+               for knee, (pid, _) in zip(knees, pairs))
+
+    in_process = knee_driver_slices(knees, config, pain_driver_mask, n_jobs=1)
+    in_workers = knee_driver_slices(knees, config, pain_driver_mask, n_jobs=2)
+    for (pid, description), one, two in zip(pairs, in_process, in_workers):
+        volume, labels, masks = load_series_with_truth(root, index, truth, pid, 0, description)
+        direct = label_slices(pain_driver_mask(labels, masks).astype(np.uint8), volume, config) > 0
+        assert one.dtype == bool and one.shape == (6, 32, 32)
+        np.testing.assert_array_equal(one, direct)
+        np.testing.assert_array_equal(two, direct)
+
+    images = knee_network_slices(knees, config, n_jobs=2)
+    for (pid, description), got in zip(pairs, images):
+        expected, _ = prepare_slices(read_dicom_series(index.find_series(pid, 0, description)), config)
+        np.testing.assert_array_equal(got, expected)
+
+    from kneelib.data.errors import KneelibDataError
+
+    with pytest.raises(KneelibDataError, match="NOPE"):
+        KneeSeries.of(root, index, truth, pairs[0][0], "NOPE_RIGHT")

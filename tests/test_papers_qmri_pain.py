@@ -173,3 +173,29 @@ def test_table2_recovers_a_kl_effect_and_sets_the_paper_beside_it():
     assert coefficients.loc["kl_grade", "paper estimate (95% CI)"] == "0.79 (0.64, 0.93)"
     assert coefficients.loc["kl_grade", "ci_low"] < coefficients.loc["kl_grade", "estimate"]
     assert scores.iloc[0]["n"] == 75 and scores.iloc[0]["auc"] > 60
+
+
+def test_train_all_gives_the_same_models_in_worker_processes():
+    """The bone-strategy pairs train on one thread wherever they run: 1 or 2 workers, same weights."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    n = 24
+    knees = pd.DataFrame({"participant_id": [str(i) for i in range(n)], "visit_month": 0,
+                          "split": ["train"] * 14 + ["valid"] * 6 + ["test"] * 4,
+                          "oa": np.tile([0, 1], n // 2), "chronic_pain": np.tile([0.0, 1.0, np.nan], n // 3)})
+    tensors = {(bone, "thickness"): torch.from_numpy(rng.normal(size=(n, 3, 32, 32)).astype(np.float32))
+               for bone in ("femur", "tibia")}
+    settings = study.TrainSettings(image_size=32, oa_arch=("resnet18",), oa_epochs=1, epochs=1, patience=1,
+                                   batch_size=8, grid={"lr": [1e-3], "arch": ["resnet18"], "init": ["random", "oa"],
+                                                       "freeze": ["none"]},
+                                   bones=("femur", "tibia"), strategies=("thickness",))
+    one = study.train_all(tensors, knees, settings, n_jobs=1)
+    two = study.train_all(tensors, knees, settings, n_jobs=2)
+    assert one["_timing"]["workers"] == 1 and two["_timing"]["workers"] == 2
+    for pair in tensors:
+        assert set(one[pair]) == {"oa", "oa_valid", "grid", "model"}
+        pd.testing.assert_frame_equal(one[pair]["grid"].drop(columns="seconds"), two[pair]["grid"].drop(columns="seconds"))
+        for name, weight in one[pair]["model"].state_dict().items():
+            torch.testing.assert_close(weight, two[pair]["model"].state_dict()[name], rtol=0, atol=0, msg=name)
+    assert torch.get_num_threads() >= 1  # the calling process keeps its own thread setting

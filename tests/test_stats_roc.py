@@ -81,6 +81,18 @@ def test_roc_plot_has_a_curve_per_model_and_the_papers_value_in_the_legend():
     assert len(ax.lines) == 3 + 2 + 1  # fold curves, pooled curves, chance line
 
 
+def test_roc_plot_legend_shows_a_given_interval_and_refuses_one_of_another_curve():
+    y, s = scores(seed=6)
+    groups = np.arange(300) // 2  # two rows per subject: DeLong would not hold
+    table = auc_with_ci(y, s, method="bootstrap", groups=groups, n_boot=200, seed=1)
+    ax = plot_roc({"Model A": (y, s)}, intervals={"Model A": (table.auc, table.ci_low, table.ci_high)})
+    (label,) = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert label == f"Model A: AUC {table}"
+    assert label != f"Model A: AUC {auc_with_ci(y, s)}"  # not the DeLong interval
+    with pytest.raises(ValueError, match="Model A"):
+        plot_roc({"Model A": (y, s)}, intervals={"Model A": (table.auc + 0.01, 0.0, 1.0)})
+
+
 def test_auc_ci_states_its_unit_and_refuses_delong_on_repeated_subjects():
     import numpy as np
     import pytest as _pytest

@@ -26,6 +26,7 @@ __all__ = [
     "AmbiguousSeriesError",
     "RadiographReadError",
     "KneelibDataWarning",
+    "exclusion_reason",
 ]
 
 
@@ -168,3 +169,13 @@ class RadiographReadError(KneelibDataError):
 
 class KneelibDataWarning(UserWarning):
     """Data that could be read, but not as the OAI format promises (e.g. a non-UTF-8 table)."""
+
+
+def exclusion_reason(error: Exception, root) -> str:
+    """``"ErrorType: message"`` of a refused input for a QC or exclusion table: its first clause,
+    with paths relative to the cohort ``root`` (a page shows no local paths), at most 160
+    characters of message."""
+    message = str(error).splitlines()[0].split(";")[0] if str(error) else ""
+    for prefix in sorted({str(Path(root)), str(Path(root).resolve())}, key=len, reverse=True):
+        message = message.replace(prefix + "/", "")
+    return f"{type(error).__name__}: {message[:160]}"

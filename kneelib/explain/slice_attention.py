@@ -18,8 +18,17 @@ against its chance level:
   model down to the slice CNN's last convolutional maps, on the driver slice the model
   attends to most; a hit when the hottest cell overlaps the driver mask (chance: the share
   of cells that overlap it).
+
+Reading a knee's series and its ground truth is the slow part of both checks (a DICOM series,
+a label volume and its lesion masks per knee); :func:`knee_driver_slices` and
+:func:`knee_network_slices` spread it over worker processes through
+:func:`kneelib.executor.map_tasks`, one knee per task, each worker single-threaded.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,7 +40,8 @@ from kneelib.synth.spec import TISSUE_LABELS
 
 __all__ = ["MEDIAL_LABELS", "DRIVER_LESIONS", "JOINT_DRIVER_LESIONS", "PAIN_DRIVER_LESIONS", "progression_driver_mask",
            "pain_driver_mask", "attention_on_drivers",
-           "attention_summary", "SliceGradCamModel", "slice_grad_cams"]
+           "attention_summary", "SliceGradCamModel", "slice_grad_cams", "KneeSeries", "knee_driver_slices",
+           "knee_network_slices"]
 
 #: Tissue codes of the synthetic labels that mark the medial compartment (medial tibial
 #: cartilage, medial meniscus).
@@ -204,3 +214,105 @@ def slice_grad_cams(encoder, attention_model, standardisation, images, clinical_
     model = SliceGradCamModel(encoder, attention_model, standardisation, clinical_row)
     cams, _ = grad_cam(model, encoder.to_input(images), model.task, target_grades=1)
     return cams
+
+
+@dataclass(frozen=True)
+class KneeSeries:
+    """One knee's baseline series in a synthetic cohort, small enough to send to a worker.
+
+    Attributes
+    ----------
+    root : Path
+        The cohort root (``ground_truth/`` beside the OAI folders).
+    index : kneelib.data.ImageIndex
+        The image index restricted to this participant's rows.
+    truth : pandas.DataFrame
+        The :func:`kneelib.synth.ground_truth.series_truth_table` row of this series.
+    participant_id : str
+    description : str
+        The OAI series description (side included).
+    visit_month : int
+    """
+
+    root: Path
+    index: object
+    truth: pd.DataFrame
+    participant_id: str
+    description: str
+    visit_month: int = 0
+
+    @classmethod
+    def of(cls, root, index, truth: pd.DataFrame, participant_id: str, description: str,
+           visit_month: int = 0) -> "KneeSeries":
+        """The knee's series, with ``index`` cut to its participant and ``truth`` to its series.
+
+        Raises
+        ------
+        kneelib.data.errors.KneelibDataError
+            The participant has no such series (or several) at that visit.
+        """
+        pid = str(participant_id).strip()
+        sub_index = replace(index, table=index.table[index.table["ParticipantID"] == pid])
+        folder = sub_index.find_series(pid, visit_month, description).relative_to(index.root).as_posix()
+        return cls(Path(root), sub_index, truth[truth["folder"] == folder], pid, description, int(visit_month))
+
+    def load(self):
+        """``(volume, labels, lesion masks)`` (:func:`kneelib.synth.ground_truth.load_series_with_truth`)."""
+        from kneelib.synth.ground_truth import load_series_with_truth
+
+        return load_series_with_truth(self.root, self.index, self.truth, self.participant_id, self.visit_month,
+                                      self.description)
+
+
+def _driver_slices_task(job: tuple) -> np.ndarray:
+    from kneelib.executor import single_threaded
+    from kneelib.preprocess.slice_features import label_slices
+
+    knee, config, driver_mask = job
+    with single_threaded():
+        volume, labels, masks = knee.load()
+        return label_slices(driver_mask(labels, masks).astype(np.uint8), volume, config) > 0
+
+
+def _network_slices_task(job: tuple) -> np.ndarray:
+    from kneelib.data import read_dicom_series
+    from kneelib.executor import single_threaded
+    from kneelib.preprocess.slice_features import prepare_slices
+
+    knee, config = job
+    with single_threaded():
+        folder = knee.index.find_series(knee.participant_id, knee.visit_month, knee.description)
+        return prepare_slices(read_dicom_series(folder), config)[0]
+
+
+def knee_driver_slices(knees: list, config, driver_mask: Callable = progression_driver_mask,
+                       n_jobs: int | None = None, progress: bool = False) -> list:
+    """The planted-driver mask of each knee on the slices the network sees (paper 002, 3.4).
+
+    Parameters
+    ----------
+    knees : list of KneeSeries
+    config : kneelib.preprocess.slice_features.SliceFeatureConfig
+        Which slices, at what size (:func:`~kneelib.preprocess.slice_features.label_slices`).
+    driver_mask : callable
+        ``driver_mask(labels, masks)``: :func:`progression_driver_mask` or :func:`pain_driver_mask`.
+    n_jobs : int, optional
+        Worker processes (:func:`kneelib.executor.map_tasks`; None: every core, 1: this process).
+
+    Returns
+    -------
+    list of ndarray, each bool ``(n_slices, image_size, image_size)``, in the order of ``knees``.
+    """
+    from kneelib.executor import map_tasks
+
+    return map_tasks(_driver_slices_task, [(knee, config, driver_mask) for knee in knees], n_jobs=n_jobs,
+                     progress=progress, desc="driver masks", unit="knee")
+
+
+def knee_network_slices(knees: list, config, n_jobs: int | None = None, progress: bool = False) -> list:
+    """The network-ready slices of each knee (:func:`~kneelib.preprocess.slice_features.prepare_slices`),
+    read in worker processes; float32 ``(n_slices, image_size, image_size)`` in the order of ``knees``."""
+    from kneelib.executor import map_tasks
+
+    return map_tasks(_network_slices_task, [(knee, config) for knee in knees], n_jobs=n_jobs, progress=progress,
+                     desc="network slices", unit="knee")

@@ -28,8 +28,12 @@ def plot_n4(before: np.ndarray, after: np.ndarray, bias: np.ndarray, region: np.
     return fig
 
 
-def plot_task_rocs(results: dict, paper_auc: dict):
-    """ROC per fold and pooled for each task (``name -> (labels, probability, fold)``)."""
+def plot_task_rocs(results: dict, paper_auc: dict, intervals: dict | None = None):
+    """ROC per fold and pooled for each task (``name -> (labels, probability, fold)``).
+
+    ``intervals``: task -> ``(auc, ci_low, ci_high)`` from the results table (the subject
+    bootstrap), shown in the legends so figure and table give one interval.
+    """
     import matplotlib.pyplot as plt
 
     from kneelib.stats.roc import plot_roc
@@ -37,7 +41,8 @@ def plot_task_rocs(results: dict, paper_auc: dict):
     fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 4.6), squeeze=False)
     for ax, (name, (labels, probability, fold)) in zip(axes[0], results.items()):
         plot_roc({name: (labels, probability)}, ax=ax, folds={name: fold},
-                 paper_auc={name: paper_auc[name]} if paper_auc.get(name) is not None else None)
+                 paper_auc={name: paper_auc[name]} if paper_auc.get(name) is not None else None,
+                 intervals={name: intervals[name]} if intervals and name in intervals else None)
         ax.set_title(name, fontsize=10)
         ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()

@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 
 from kneelib.data.labels import jsn_progression_cohort
-from kneelib.explain.slice_attention import (attention_on_drivers, attention_summary, pain_driver_mask,
+from kneelib.explain.slice_attention import (KneeSeries, attention_on_drivers, attention_summary,
+                                             knee_driver_slices, knee_network_slices, pain_driver_mask,
                                              progression_driver_mask, slice_grad_cams)
 from kneelib.figures.jsn_progression import (plot_attention_profile, plot_confusions, plot_n4, plot_slice_cams,
                                              plot_task_rocs)
 from kneelib.papers.siamese_pain import cohort_root
-from kneelib.preprocess.slice_features import (SliceEncoder, SliceFeatureConfig, extract_cohort_features,
-                                               label_slices, prepare_slices)
+from kneelib.preprocess.slice_features import SliceEncoder, SliceFeatureConfig, extract_cohort_features
 from kneelib.stats.binary import binary_metrics, confusion_matrix, pairwise_ranking_accuracy, reader_benchmark_pairs
 from kneelib.train.baselines import cross_validated_logistic
 from kneelib.train.slice_attention import AttentionTrainConfig, cross_validate_attention
@@ -261,21 +261,15 @@ def reader_benchmark(result: TaskResult, n_pairs: int = 150, n_boot: int = 1000,
     return table
 
 
-def _knee_truth(root, index, truth, participant_id, side, config, driver_mask):
-    from kneelib.synth.ground_truth import load_series_with_truth
-
-    volume, labels, masks = load_series_with_truth(root, index, truth, participant_id, 0, config.description(side))
-    drivers = label_slices(driver_mask(labels, masks).astype(np.uint8), volume, config) > 0
-    return volume, drivers
-
-
 def where_the_model_looks(root, result: TaskResult, config: SliceFeatureConfig, n_gradcam: int = 12,
-                          n_boot: int = 1000, seed: int = 0, driver_mask=progression_driver_mask) -> dict | None:
+                          n_boot: int = 1000, seed: int = 0, driver_mask=progression_driver_mask,
+                          n_jobs: int | None = None) -> dict | None:
     """Attention mass on driver slices and a Grad-CAM pointing game for the positive knees (3.4, Fig. 6).
 
     ``driver_mask(labels, masks)`` marks the planted drivers of the task:
     :func:`~kneelib.explain.slice_attention.progression_driver_mask` for the progressors,
     :func:`~kneelib.explain.slice_attention.pain_driver_mask` for the painful knees.
+    ``n_jobs`` worker processes read the knees' series and ground truth (None: every core).
     Returns ``None`` on a real OAI root (no planted ground truth).
     """
     from kneelib.data import read_image_index
@@ -290,24 +284,27 @@ def where_the_model_looks(root, result: TaskResult, config: SliceFeatureConfig, 
     index = read_image_index(root)
     positives = np.flatnonzero(result.labels == 1)
     mask = result.cv.attention > 0
-    flags, volumes, driver_maps = [None] * len(result.labels), {}, {}
+    series = {row: KneeSeries.of(root, index, truth, result.knees.iloc[row]["participant_id"],
+                                 config.description(result.knees.iloc[row]["side"]), visit_month=0)
+              for row in positives}
+    driver_maps = dict(zip(positives, knee_driver_slices([series[r] for r in positives], config, driver_mask,
+                                                         n_jobs=n_jobs)))
+    flags = [None] * len(result.labels)
     present = np.zeros_like(mask)
     for row in positives:
-        knee = result.knees.iloc[row]
-        volume, drivers = _knee_truth(root, index, truth, knee["participant_id"], knee["side"], config, driver_mask)
-        n = len(drivers)
+        n = len(driver_maps[row])
         present[row, :n] = True
-        flags[row] = drivers.reshape(n, -1).any(axis=1)
-        volumes[row], driver_maps[row] = volume, drivers
+        flags[row] = driver_maps[row].reshape(n, -1).any(axis=1)
     table = attention_on_drivers(result.cv.attention[positives], present[positives], [flags[r] for r in positives])
     table.insert(0, "row", positives)
     summary = attention_summary(table, result.groups[positives], n_boot=n_boot, seed=seed)
     encoder = SliceEncoder(config.arch)
     clinical = result.knees[CLINICAL_SETS[result.model.split(" + ")[1]]].to_numpy(float)
     cam_rows, shown = [], []
-    for row in table.loc[table["informative"], "row"].to_numpy()[:n_gradcam]:
+    cam_knees = table.loc[table["informative"], "row"].to_numpy()[:n_gradcam]
+    network_slices = knee_network_slices([series[r] for r in cam_knees], config, n_jobs=n_jobs)
+    for row, images in zip(cam_knees, network_slices):
         k = list(np.unique(result.fold)).index(result.fold[row])
-        images, _ = prepare_slices(volumes[row], config)
         cams = slice_grad_cams(encoder, result.cv.models[k], result.cv.standardisations[k], images, clinical[row])
         candidates = np.flatnonzero(flags[row])
         s = int(candidates[np.argmax(result.cv.attention[row, candidates])])

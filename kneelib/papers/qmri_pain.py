@@ -204,65 +204,96 @@ class TrainSettings:
     bones: tuple = BONES
 
 
-def train_all(tensors: dict, knees: pd.DataFrame, settings: TrainSettings, show_progress: bool = False) -> dict:
+def _train_bone_strategy(job: dict) -> dict:
+    """OA models and the chronic-pain grid of one bone and strategy, on one thread (see :func:`train_all`)."""
+    from fastai.torch_core import set_seed
+
+    from kneelib.executor import single_threaded
+    from kneelib.models.spherical_resnet import set_frozen, spherical_classifier
+    from kneelib.train.spherical import grid_search, predict_probability, train_spherical, validation_scores
+
+    x, oa, settings = job["x"], job["oa"], job["settings"]
+    oa_train, oa_valid = job["oa_train"], job["oa_valid"]
+    images_seen, seconds = 0, 0.0
+    with single_threaded():
+        oa_models, oa_scores = {}, {}
+        for arch in job["oa_archs"]:
+            set_seed(settings.seed)  # the initial weights depend on the seed only, not on what ran before
+            model = spherical_classifier(arch, "random")
+            model.cam_stage = settings.cam_stage
+            start = time.perf_counter()
+            learner = train_spherical(model, x, oa, oa_train, oa_valid, job["oa_config"],
+                                      show_progress=job["show_progress"])
+            seconds += time.perf_counter() - start
+            images_seen += len(learner.recorder.values) * (len(oa_train) + len(oa_valid))
+            oa_models[arch] = learner.model.eval()
+            oa_scores[arch] = validation_scores(oa[oa_valid], predict_probability(learner.model, x, oa_valid))
+            del learner
+
+        def factory(configuration, oa_models=oa_models):
+            model = spherical_classifier(configuration["arch"], configuration["init"],
+                                         oa_models.get(configuration["arch"]))
+            model.cam_stage = settings.cam_stage
+            return set_frozen(model, configuration["freeze"])
+
+        grid, chosen = grid_search(factory, x, job["pain_labels"], job["pain_train"], job["pain_valid"],
+                                   job["configurations"], job["pain_config"], show_progress=job["show_progress"])
+    images_seen += int(grid["images"].sum())
+    seconds += float(grid["seconds"].sum())
+    gc.collect()  # fastai's learner <-> callback cycles: free the fits now
+    return {"oa": oa_models, "oa_valid": oa_scores, "grid": grid, "model": chosen.eval(),
+            "_images": images_seen, "_seconds": seconds}
+
+
+def train_all(tensors: dict, knees: pd.DataFrame, settings: TrainSettings, show_progress: bool = False,
+              n_jobs: int | None = 1) -> dict:
     """OA models, then the chronic-pain grid, for every bone and strategy (Fig. S4; Supplementary Fig. S1d-e).
 
     Per bone and strategy: an OA classifier per architecture the grid initialises from OA
     (:func:`kneelib.train.spherical.train_spherical` on the training and validation knees of
     every time point), then :func:`kneelib.train.spherical.grid_search` of the chronic-pain
-    configurations on the pain-labelled knees. Returns ``{(bone, strategy): {"oa": {arch:
-    model}, "oa_valid": {arch: validation scores}, "grid": DataFrame, "model": chosen pain
-    model}}`` and, under ``"_timing"``, training images per second (every epoch's training and
-    validation images over the fits' wall time).
+    configurations on the pain-labelled knees. The 18 bone-strategy pairs are independent:
+    :func:`kneelib.executor.map_tasks` spreads them over ``n_jobs`` worker processes (None:
+    every core), each fit on one thread wherever it runs, so the models do not depend on
+    ``n_jobs`` (small ResNets at 48 px gain little from a second thread; a second process
+    trains another pair). Returns ``{(bone, strategy): {"oa": {arch: model}, "oa_valid": {arch:
+    validation scores}, "grid": DataFrame, "model": chosen pain model}}`` and, under
+    ``"_timing"``, training images per second (every epoch's training and validation images
+    over the fits' summed time, which with several workers exceeds the wall time) and the wall
+    time of the whole training.
     """
-    from kneelib.models.spherical_resnet import set_frozen, spherical_classifier
-    from kneelib.train.spherical import (SphericalTrainConfig, grid_configurations, grid_search,
-                                         predict_probability, train_spherical, validation_scores)
+    from kneelib.executor import map_tasks, resolve_n_jobs
+    from kneelib.train.spherical import SphericalTrainConfig, grid_configurations
 
     split = knees["split"].to_numpy()
     oa = knees["oa"].to_numpy(int)
     pain = knees["chronic_pain"].to_numpy(float)
-    oa_train, oa_valid = np.flatnonzero(split == "train"), np.flatnonzero(split == "valid")
     has_pain = np.isfinite(pain)
-    pain_train = np.flatnonzero(has_pain & (split == "train"))
-    pain_valid = np.flatnonzero(has_pain & (split == "valid"))
-    pain_labels = np.where(has_pain, pain, 0).astype(int)
     oa_config = SphericalTrainConfig(epochs=settings.oa_epochs, lr=settings.oa_lr, batch_size=settings.batch_size,
                                      patience=settings.patience, seed=settings.seed)
     pain_config = SphericalTrainConfig(epochs=settings.epochs, batch_size=settings.batch_size,
                                        patience=settings.patience, seed=settings.seed)
     configurations = grid_configurations(settings.grid)
-    oa_archs = sorted({c["arch"] for c in configurations if c.get("init") == "oa"} | set(settings.oa_arch))
-    results, images_seen, seconds = {}, 0, 0.0
-    for bone in settings.bones:
-        for strategy in settings.strategies:
-            x = tensors[(bone, strategy)]
-            oa_models, oa_scores = {}, {}
-            for arch in oa_archs:
-                model = spherical_classifier(arch, "random")
-                model.cam_stage = settings.cam_stage
-                start = time.perf_counter()
-                learner = train_spherical(model, x, oa, oa_train, oa_valid, oa_config, show_progress=show_progress)
-                seconds += time.perf_counter() - start
-                images_seen += len(learner.recorder.values) * (len(oa_train) + len(oa_valid))
-                oa_models[arch] = learner.model.eval()
-                oa_scores[arch] = validation_scores(oa[oa_valid], predict_probability(learner.model, x, oa_valid))
-                del learner
-
-            def factory(configuration, oa_models=oa_models):
-                model = spherical_classifier(configuration["arch"], configuration["init"],
-                                             oa_models.get(configuration["arch"]))
-                model.cam_stage = settings.cam_stage
-                return set_frozen(model, configuration["freeze"])
-
-            grid, chosen = grid_search(factory, x, pain_labels, pain_train, pain_valid, configurations, pain_config,
-                                       show_progress=show_progress)
-            images_seen += int(grid["images"].sum())
-            seconds += float(grid["seconds"].sum())
-            results[(bone, strategy)] = {"oa": oa_models, "oa_valid": oa_scores, "grid": grid, "model": chosen.eval()}
-            gc.collect()  # fastai's learner <-> callback cycles: free each bone's fits now
+    pairs = [(bone, strategy) for bone in settings.bones for strategy in settings.strategies]
+    workers = resolve_n_jobs(n_jobs, len(pairs))
+    common = {"oa": oa, "settings": settings, "oa_config": oa_config, "pain_config": pain_config,
+              "configurations": configurations,
+              "oa_archs": sorted({c["arch"] for c in configurations if c.get("init") == "oa"} | set(settings.oa_arch)),
+              "oa_train": np.flatnonzero(split == "train"), "oa_valid": np.flatnonzero(split == "valid"),
+              "pain_labels": np.where(has_pain, pain, 0).astype(int),
+              "pain_train": np.flatnonzero(has_pain & (split == "train")),
+              "pain_valid": np.flatnonzero(has_pain & (split == "valid")),
+              "show_progress": show_progress and workers == 1}
+    start = time.perf_counter()
+    trained = map_tasks(_train_bone_strategy, [{**common, "x": tensors[pair]} for pair in pairs], n_jobs=workers,
+                        progress=show_progress, desc="bone x strategy", unit="pair")
+    wall = time.perf_counter() - start
+    results = {}
+    for pair, entry in zip(pairs, trained):
+        results[pair] = {k: v for k, v in entry.items() if not k.startswith("_")}
+    images_seen, seconds = sum(e["_images"] for e in trained), sum(e["_seconds"] for e in trained)
     results["_timing"] = {"train_images_per_s": images_seen / seconds if seconds else float("nan"),
-                          "train_seconds": seconds}
+                          "train_seconds": seconds, "wall_seconds": wall, "workers": workers}
     return results
 
 

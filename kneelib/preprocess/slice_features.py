@@ -32,12 +32,14 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from kneelib.data.errors import exclusion_reason
+from kneelib.executor import single_threaded
 
 __all__ = [
     "SERIES", "FEATURE_VERSION", "SliceInputError", "SliceFeatureConfig", "series_slices", "central_window",
@@ -305,15 +307,6 @@ class SliceFeatures:
         return self.n_encoded / self.seconds["encode"] if self.n_encoded and self.seconds.get("encode") else float("nan")
 
 
-def exclusion_reason(error: Exception, root) -> str:
-    """``"ErrorType: message"`` of a refused series, its first clause, with paths relative to the
-    cohort ``root`` (a page shows no local paths), at most 160 characters of message."""
-    message = str(error).split(";")[0]
-    for prefix in sorted({str(Path(root)), str(Path(root).resolve())}, key=len, reverse=True):
-        message = message.replace(prefix + "/", "")
-    return f"{type(error).__name__}: {message[:160]}"
-
-
 @dataclass(frozen=True)
 class _KneeJob:
     """What :func:`_compute_knee` needs for one uncached series (small and picklable)."""
@@ -347,27 +340,6 @@ def _process_encoder(arch: str) -> SliceEncoder:
     return encoder
 
 
-@contextmanager
-def _single_threaded():
-    """torch and every SimpleITK filter on one thread inside the block, restored after.
-
-    Knees are spread over processes instead: two workers on two cores do not oversubscribe, and
-    N4's internal B-spline filters (which follow SimpleITK's global default, not the filter's own
-    thread count) run about 1.6 times faster than with every core on a small window.
-    """
-    import SimpleITK as sitk
-    import torch
-
-    torch_threads, itk_threads = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    torch.set_num_threads(1)
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
-
-
 def _compute_knee(job: _KneeJob) -> _KneeOutcome:
     """Read one series, N4, window, normalise, encode and cache it (paper 002, 2.3.2-2.3.4, 2.4.1).
 
@@ -381,7 +353,7 @@ def _compute_knee(job: _KneeJob) -> _KneeOutcome:
     from kneelib.data.errors import KneelibDataError
     from kneelib.preprocess.bias_field import BiasFieldInputError
 
-    with _single_threaded():
+    with single_threaded():
         start = time.perf_counter()
         try:
             volume = read_dicom_series(job.folder)

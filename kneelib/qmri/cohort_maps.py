@@ -11,8 +11,9 @@ so :func:`cohort_spherical_maps` hands knees to :func:`kneelib.executor.map_task
 
 Cache. The key is a SHA-256 over the bytes of the knee's input files (every DESS and MSME
 DICOM file, the label and lesion-mask NIfTI files), the options and :data:`CODE_VERSION`:
-computing it reads the files but runs none of the extraction, so a cached knee costs
-milliseconds. The entry is :func:`kneelib.qmri.biomarkers.save_biomarkers`'s ``.npz`` plus a
+computing it reads the files (about 0.1 s a knee) but runs none of the extraction, and it is
+remembered under the files' stat signature (:func:`kneelib.cache.stat_memoized`), so a cached
+knee costs milliseconds from the second read on. The entry is :func:`kneelib.qmri.biomarkers.save_biomarkers`'s ``.npz`` plus a
 small ``.extra.npz`` (written first; each to a temporary name, then renamed): the knee's
 right-left direction in array-mm space (for the medial and lateral compartments) and, per
 bone, each vertex's distance to the nearest planted focal cartilage-loss voxel of that bone
@@ -89,18 +90,31 @@ def knee_input_files(root, index, truth, participant_id: str, visit_month: int) 
             "lesions": {n: labels.parent / f"lesion_{n}.nii.gz" for n in names}}
 
 
-def knee_maps_key(files: dict, options: BiomarkerOptions, t2: bool) -> str:
-    """SHA-256 over the bytes of every input file, the options and :data:`CODE_VERSION`."""
-    digest = hashlib.sha256(f"{CODE_VERSION}\n{options!r}\nt2={t2}\n".encode())
+def knee_maps_key(files: dict, options: BiomarkerOptions, t2: bool, memo_dir=None) -> str:
+    """SHA-256 over the bytes of every input file, the options and :data:`CODE_VERSION`.
+
+    With ``memo_dir`` the key is remembered under the files' stat signature
+    (:func:`kneelib.cache.stat_memoized`): hashed once, then looked up in milliseconds.
+    """
+    header = f"{CODE_VERSION}\n{options!r}\nt2={t2}\n"
     paths = [*_series_files(files["dess"]), files["labels"], *files["lesions"].values()]
     if t2:
         paths += _series_files(files["msme"])
-    for path in paths:
-        digest.update(Path(path).name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+
+    def digest_of_bytes() -> str:
+        digest = hashlib.sha256(header.encode())
+        for path in paths:
+            digest.update(Path(path).name.encode())
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        return digest.hexdigest()
+
+    if memo_dir is None:
+        return digest_of_bytes()
+    from kneelib.cache import stat_memoized
+
+    return stat_memoized(memo_dir, paths, header, digest_of_bytes)
 
 
 def _driver_distances(labels_volume: np.ndarray, loss: np.ndarray | None, spacing, vertices: dict) -> dict:
@@ -145,7 +159,7 @@ def knee_spherical_maps(root, participant_id: str, visit_month: int, *, cache_di
     index = index if index is not None else read_image_index(root)
     truth = truth if truth is not None else series_truth_table(root)
     files = knee_input_files(root, index, truth, str(participant_id), int(visit_month))
-    key = knee_maps_key(files, options, t2)
+    key = knee_maps_key(files, options, t2, memo_dir=cache_dir)
     folder = Path(cache_dir) / key[:2]
     path, extra_path = folder / f"{key}.npz", folder / f"{key}.extra.npz"
     if path.is_file() and extra_path.is_file():
@@ -176,13 +190,14 @@ def knee_spherical_maps(root, participant_id: str, visit_month: int, *, cache_di
                       time.perf_counter() - start)
 
 
-def _one(root, participant_id, visit_month, cache_dir, t2, options, keep: bool):
-    from kneelib.data.errors import KneelibDataError
+def _one(root, participant_id, visit_month, cache_dir, t2, options, keep: bool, index=None, truth=None):
+    from kneelib.data.errors import KneelibDataError, exclusion_reason
 
     try:
-        knee = knee_spherical_maps(root, participant_id, visit_month, cache_dir=cache_dir, t2=t2, options=options)
+        knee = knee_spherical_maps(root, participant_id, visit_month, cache_dir=cache_dir, t2=t2, options=options,
+                                   index=index, truth=truth)
     except (KneelibDataError, FileNotFoundError) as error:
-        return f"{participant_id}/{visit_month}: {str(error).splitlines()[0]}"
+        return f"{participant_id}/{visit_month}: {exclusion_reason(error, root)}"
     return knee if keep else knee.seconds
 
 
@@ -191,37 +206,54 @@ def _compute_only(job: tuple):
     return _one(*job, False)
 
 
+def _is_cached(root, row, cache_dir, t2, options, index, truth) -> bool:
+    from kneelib.data.errors import KneelibDataError
+
+    try:
+        files = knee_input_files(root, index, truth, *row)
+        key = knee_maps_key(files, options, t2, memo_dir=cache_dir)
+    except (KneelibDataError, FileNotFoundError):
+        return False  # the worker records why
+    folder = Path(cache_dir) / key[:2]
+    return (folder / f"{key}.npz").is_file() and (folder / f"{key}.extra.npz").is_file()
+
+
 def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_jobs: int = 1,
                           options: BiomarkerOptions = BiomarkerOptions(), progress: bool = False):
     """:func:`knee_spherical_maps` for every row (``participant_id``, ``visit_month``) of ``knees``.
 
-    With ``n_jobs > 1`` the knees not yet cached are computed by the executor's workers first (they
-    return only their time, not the arrays); then every knee is read from the cache in this
-    process.
+    The cohort's image index and ground-truth table are read once. With ``n_jobs > 1`` the knees
+    not yet cached are computed by the executor's workers first (they return only their time,
+    not the arrays); then every knee is read from the cache in this process.
 
     Returns
     -------
     maps : dict of (participant_id, visit_month) to CohortKnee
         ``seconds`` > 0 for the knees this call computed.
     failures : list of str
-        ``"<participant>/<visit>: <reason>"`` per knee that could not be measured.
+        ``"<participant>/<visit>: <ErrorType>: <reason>"`` per knee that could not be measured,
+        paths relative to the cohort root.
     """
     from kneelib.config import cache_root
+    from kneelib.data import read_image_index
     from kneelib.executor import map_tasks
+    from kneelib.synth.ground_truth import series_truth_table
 
     cache_dir = str(cache_dir if cache_dir is not None else cache_root() / "qmri_pain_maps")
+    index, truth = read_image_index(root), series_truth_table(root)
     rows = [(str(p), int(v)) for p, v in zip(knees["participant_id"], knees["visit_month"])]
     computed = {}
     if n_jobs != 1:
-        jobs = [(str(root), p, v, cache_dir, t2, options) for p, v in rows]
-        computed = dict(zip(rows, map_tasks(_compute_only, jobs, n_jobs=n_jobs, progress=progress,
-                                            desc="spherical maps", unit="knee")))
+        missing = [row for row in rows if not _is_cached(root, row, cache_dir, t2, options, index, truth)]
+        jobs = [(str(root), p, v, cache_dir, t2, options) for p, v in missing]
+        computed = dict(zip(missing, map_tasks(_compute_only, jobs, n_jobs=n_jobs, progress=progress,
+                                               desc="spherical maps", unit="knee")))
     maps, failures = {}, []
     for row in rows:
         if isinstance(computed.get(row), str):
             failures.append(computed[row])
             continue
-        knee = _one(str(root), *row, cache_dir, t2, options, True)
+        knee = _one(str(root), *row, cache_dir, t2, options, True, index=index, truth=truth)
         if isinstance(knee, str):
             failures.append(knee)
             continue

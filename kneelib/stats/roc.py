@@ -241,7 +241,8 @@ def subgroup_auc_table(y_true, y_score, covariates: pd.DataFrame,
 
 
 def plot_roc(curves: Mapping[str, tuple], ax=None, folds: Mapping[str, np.ndarray] | None = None,
-             paper_auc: Mapping[str, float] | None = None, method: str = "delong"):
+             paper_auc: Mapping[str, float] | None = None, method: str = "delong",
+             intervals: Mapping[str, tuple] | None = None):
     """ROC curves with AUC and 95% CI in the legend (paper 000, Fig. 4A-B).
 
     Parameters
@@ -253,10 +254,21 @@ def plot_roc(curves: Mapping[str, tuple], ax=None, folds: Mapping[str, np.ndarra
         Name -> fold index per subject; adds each fold's ROC as a thin line.
     paper_auc : mapping or None
         Name -> published AUC, shown in the legend beside the reproduced one.
+    method : {"delong", "bootstrap"}
+        The legend's interval (:func:`auc_with_ci`) for curves without ``intervals``.
+    intervals : mapping or None
+        Name -> ``(auc, ci_low, ci_high)`` computed elsewhere (e.g. the subject bootstrap of
+        a results table), shown in the legend instead, so figure and table agree; the AUC
+        must be the one of ``curves``.
 
     Returns
     -------
     matplotlib.axes.Axes
+
+    Raises
+    ------
+    ValueError
+        When an interval's AUC is not the AUC of its curve.
     """
     import matplotlib.pyplot as plt
 
@@ -272,8 +284,14 @@ def plot_roc(curves: Mapping[str, tuple], ax=None, folds: Mapping[str, np.ndarra
                 if len(np.unique(y_true[part])) == 2:
                     fpr, tpr, _ = roc_curve(y_true[part], y_score[part])
                     ax.plot(fpr, tpr, color=color, alpha=0.2, lw=0.8)
-        result = auc_with_ci(y_true, y_score, method)
-        label = f"{name}: AUC {result}"
+        if intervals is not None and name in intervals:
+            auc, low, high = (float(v) for v in intervals[name])
+            own = float(roc_auc_score(y_true, y_score))
+            if not np.isclose(auc, own, rtol=0, atol=1e-9):
+                raise ValueError(f"interval for {name!r} has AUC {auc:.6f}, its curve {own:.6f}")
+            label = f"{name}: AUC {auc:.3f} [{low:.3f}, {high:.3f}]"
+        else:
+            label = f"{name}: AUC {auc_with_ci(y_true, y_score, method)}"
         if paper_auc and name in paper_auc:
             label += f" (paper {paper_auc[name]:.3f})"
         fpr, tpr, _ = roc_curve(y_true, y_score)

@@ -81,7 +81,8 @@ def permutation_spm(values, group, covariates=None, *, n_permutations: int = 100
     t = np.full(y.shape[1], np.nan)
     p = np.full(y.shape[1], np.nan)
     p_fwe = np.full(y.shape[1], np.nan)
-    complete = np.isfinite(y).all(axis=0) & (np.nanstd(y, axis=0) > 0)
+    complete = np.isfinite(y).all(axis=0)  # vertices every subject has (no warning on all-missing ones)
+    complete[complete] = y[:, complete].std(axis=0) > 0
     if not complete.any():
         return SpmResult(t, p, p_fwe, n_permutations, df)
     y_res = _residualise(y[:, complete], z)
