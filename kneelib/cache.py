@@ -129,9 +129,9 @@ def stat_memoized(memo_root: str | Path, paths: Iterable[str | Path], salt: str,
     """
     stats = []
     for path in paths:
-        path = Path(path).resolve()
-        info = path.stat()
-        stats.append([str(path), info.st_size, info.st_mtime_ns])
+        path = os.path.abspath(path)  # not Path.resolve(): a system call per path component
+        info = os.stat(path)
+        stats.append([path, info.st_size, info.st_mtime_ns])
     memo = entry_path(memo_root, content_key(salt, stats, version="stat-memo-1"), ".inputs.txt")
     if memo.is_file():
         remembered = memo.read_text().strip()

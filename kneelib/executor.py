@@ -164,12 +164,19 @@ def map_tasks(fn: Callable[[Any], Any], items: Iterable[Any], *, n_jobs: int | N
                 results.append(fn(item))
                 bar.update()
             return results
+        import warnings
+
         from joblib import Parallel, delayed
 
         results = []
-        for result in Parallel(n_jobs=workers, backend=backend, return_as="generator")(delayed(fn)(i) for i in items):
-            results.append(result)
-            bar.update()
+        with warnings.catch_warnings():
+            # loky retires a worker whose memory grew by a few hundred MB after a task (e.g. one that
+            # trained a model) and starts a fresh one; no task is lost, so its notice is noise.
+            warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor",
+                                    category=UserWarning)
+            for result in Parallel(n_jobs=workers, backend=backend, return_as="generator")(delayed(fn)(i) for i in items):
+                results.append(result)
+                bar.update()
         return results
     finally:
         bar.close()
