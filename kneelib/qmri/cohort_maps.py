@@ -13,8 +13,8 @@ Cache. The key is a SHA-256 over the bytes of the knee's input files (every DESS
 DICOM file, the label and lesion-mask NIfTI files), the options and :data:`CODE_VERSION`:
 computing it reads the files (about 0.1 s a knee) but runs none of the extraction, and it is
 remembered under the files' stat signature (:func:`kneelib.cache.stat_memoized`), so a cached
-knee costs milliseconds from the second read on. The entry is :func:`kneelib.qmri.biomarkers.save_biomarkers`'s ``.npz`` plus a
-small ``.extra.npz`` (written first; each to a temporary name, then renamed): the knee's
+knee costs milliseconds from the second read on. The entry is
+:func:`kneelib.qmri.biomarkers.save_biomarkers`'s ``.npz`` plus a small ``.extra.npz`` (written first; each to a temporary name, then renamed): the knee's
 right-left direction in array-mm space (for the medial and lateral compartments) and, per
 bone, each vertex's distance to the nearest planted focal cartilage-loss voxel of that bone
 (the synthetic ground truth the saliency is scored against; ``inf`` without one).
