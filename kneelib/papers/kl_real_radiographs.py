@@ -15,6 +15,9 @@ algorithm:
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 
 from kneelib.data.chen_kl import KLCohort, cohort_summary, load_chen_kl_cohort
@@ -78,3 +81,80 @@ def kl_comparisons(table: pd.DataFrame, data: str, model_description: str = "sin
                                ci_high=float(est["ci_high"]), source="not reported", data=data,
                                note="asked for by the issue; the paper gives no value"))
     return rows
+
+
+#: Development records: the recipe comparison by subject-level cross-validation on ``train``
+#: (written by :func:`compare_recipes`; ``val`` never enters it).
+DEVELOPMENT_CV = Path(__file__).resolve().parents[2] / "params" / REAL_STUDY / "development_cv.csv"
+
+
+def training_knees(cohort: KLCohort) -> pd.DataFrame:
+    """Every knee of the ``train`` split: the training part and the internal validation part, in that order."""
+    parts = []
+    for part in (cohort.train, cohort.internal_val):
+        part = part.copy()
+        part.attrs = {}
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
+
+
+def cv_metrics(grades, probabilities, folds) -> dict:
+    """Out-of-fold agreement of one set of probabilities: kappa (arg-max and cross-fitted cut-points) and more."""
+    from kneelib.stats.agreement import balanced_accuracy, quadratic_kappa
+    from kneelib.stats.calibration import expected_calibration_error, negative_log_likelihood
+    from kneelib.stats.ordinal import cross_fitted_grades
+
+    grades = np.asarray(grades).astype(int)
+    predicted = probabilities.argmax(axis=1)
+    crossed = cross_fitted_grades(probabilities, grades, folds)
+    return {"kappa": quadratic_kappa(grades, predicted, grades=range(5)),
+            "kappa_cutpoints": quadratic_kappa(grades, crossed, grades=range(5)),
+            "balanced_accuracy": balanced_accuracy(grades, predicted),
+            "accuracy": float(np.mean(predicted == grades)), "mae": float(np.mean(np.abs(predicted - grades))),
+            "nll": negative_log_likelihood(probabilities, grades),
+            "ece": expected_calibration_error(probabilities, grades)}
+
+
+def compare_recipes(recipes: dict, n_folds: int = 3, seed: int = 0, out_csv=None, mirror_side: str | None = "L",
+                    n_subjects: int | None = None) -> pd.DataFrame:
+    """Subject-level K-fold cross-validation of KL recipes on the ``train`` split only.
+
+    Every recipe is trained on the same folds (:func:`kneelib.train.grading.kl_subject_folds`)
+    and scored on its out-of-fold predictions, with and without flip TTA; a row is
+    appended to ``out_csv`` as soon as a recipe finishes.
+
+    Parameters
+    ----------
+    recipes : dict
+        Name -> :class:`kneelib.train.grading.KLRecipe`.
+    """
+    from dataclasses import asdict
+
+    from kneelib.train.grading import kl_subject_folds, train_kl_folds
+
+    train = training_knees(load_chen_kl_cohort(internal_fraction=0.15, n_subjects=n_subjects, seed=seed))
+    grades = train["kl_grade"].to_numpy()
+    folds = kl_subject_folds(grades, train["subject_id"].to_numpy(), n_folds, seed)
+    prepared = {}
+    rows = []
+    for name, recipe in recipes.items():
+        if recipe.image_size not in prepared:
+            prepared[recipe.image_size] = prepare_images(train, recipe.image_size, mirror_side, progress=False)
+        result = train_kl_folds(prepared[recipe.image_size], grades, folds, recipe, seed=seed)
+        for tta, p in (("plain", result.held_out), ("flip TTA", result.held_out_flip)):
+            row = {"recipe": name, "inference": tta, **cv_metrics(grades, p, folds), "n_folds": n_folds,
+                   "n_knees": len(grades), "mirror_side": mirror_side, "train_seconds": round(result.seconds, 1),
+                   **{k: v for k, v in asdict(recipe).items() if k != "gamma_range"}}
+            rows.append(row)
+        if out_csv is not None:
+            table = pd.DataFrame(rows)
+            if Path(out_csv).is_file():
+                old = pd.read_csv(out_csv)
+                table = pd.concat([old[~old["recipe"].isin(table["recipe"])], table], ignore_index=True)
+            table.to_csv(out_csv, index=False, float_format="%.4f")
+    return pd.DataFrame(rows)
+
+
+def development_cv() -> pd.DataFrame:
+    """The committed recipe comparison (:data:`DEVELOPMENT_CV`)."""
+    return pd.read_csv(DEVELOPMENT_CV)
