@@ -21,17 +21,22 @@ import numpy as np
 import pandas as pd
 
 from kneelib.data.chen_kl import KLCohort, cohort_summary, load_chen_kl_cohort
-from kneelib.figures.grading import plot_confusion, plot_history, plot_kl_grad_cams, plot_metric_bars
-from kneelib.grade_kl import grade_kl_folder, model_path_for, save_kl_model
+from kneelib.figures.grading import (plot_confusion, plot_history, plot_kl_grad_cams, plot_metric_bars,
+                                     plot_reliability)
+from kneelib.grade_kl import grade_kl_folder, load_kl_grader, model_path_for, save_kl_model
 from kneelib.preprocess.knee_crops import prepare_images
-from kneelib.train.grading import set_determinism, train_kl_model
+from kneelib.train.grading import (KLRecipe, choose_kl_inference, ensemble_kl_probabilities, fit_kl_feature_density,
+                                   set_determinism, train_kl_folds, train_kl_model)
 from kneelib.train.grading_evaluation import evaluate_kl, kl_grad_cams
 
 __all__ = [
     "REAL_STUDY", "published", "KLCohort", "load_chen_kl_cohort", "cohort_summary", "prepare_images",
     "set_determinism", "train_kl_model", "evaluate_kl", "kl_grad_cams", "model_path_for", "save_kl_model",
     "grade_kl_folder", "plot_history", "plot_confusion", "plot_metric_bars", "plot_kl_grad_cams",
-    "kl_comparisons",
+    "kl_comparisons", "plot_reliability", "load_kl_grader", "KLRecipe", "train_kl_folds", "choose_kl_inference",
+    "ensemble_kl_probabilities", "fit_kl_feature_density", "DEVELOPMENT_CV", "training_knees", "cv_metrics",
+    "compare_recipes", "development_cv", "recipe_from_params", "chapter_folds", "model_file_for", "parameter_set",
+    "val_evaluation", "cached_grader_results", "build_demo_folder", "describe_params", "paper_summary",
 ]
 
 #: Name of the real-data notebook (metrics file, model folder, published values).
@@ -54,7 +59,7 @@ def published() -> dict:
 
 
 def kl_comparisons(table: pd.DataFrame, data: str, model_description: str = "single model",
-                   study: str = REAL_STUDY) -> list:
+                   study: str = REAL_STUDY, label: str | None = None) -> list:
     """Paper-vs-reproduced rows for the KL head (:class:`kneelib.report.Comparison`).
 
     Our held-out ``val`` numbers are set beside the paper's *test-set* numbers only
@@ -65,21 +70,23 @@ def kl_comparisons(table: pd.DataFrame, data: str, model_description: str = "sin
     from kneelib.report import Comparison
 
     test = published()["test"]
+    chen = published()["chen2019"]
+    prefix = f"{label}: " if label else ""
     model_rows = table[table["model"] == "model"].set_index("metric")
     note = (f"published on {test['measured_on']}; val is class-balanced (paper: MOST natural mix); "
             f"{model_description}, not the SE-ResNet/SE-ResNeXt ensemble")
     rows = []
     for metric, quantity in _TEST_QUANTITIES.items():
         est = model_rows.loc[metric]
-        rows.append(Comparison(study=study, quantity=quantity, published=test[metric],
+        rows.append(Comparison(study=study, quantity=prefix + quantity, published=test[metric],
                                reproduced=float(est["estimate"]), ci_low=float(est["ci_low"]),
                                ci_high=float(est["ci_high"]), source=test["source"], data=data, note=note))
-    for metric, label in (("accuracy", "KL accuracy"), ("mae", "KL mean absolute error")):
+    for metric, name in (("accuracy", "KL accuracy"), ("mae", "KL mean absolute error")):
         est = model_rows.loc[metric]
-        rows.append(Comparison(study=study, quantity=label, published=None,
+        rows.append(Comparison(study=study, quantity=prefix + name, published=chen[metric],
                                reproduced=float(est["estimate"]), ci_low=float(est["ci_low"]),
-                               ci_high=float(est["ci_high"]), source="not reported", data=data,
-                               note="asked for by the issue; the paper gives no value"))
+                               ci_high=float(est["ci_high"]), source=chen["source"], data=data,
+                               note=f"published: {chen['measured_on']}; paper 004 gives no value; {model_description}"))
     return rows
 
 
@@ -158,3 +165,158 @@ def compare_recipes(recipes: dict, n_folds: int = 3, seed: int = 0, out_csv=None
 def development_cv() -> pd.DataFrame:
     """The committed recipe comparison (:data:`DEVELOPMENT_CV`)."""
     return pd.read_csv(DEVELOPMENT_CV)
+
+
+def recipe_from_params(params: dict):
+    """The :class:`kneelib.train.grading.KLRecipe` of a chapter parameter set."""
+    from kneelib.train.grading import KLRecipe
+
+    return KLRecipe(backbone=params["backbone"], image_size=int(params["image_size"]),
+                    max_epochs=int(params["max_epochs"]), schedule=params["schedule"],
+                    imagenet=bool(params["imagenet"]), lr=float(params["lr"]), lr_mult=float(params["lr_mult"]),
+                    head_lr=float(params["head_lr"]), head_epochs=int(params["head_epochs"]),
+                    batch_size=int(params["batch_size"]), noise_std=float(params["noise_std"]),
+                    gamma_range=(float(params["gamma_low"]), float(params["gamma_high"])))
+
+
+def chapter_folds(cohort: KLCohort, n_folds: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Training knees and their held-out folds.
+
+    ``n_folds == 1``: one model; the internal validation subjects are fold 0 and the rest
+    ``-1`` (always trained on). ``n_folds >= 2``: subject-level K-fold over all training knees
+    (an ensemble of K models, each with its own held-out fold).
+    """
+    from kneelib.train.grading import kl_subject_folds
+
+    knees = training_knees(cohort)
+    if n_folds == 1:
+        folds = np.r_[np.full(len(cohort.train), -1), np.zeros(len(cohort.internal_val), dtype=int)]
+    elif n_folds >= 2:
+        folds = kl_subject_folds(knees["kl_grade"].to_numpy(), knees["subject_id"].to_numpy(), n_folds, seed)
+    else:
+        raise ValueError(f"n_folds must be >= 1, got {n_folds}")
+    return knees, folds
+
+
+def model_file_for(params: dict) -> Path:
+    """Where a parameter set's grader is saved (:func:`kneelib.grade_kl.model_path_for`)."""
+    return model_path_for(params["backbone"], int(params["image_size"]), int(params["max_epochs"]),
+                          int(params["seed"]), params.get("n_subjects"), n_models=max(1, int(params["n_folds"])))
+
+
+def parameter_set(name: str) -> dict:
+    """A committed parameter set of this chapter (``params/kl_real_radiographs/<name>.yaml``)."""
+    import yaml
+
+    return yaml.safe_load((DEVELOPMENT_CV.parent / f"{name}.yaml").read_text())
+
+
+def val_evaluation(probabilities: np.ndarray, cohort: KLCohort, cutpoints=None, n_boot: int = 1000,
+                   seed: int = 0) -> dict:
+    """:func:`evaluate_kl` of ``val`` probabilities, plus calibration (ECE, reliability table)."""
+    from kneelib.stats.calibration import expected_calibration_error, reliability_table
+
+    grades = cohort.val["kl_grade"].to_numpy()
+    result = evaluate_kl(grades, probabilities, cohort.train["kl_grade"].to_numpy(),
+                         subjects=cohort.val["subject_id"].to_numpy(), n_boot=n_boot, seed=seed, cutpoints=cutpoints)
+    result["ece"] = expected_calibration_error(probabilities, grades)
+    result["reliability"] = reliability_table(probabilities, grades)
+    return result
+
+
+def cached_grader_results(params: dict, cohort: KLCohort, n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """``val`` results of a saved grader (e.g. the ``paper`` one) when its file exists, else None.
+
+    The grader is applied exactly as ``grade-kl`` applies it (its saved input size,
+    mirroring, flip TTA, temperature and decoding).
+    """
+    from kneelib.grade_kl import load_kl_grader
+    from kneelib.train.grading import ensemble_kl_probabilities
+
+    path = model_file_for(params)
+    if not path.is_file():
+        return None
+    models, metadata = load_kl_grader(path)
+    size = int(metadata["image_size"])
+    images = prepare_images(cohort.val, size, metadata.get("mirror_side"), progress=False)
+    probabilities = ensemble_kl_probabilities(models, images, size, tta_flip=bool(metadata.get("tta_flip")),
+                                              temperature=float(metadata.get("temperature") or 1.0))
+    result = val_evaluation(probabilities, cohort, metadata.get("cutpoints"), n_boot, seed)
+    result.update(path=path, metadata=metadata, probabilities=probabilities)
+    return result
+
+
+def build_demo_folder(cohort: KLCohort, demo_dir: Path, per_grade: int = 2, seed: int = 0) -> dict:
+    """A folder a new user might grade: ``val`` knees under new names, and things that are not knees.
+
+    Writes two ``val`` knees per grade (``knee_<i>_<side>.png``), a damaged PNG, a DICOM
+    slice with Modality MR (a knee crop's pixels: refused for its modality) and a
+    non-radiograph PNG (a smooth synthetic pattern, to be flagged out of distribution).
+    Returns ``file name -> reference KL grade`` for the knees.
+    """
+    import shutil
+
+    from PIL import Image
+
+    demo_dir = Path(demo_dir)
+    (demo_dir / "knees").mkdir(parents=True, exist_ok=True)
+    reference = {}
+    for i, row in enumerate(cohort.val.groupby("kl_grade").head(per_grade).itertuples()):
+        name = f"knees/knee_{i:02d}_{row.side}.png"
+        shutil.copy(row.path, demo_dir / name)
+        reference[name] = int(row.kl_grade)
+    (demo_dir / "damaged_R.png").write_bytes(b"this is not a PNG")
+    with Image.open(cohort.val["path"].iloc[0]) as knee:
+        pixels = np.asarray(knee.convert("L"), dtype=np.uint16) * 16
+    _write_demo_dicom(demo_dir / "sagittal_mri_slice.dcm", pixels, modality="MR")
+    y, x = np.mgrid[0:224, 0:224] / 224.0
+    pattern = 127.5 * (1 + np.sin(12 * x) * np.cos(9 * y))
+    Image.fromarray(pattern.astype(np.uint8)).save(demo_dir / "not_a_knee_R.png")
+    return reference
+
+
+def _write_demo_dicom(path: Path, pixels: np.ndarray, modality: str) -> Path:
+    """A minimal single-frame secondary-capture DICOM (uint16 MONOCHROME2) with the given Modality."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path.name), modality])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = modality, "DEMO"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = np.asarray(pixels, dtype=np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def describe_params(params: dict) -> str:
+    """One line saying what a parameter set trains."""
+    k = max(1, int(params["n_folds"]))
+    members = "one model" if k == 1 else f"ensemble of {k} subject-level CV models"
+    return (f"{members}, {params['backbone']} {params['image_size']} px, {params['max_epochs']} epochs, "
+            f"{params['schedule']} schedule")
+
+
+def paper_summary(result: dict | None) -> str:
+    """A sentence on the cached ``paper`` grader's ``val`` results (or on its absence)."""
+    if result is None:
+        return ("No `paper` grader was in the cache for this run, so only the parameters above are "
+                "reported.")
+    row = result["table"][result["table"]["model"] == "model"].set_index("metric")
+    meta = result["metadata"]
+
+    def cell(metric):
+        est = row.loc[metric]
+        return f"{est['estimate']:.2f} [{est['ci_low']:.2f}, {est['ci_high']:.2f}]"
+
+    return (f"The cached `paper` grader ({describe_params(meta['params'])}; trained in "
+            f"{meta['train_seconds'] / 60:.0f} min on this machine's CPU) reaches a quadratic kappa of "
+            f"{cell('quadratic_kappa')}, a balanced accuracy of {cell('balanced_accuracy')}, an accuracy of "
+            f"{cell('accuracy')} and a mean absolute error of {cell('mae')} on `val`, with an expected "
+            f"calibration error of {result['ece']:.3f}.")
