@@ -305,8 +305,8 @@ if paper_result is None:
           f"(expected at <kneelib cache>/{study.model_file_for(paper_params).relative_to(cache_root()).as_posix()})")
 else:
     meta = paper_result["metadata"]
-    print(f"paper grader: {len(meta['params'])} parameters, training time {meta['train_seconds'] / 60:.1f} min; "
-          f"settings {meta['params']}")
+    print(f"paper grader: {study.describe_params(meta['params'])}; trained in {meta['train_seconds'] / 60:.1f} min; "
+          f"flip TTA {meta['tta_flip']}, temperature {meta['temperature']:.2f}, cut-points {meta['cutpoints']}")
     display(paper_result["table"].round(3))
     fig = study.plot_confusion(paper_result["confusion_percent"], paper_result["confusion_low"],
                                paper_result["confusion_high"], counts=paper_result["confusion"],

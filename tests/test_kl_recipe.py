@@ -133,3 +133,23 @@ def test_feature_density_flags_far_away_features_only():
     assert np.allclose(restored.score(far), density.score(far)) and restored.threshold == density.threshold
     with pytest.raises(ValueError, match="features must be"):
         density.score(far[:, :3])
+
+
+def test_chapter_folds_single_model_or_subject_level_cv():
+    from kneelib.data.chen_kl import KLCohort
+    from kneelib.papers import kl_real_radiographs as study
+
+    rng = np.random.default_rng(4)
+    table = pd.DataFrame({"subject_id": [f"{9000000 + i // 2}" for i in range(60)], "side": ["L", "R"] * 30,
+                          "kl_grade": rng.integers(0, 5, 60)})
+    table.attrs["qc"] = pd.DataFrame()
+    cohort = KLCohort(table.iloc[:48], table.iloc[48:], table.iloc[:0], pd.DataFrame())
+    knees, folds = study.chapter_folds(cohort, 1)
+    assert list(folds) == [-1] * 48 + [0] * 12 and len(knees) == 60
+    knees, folds = study.chapter_folds(cohort, 3)
+    assert set(folds) == {0, 1, 2} and (pd.Series(folds).groupby(knees["subject_id"]).nunique() == 1).all()
+    with pytest.raises(ValueError, match="n_folds"):
+        study.chapter_folds(cohort, 0)
+    params = study.parameter_set("smoke")
+    assert study.recipe_from_params(params).image_size == params["image_size"]
+    assert "one model" in study.describe_params(params) and "No `paper` grader" in study.paper_summary(None)
