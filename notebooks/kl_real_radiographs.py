@@ -37,6 +37,7 @@ lr = 0.003  # one-cycle peak of the heads; the backbone gets lr / lr_mult
 lr_mult = 3.0
 head_lr = 0.01
 head_epochs = 1
+frozen_blocks = 0  # stem + this many leading backbone blocks stay frozen (cheaper CPU steps)
 batch_size = 32
 n_folds = 1  # 1: one model and an internal split of train; K >= 2: ensemble of K subject-level CV models
 internal_fraction = 0.15  # share of training subjects held out when n_folds = 1
@@ -70,7 +71,7 @@ from kneelib.report import comparison_table, save_metrics
 notebook_start = time.perf_counter()
 params = dict(seed=seed, n_subjects=n_subjects, backbone=backbone, imagenet=imagenet, image_size=image_size,
               max_epochs=max_epochs, schedule=schedule, lr=lr, lr_mult=lr_mult, head_lr=head_lr,
-              head_epochs=head_epochs, batch_size=batch_size, n_folds=n_folds,
+              head_epochs=head_epochs, frozen_blocks=frozen_blocks, batch_size=batch_size, n_folds=n_folds,
               internal_fraction=internal_fraction, mirror_side=mirror_side, noise_std=noise_std,
               gamma_low=gamma_low, gamma_high=gamma_high, n_boot=n_boot, torch_threads=torch_threads)
 study.set_determinism(seed, threads=torch_threads)
@@ -140,7 +141,7 @@ plt.show()
 # %%
 development = study.development_cv()
 display(development[["recipe", "inference", "kappa", "kappa_cutpoints", "balanced_accuracy", "accuracy", "mae",
-                     "ece", "backbone", "image_size", "max_epochs", "schedule", "n_folds",
+                     "ece", "backbone", "image_size", "max_epochs", "schedule", "frozen_blocks", "n_folds", "n_knees",
                      "train_seconds"]].round(3))
 
 # %% [markdown]
@@ -154,8 +155,9 @@ display(development[["recipe", "inference", "kappa", "kappa_cutpoints", "balance
 # - **Training**: Adam, weight decay 1e-4, augmentation by a random crop, Gaussian noise and
 #   random gamma. The schedule (`finetune`) trains the new head alone for `head_epochs` at
 #   `head_lr`, then all layers with one cycle (warm-up, cosine annealing) and discriminative
-#   learning rates (`lr` for the head, `lr / lr_mult` for the backbone). The last epoch is kept;
-#   no epoch is selected on any held-out data.
+#   learning rates (`lr` for the head, `lr / lr_mult` for the backbone); with `frozen_blocks` > 0
+#   the stem and the first backbone blocks stay at their ImageNet weights, which makes a CPU step
+#   cheaper. The last epoch is kept; no epoch is selected on any held-out data.
 # - **Inference choices**, each decided on held-out `train` predictions (the `n_folds` CV folds, or
 #   the internal split when one model is trained): horizontal-flip test-time augmentation if it
 #   raises the held-out kappa; temperature scaling if a cross-fitted temperature lowers the held-out

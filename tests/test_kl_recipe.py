@@ -153,3 +153,28 @@ def test_chapter_folds_single_model_or_subject_level_cv():
     params = study.parameter_set("smoke")
     assert study.recipe_from_params(params).image_size == params["image_size"]
     assert "one model" in study.describe_params(params) and "No `paper` grader" in study.paper_summary(None)
+
+
+def test_frozen_prefix_keeps_the_stem_and_first_blocks_unchanged():
+    from dataclasses import replace
+
+    from kneelib.models.multitask import KL_ONLY, build_multitask_model
+    from kneelib.train.multitask import backbone_prefix
+
+    images, grades, _ = _graded_images(n=20, size=36)
+    recipe = replace(TINY, backbone="efficientnet_lite0", image_size=32, frozen_blocks=2)
+    torch.manual_seed(0)
+    reference = build_multitask_model("efficientnet_lite0", KL_ONLY, imagenet=False)
+    folds = np.where(np.arange(len(grades)) < 5, 0, -1)
+    trained = train_kl_folds(images, grades, folds, recipe, seed=0).models[0]
+    # same seed -> same initial weights: compare the frozen stem and an unfrozen late block
+    from kneelib.train.grading import set_determinism
+
+    set_determinism(0)
+    initial = build_multitask_model("efficientnet_lite0", KL_ONLY, imagenet=False)
+    assert torch.equal(initial.backbone.conv_stem.weight, trained.backbone.conv_stem.weight)
+    assert torch.equal(initial.backbone.bn1.running_mean, trained.backbone.bn1.running_mean)
+    assert not torch.equal(initial.backbone.blocks[-1][0].conv_pw.weight, trained.backbone.blocks[-1][0].conv_pw.weight)
+    assert len(backbone_prefix(reference, 3)) == 5
+    with pytest.raises(ValueError, match="n_blocks"):
+        backbone_prefix(reference, 99)

@@ -176,7 +176,8 @@ def recipe_from_params(params: dict):
                     imagenet=bool(params["imagenet"]), lr=float(params["lr"]), lr_mult=float(params["lr_mult"]),
                     head_lr=float(params["head_lr"]), head_epochs=int(params["head_epochs"]),
                     batch_size=int(params["batch_size"]), noise_std=float(params["noise_std"]),
-                    gamma_range=(float(params["gamma_low"]), float(params["gamma_high"])))
+                    gamma_range=(float(params["gamma_low"]), float(params["gamma_high"])),
+                    frozen_blocks=int(params.get("frozen_blocks", 0)))
 
 
 def chapter_folds(cohort: KLCohort, n_folds: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -299,8 +300,9 @@ def describe_params(params: dict) -> str:
     """One line saying what a parameter set trains."""
     k = max(1, int(params["n_folds"]))
     members = "one model" if k == 1 else f"ensemble of {k} subject-level CV models"
+    frozen = int(params.get("frozen_blocks", 0))
     return (f"{members}, {params['backbone']} {params['image_size']} px, {params['max_epochs']} epochs, "
-            f"{params['schedule']} schedule")
+            f"{params['schedule']} schedule" + (f", stem + {frozen} blocks frozen" if frozen else ""))
 
 
 def paper_summary(result: dict | None) -> str:

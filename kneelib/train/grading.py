@@ -232,7 +232,9 @@ class KLRecipe:
     ``schedule="finetune"``: :func:`kneelib.train.multitask.finetune_phases` (heads only
     for ``head_epochs`` at ``head_lr``, then one cycle over all layers, peak ``lr`` for the
     heads and ``lr / lr_mult`` for the backbone); ``"transfer"``/``"scratch"``: paper 004's
-    schedules. The last epoch's weights are kept (no epoch selection).
+    schedules. The last epoch's weights are kept (no epoch selection). ``frozen_blocks`` > 0
+    keeps the stem and that many leading backbone blocks frozen throughout
+    (:class:`kneelib.train.multitask.FrozenPrefix`), which makes a CPU step cheaper.
     """
 
     backbone: str = "efficientnet_lite0"
@@ -247,6 +249,7 @@ class KLRecipe:
     batch_size: int = 32
     noise_std: float = 0.03
     gamma_range: tuple = (0.7, 1.5)
+    frozen_blocks: int = 0
 
     def phases(self):
         """The training phases (:class:`kneelib.train.multitask.Phase`)."""
@@ -325,8 +328,8 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
         fastai's progress bars and per-epoch tables.
     """
     from kneelib.models.multitask import KL_ONLY, build_multitask_model
-    from kneelib.train.multitask import (AugmentationSettings, RadiographDataset, build_learner, fit_phases,
-                                         make_dataloaders, predict_probabilities)
+    from kneelib.train.multitask import (AugmentationSettings, FrozenPrefix, RadiographDataset, backbone_prefix,
+                                         build_learner, fit_phases, make_dataloaders, predict_probabilities)
 
     images = np.asarray(images)
     grades = np.asarray(grades).astype(int)
@@ -351,7 +354,8 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
                               augmentation=augmentation),
             RadiographDataset(images[test], grades[test], recipe.image_size, augment=False),
             batch_size=recipe.batch_size)
-        learn = build_learner(model, dls, monitor_task="kl")
+        frozen = backbone_prefix(model, recipe.frozen_blocks)
+        learn = build_learner(model, dls, monitor_task="kl", extra_cbs=[FrozenPrefix(frozen)] if frozen else None)
         history = fit_phases(learn, phases, restore_best=False, show_progress=show_progress)
         histories.append(history.assign(fold=fold))
         model.eval()

@@ -44,6 +44,8 @@ __all__ = [
     "predict_probabilities",
     "resize_for_crop",
     "pooled_features",
+    "FrozenPrefix",
+    "backbone_prefix",
 ]
 
 #: Target value of a grade that was not read (ignored by loss and metrics).
@@ -382,6 +384,54 @@ def finetune_phases(max_epochs: int = 10, head_epochs: int = 1, head_lr: float =
         phases.append(Phase("all layers (one cycle)", max_epochs - heads, lr, True, backbone_lr=lr / lr_mult,
                             one_cycle=True))
     return phases
+
+
+def backbone_prefix(model, n_blocks: int) -> list:
+    """The stem and the first ``n_blocks`` blocks of a timm EfficientNet-style backbone (``blocks``).
+
+    Raises
+    ------
+    ValueError
+        If the backbone has no ``conv_stem``/``blocks`` or fewer blocks than asked.
+    """
+    backbone = model.backbone
+    if not hasattr(backbone, "blocks") or not hasattr(backbone, "conv_stem"):
+        raise ValueError(f"backbone {type(backbone).__name__} has no conv_stem/blocks to freeze")
+    if not 0 <= n_blocks <= len(backbone.blocks):
+        raise ValueError(f"n_blocks must lie in 0..{len(backbone.blocks)}, got {n_blocks}")
+    if n_blocks == 0:
+        return []
+    return [backbone.conv_stem, backbone.bn1, *backbone.blocks[:n_blocks]]
+
+
+class FrozenPrefix(_callback_base()):
+    """Keep the stem and the first blocks of the backbone frozen in every phase (fastai callback).
+
+    The early, high-resolution blocks cost most of a CPU training step; with their weights
+    frozen (and their batch-norm statistics fixed: eval mode) no gradient flows through them,
+    and a step costs little more than a forward pass there. Runs after fastai's
+    ``freeze``/``unfreeze`` at the start of each ``fit``.
+    """
+
+    order = 5
+
+    def __init__(self, modules: list):
+        self.modules = list(modules)
+
+    def _apply(self):
+        for module in self.modules:
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+    def before_fit(self):
+        self._apply()
+
+    def before_epoch(self):
+        self._apply()
+
+    def before_train(self):
+        self._apply()
 
 
 def make_dataloaders(train_ds: RadiographDataset, valid_ds: RadiographDataset, batch_size: int = 32,
