@@ -39,8 +39,8 @@ head_lr = 0.01
 head_epochs = 1
 frozen_blocks = 0  # stem + this many leading backbone blocks stay frozen (cheaper CPU steps)
 batch_size = 32
-n_folds = 1  # 1: one model and an internal split of train; K >= 2: ensemble of K subject-level CV models
-internal_fraction = 0.15  # share of training subjects held out when n_folds = 1
+n_folds = 1  # 1 = one model and an internal split of train, K > 1 = ensemble of K subject-level CV models
+internal_fraction = 0.15  # share of training subjects held out (single model only)
 mirror_side = "L"  # left knees are mirrored to the right-knee orientation
 noise_std = 0.03
 gamma_low = 0.7
