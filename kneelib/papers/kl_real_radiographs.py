@@ -1,4 +1,4 @@
-"""Paper 004 -- Tiulpin & Saarakkala (2020), KL head on real knee radiographs (Chen et al. 2019 crops).
+"""Paper 004 -- Tiulpin & Saarakkala (2020), KL grader on real knee radiographs (Chen et al. 2019 crops).
 
 Composes the stage functions for ``notebooks/kl_real_radiographs.ipynb``; it holds no
 algorithm:
@@ -6,10 +6,16 @@ algorithm:
 - data: :mod:`kneelib.data.chen_kl` (subject-level train / internal validation / val;
   the subject is the OAI participant id of ``labels.csv``);
 - preprocessing (*Data Pre-processing*): :func:`kneelib.preprocess.knee_crops.prepare_images`;
-- training (*Training strategy*): :func:`kneelib.train.grading.train_kl_model`;
+- the recipe (issue 14): :class:`kneelib.train.grading.KLRecipe`, trained per held-out fold by
+  :func:`kneelib.train.grading.train_kl_folds` (one model with an internal split, or an
+  ensemble of subject-level CV models); flip TTA, temperature and decoding chosen on held-out
+  ``train`` predictions (:func:`kneelib.train.grading.choose_kl_inference`); the
+  out-of-distribution reference (:func:`kneelib.train.grading.fit_kl_feature_density`);
+- recipe comparison by cross-validation on ``train`` (:func:`compare_recipes`, records in
+  :data:`DEVELOPMENT_CV`);
 - statistics (*Test-set Performance*, Table 3): :func:`kneelib.train.grading_evaluation.evaluate_kl`,
-  subject-level bootstrap CIs;
-- the saved model and ``grade-kl``: :mod:`kneelib.grade_kl`;
+  subject-level bootstrap CIs; calibration: :mod:`kneelib.stats.calibration`;
+- the saved grader and ``grade-kl``: :mod:`kneelib.grade_kl`;
 - figures: :mod:`kneelib.figures.grading`;
 - published values: ``book/published.yml`` (``values: kl_real_radiographs``).
 """
