@@ -198,7 +198,7 @@ plt.show()
 choices = study.choose_kl_inference(trained, knees["kl_grade"].to_numpy(), knees["subject_id"].to_numpy(),
                                     seed=seed)
 display(choices.table.round(3))
-density = study.fit_kl_feature_density(trained, train_images, image_size, seed=seed)
+density = study.fit_kl_feature_density(trained, train_images, image_size, max_reference=800, seed=seed)
 print(f"flip TTA: {choices.tta_flip}; temperature: {choices.temperature:.2f}; cut-points: {choices.cutpoints}; "
       f"out-of-distribution threshold: {density.threshold:.2f}")
 
@@ -206,8 +206,9 @@ print(f"flip TTA: {choices.tta_flip}; temperature: {choices.temperature:.2f}; cu
 # ### Agreement on the untouched `val` split
 
 # %%
-val_probabilities = study.ensemble_kl_probabilities(trained.models, val_images, image_size,
-                                                    tta_flip=choices.tta_flip, temperature=choices.temperature)
+raw_probabilities = study.ensemble_kl_probabilities(trained.models, val_images, image_size,
+                                                    tta_flip=choices.tta_flip)
+val_probabilities = study.apply_temperature(raw_probabilities, choices.temperature)
 evaluation = study.val_evaluation(val_probabilities, cohort, choices.cutpoints, n_boot=n_boot, seed=seed)
 agreement = evaluation["table"]
 display(agreement.round(3))
@@ -227,8 +228,6 @@ plt.show()
 # (a temperature of one means scaling was not chosen, and both lines coincide).
 
 # %%
-raw_probabilities = study.ensemble_kl_probabilities(trained.models, val_images, image_size,
-                                                    tta_flip=choices.tta_flip)
 raw = study.val_evaluation(raw_probabilities, cohort, n_boot=10, seed=seed)
 labels = {"softmax": raw, f"temperature {choices.temperature:.2f}": evaluation}
 fig = study.plot_reliability({k: v["reliability"] for k, v in labels.items()}, {k: v["ece"] for k, v in labels.items()},

@@ -31,6 +31,7 @@ from kneelib.figures.grading import (plot_confusion, plot_history, plot_kl_grad_
                                      plot_reliability)
 from kneelib.grade_kl import grade_kl_folder, load_kl_grader, model_path_for, save_kl_model
 from kneelib.preprocess.knee_crops import prepare_images
+from kneelib.stats.calibration import apply_temperature
 from kneelib.train.grading import (KLRecipe, choose_kl_inference, ensemble_kl_probabilities, fit_kl_feature_density,
                                    set_determinism, train_kl_folds, train_kl_model)
 from kneelib.train.grading_evaluation import evaluate_kl, kl_grad_cams
@@ -43,6 +44,7 @@ __all__ = [
     "ensemble_kl_probabilities", "fit_kl_feature_density", "DEVELOPMENT_CV", "training_knees", "cv_metrics",
     "compare_recipes", "development_cv", "recipe_from_params", "chapter_folds", "model_file_for", "parameter_set",
     "val_evaluation", "cached_grader_results", "build_demo_folder", "describe_params", "paper_summary",
+    "apply_temperature",
 ]
 
 #: Name of the real-data notebook (metrics file, model folder, published values).
