@@ -30,14 +30,14 @@ seed = 0
 n_subjects = None  # training subjects to keep, stratified by grade (None: all)
 backbone = "efficientnet_lite0"
 imagenet = True
-image_size = 160  # network input (random crop of a 310/300 larger image)
-max_epochs = 8
+image_size = 128  # network input (random crop of a 310/300 larger image)
+max_epochs = 4
 schedule = "finetune"  # "finetune" (heads, then one cycle), "transfer" or "scratch" (paper 004)
 lr = 0.003  # one-cycle peak of the heads; the backbone gets lr / lr_mult
 lr_mult = 3.0
 head_lr = 0.01
 head_epochs = 1
-frozen_blocks = 0  # stem + this many leading backbone blocks stay frozen (cheaper CPU steps)
+frozen_blocks = 3  # stem + this many leading backbone blocks stay frozen (cheaper CPU steps)
 batch_size = 32
 n_folds = 1  # 1 = one model and an internal split of train, K > 1 = ensemble of K subject-level CV models
 internal_fraction = 0.15  # share of training subjects held out (single model only)
