@@ -140,9 +140,7 @@ plt.show()
 
 # %%
 development = study.development_cv()
-display(development[["recipe", "inference", "kappa", "kappa_cutpoints", "balanced_accuracy", "accuracy", "mae",
-                     "ece", "backbone", "image_size", "max_epochs", "schedule", "frozen_blocks", "n_folds", "n_knees",
-                     "train_seconds"]].round(3))
+display(development.round(3))
 
 # %% [markdown]
 # ## Method

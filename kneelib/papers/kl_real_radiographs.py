@@ -170,9 +170,18 @@ def compare_recipes(recipes: dict, n_folds: int = 3, seed: int = 0, out_csv=None
     return pd.DataFrame(rows)
 
 
+#: Columns of :data:`DEVELOPMENT_CV` the chapter shows.
+DEVELOPMENT_COLUMNS = ["recipe", "inference", "kappa", "kappa_cutpoints", "balanced_accuracy", "accuracy", "mae",
+                       "ece", "backbone", "image_size", "max_epochs", "schedule", "frozen_blocks", "n_folds",
+                       "n_knees", "train_seconds"]
+
+
 def development_cv() -> pd.DataFrame:
-    """The committed recipe comparison (:data:`DEVELOPMENT_CV`)."""
-    return pd.read_csv(DEVELOPMENT_CV)
+    """The committed recipe comparison (:data:`DEVELOPMENT_CV`); an empty table when there is none yet."""
+    if not DEVELOPMENT_CV.is_file():
+        return pd.DataFrame(columns=DEVELOPMENT_COLUMNS)
+    table = pd.read_csv(DEVELOPMENT_CV)
+    return table.reindex(columns=DEVELOPMENT_COLUMNS)
 
 
 def recipe_from_params(params: dict):
