@@ -16,7 +16,8 @@ __all__ = ["plot_history", "plot_confusion", "plot_metric_bars", "plot_kl_grad_c
            "plot_binary_curves", "plot_pointing_examples", "plot_localisation", "plot_reliability"]
 
 
-def plot_history(history: pd.DataFrame, best_epoch: int | None = None):
+def plot_history(history: pd.DataFrame, best_epoch: int | None = None,
+                 metric_title: str = "internal validation (model selection)"):
     """Training curves: losses and internal-validation kappa/balanced accuracy per epoch."""
     import matplotlib.pyplot as plt
 
@@ -31,12 +32,12 @@ def plot_history(history: pd.DataFrame, best_epoch: int | None = None):
     if best_epoch is not None:
         ax_metric.axvline(best_epoch, color="grey", ls="--", label=f"selected epoch {best_epoch}")
     for epoch, lr in zip(history["epoch"], history["lr"]):
-        ax_metric.annotate(f"{lr:g}", (epoch, 0.02), ha="center", fontsize=7, color="grey")
+        ax_metric.annotate(f"{lr:.2g}", (epoch, 0.02), ha="center", fontsize=7, color="grey")
     for ax in (ax_loss, ax_metric):
         ax.set_xticks(list(history["epoch"]))
     ax_metric.set_ylim(0, 1)
     ax_metric.set_xlabel("epoch (grey: learning rate)")
-    ax_metric.set_title("internal validation (model selection)")
+    ax_metric.set_title(metric_title)
     ax_metric.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
