@@ -185,7 +185,8 @@ display(trained.history.round(4))
 # to stop or select.
 
 # %%
-fig = study.plot_history(trained.history[trained.history["fold"] == trained.history["fold"].min()])
+fig = study.plot_history(trained.history[trained.history["fold"] == trained.history["fold"].min()],
+                         metric_title="held-out rows (watched, never used to select)")
 fig.savefig(figure_dir / "history.png", dpi=100)
 plt.show()
 
@@ -239,7 +240,8 @@ glue("temperature", choices.temperature, display=False)
 # %% [markdown]
 # ### Where the KL head looks (Grad-CAM)
 #
-# Grad-CAM of the predicted grade's score on the last convolutional block (first model), for
+# Grad-CAM of the arg-max grade's score (titles: the arg-max grade, which can differ from the
+# reported grade when cut-points decode the expected grade) on the last convolutional block (first model), for
 # validation knees of every grade. The maps are coarse: the backbone's last block has a stride of
 # 32, so an `image_size` input gives a {glue:text}`cam_grid` grid.
 
