@@ -260,8 +260,10 @@ plt.show()
 # out-of-distribution reference (features of training knees, threshold at the 99.5th percentile
 # of held-out training knees). `python -m kneelib grade-kl --model FILE --images DIR --out CSV`
 # grades a folder as a new user would: here validation knees under new names, a damaged file, an
-# MRI slice stored as DICOM (Modality MR: refused), and a synthetic pattern that is no radiograph
-# (flagged out of distribution, not graded).
+# MRI slice stored as DICOM (Modality MR: refused), and a synthetic pattern that is no radiograph.
+# Whether the pattern is flagged out of distribution is read from the table (`out_of_distribution`):
+# the feature-distance score is a screen against inputs unlike the training knees, not a guarantee,
+# and a pattern whose pooled features happen to resemble a knee's is graded like one.
 
 # %%
 model_file = study.model_file_for(params)
