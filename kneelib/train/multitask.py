@@ -395,12 +395,12 @@ def backbone_prefix(model, n_blocks: int) -> list:
         If the backbone has no ``conv_stem``/``blocks`` or fewer blocks than asked.
     """
     backbone = model.backbone
+    if n_blocks == 0:
+        return []
     if not hasattr(backbone, "blocks") or not hasattr(backbone, "conv_stem"):
         raise ValueError(f"backbone {type(backbone).__name__} has no conv_stem/blocks to freeze")
     if not 0 <= n_blocks <= len(backbone.blocks):
         raise ValueError(f"n_blocks must lie in 0..{len(backbone.blocks)}, got {n_blocks}")
-    if n_blocks == 0:
-        return []
     return [backbone.conv_stem, backbone.bn1, *backbone.blocks[:n_blocks]]
 
 
