@@ -82,12 +82,22 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_grade_kl(args: argparse.Namespace) -> int:
-    from kneelib.grade_kl import grade_kl_folder
+    from kneelib.grade_kl import KLModelError, grade_kl_folder
 
-    table = grade_kl_folder(model_path=args.model, images_dir=args.images, out_csv=args.out)
+    try:
+        table = grade_kl_folder(model_path=args.model, images_dir=args.images, out_csv=args.out,
+                                gradcam_dir=args.gradcam, grade_out_of_distribution=args.grade_ood,
+                                progress=not args.quiet)
+    except (FileNotFoundError, KLModelError) as err:
+        print(f"grade-kl: {err}", file=sys.stderr)
+        return 2
     failed = int((table["error"].fillna("") != "").sum())
-    unread = f" ({failed} could not be read: see the 'error' column)" if failed else ""
-    print(f"graded {len(table)} images -> {args.out}{unread}")
+    flagged = int(table["out_of_distribution"].fillna(False).sum())
+    notes = [f"{failed} not graded: see the 'error' column"] if failed else []
+    if flagged:
+        notes.append(f"{flagged} out of distribution: see 'ood_score'"
+                     + ("" if args.grade_ood else "; left ungraded (--grade-ood grades them)"))
+    print(f"graded {len(table)} images -> {args.out}" + (f" ({'; '.join(notes)})" if notes else ""))
     return 0
 
 
@@ -149,10 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--yes", action="store_true", help="prune: delete (without it, only show)")
     store.set_defaults(func=_cmd_cache)
 
-    grade = sub.add_parser("grade-kl", help="grade a folder of knee images (PNG/DICOM) into a CSV")
-    grade.add_argument("--model", required=True, help="trained model file (.pt)")
-    grade.add_argument("--images", required=True, help="folder of knee images")
+    grade = sub.add_parser("grade-kl", help="grade a folder of knee crops (PNG/JPEG/DICOM) into a CSV")
+    grade.add_argument("--model", required=True, help="KL grader file (.pt) written by the kl_real_radiographs chapter")
+    grade.add_argument("--images", required=True, help="folder of knee-joint crops (searched recursively)")
     grade.add_argument("--out", required=True, help="CSV to write")
+    grade.add_argument("--gradcam", default=None, metavar="DIR", help="write a Grad-CAM overlay per image here")
+    grade.add_argument("--grade-ood", action="store_true",
+                       help="also grade images flagged as out of distribution (default: flag, no grade)")
+    grade.add_argument("--quiet", action="store_true", help="no progress bar")
     grade.set_defaults(func=_cmd_grade_kl)
     return parser
 

@@ -1,8 +1,10 @@
 """KL grading of a folder of knee images with a saved model: ``python -m kneelib grade-kl``.
 
-Inference side of paper 004 (Tiulpin & Saarakkala 2020): a KL model trained by
-:func:`kneelib.train.grading.train_kl_model` is saved with the preprocessing settings
-it was trained with (:func:`save_kl_model`); :func:`grade_kl_folder` prepares every
+Inference side of paper 004 (Tiulpin & Saarakkala 2020): a KL model or ensemble trained by
+:func:`kneelib.train.grading.train_kl_folds` is saved with the preprocessing and inference
+settings it was trained and calibrated with (:func:`save_kl_model`: mirroring, input size,
+flip TTA, temperature, decoding, the out-of-distribution feature reference);
+:func:`grade_kl_folder` prepares every
 image under a folder the same way (*Data Pre-processing*: histogram clipping, resize,
 central crop, global contrast normalisation, mirroring of one side) and writes one CSV
 row per file. A file that cannot be read or decoded (not an image, a truncated or
@@ -19,44 +21,126 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["model_path_for", "save_kl_model", "side_from_name", "candidate_files", "grade_kl_folder"]
+__all__ = ["KL_GRADER_FORMAT", "RADIOGRAPH_MODALITIES", "KLModelError", "model_path_for", "save_kl_model",
+           "load_kl_grader", "side_from_name", "dicom_side_and_modality", "candidate_files", "grade_kl_folder"]
 
 #: Default study folder of saved KL models in the cache.
 KL_MODEL_STUDY = "kl_real_radiographs"
 
 
 def model_path_for(backbone: str, image_size: int, max_epochs: int, seed: int,
-                   n_subjects: int | None = None, study: str = KL_MODEL_STUDY) -> Path:
-    """``<cache>/models/<study>/kl_<backbone>_<size>px_<epochs>ep_<subjects>_seed<seed>.pt``."""
+                   n_subjects: int | None = None, study: str = KL_MODEL_STUDY, n_models: int = 1) -> Path:
+    """``<cache>/models/<study>/kl2_<backbone>_<size>px_<epochs>ep_<subjects>_x<models>_seed<seed>.pt``."""
     from kneelib.config import cache_root
 
     subjects = "all" if n_subjects is None else f"{n_subjects}subj"
-    return cache_root() / "models" / study / f"kl_{backbone}_{image_size}px_{max_epochs}ep_{subjects}_seed{seed}.pt"
+    return (cache_root() / "models" / study
+            / f"kl2_{backbone}_{image_size}px_{max_epochs}ep_{subjects}_x{n_models}_seed{seed}.pt")
+
+
+#: Format tag of a KL grader file; :func:`load_kl_grader` refuses any other.
+KL_GRADER_FORMAT = "kneelib.kl_grader/2"
+
+#: Modalities of projection radiographs (DICOM Modality); any other DICOM is refused.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "RG")
+
+
+class KLModelError(ValueError):
+    """A KL grader file that cannot be used: not a grader, another version, no KL head.
+
+    Attributes
+    ----------
+    path : Path
+    reason : str
+    """
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{self.path}: {reason}")
 
 
 def save_kl_model(model, path, image_size: int, mirror_side: str | None, extra: dict | None = None) -> Path:
-    """Save the KL model with everything :func:`grade_kl_folder` needs to prepare images.
+    """Save a KL model (or an ensemble) with everything :func:`grade_kl_folder` needs.
 
     Parameters
     ----------
-    model : MultiTaskNet
-        A network with a ``kl`` head.
+    model : MultiTaskNet or list of MultiTaskNet
+        Networks with a ``kl`` head and the same backbone; a list is an ensemble whose
+        softmax outputs are averaged.
     path : path
-        Target ``.pt`` file.
+        Target ``.pt`` file (written atomically).
     image_size : int
         Network input (the central crop of a ``resize_for_crop(image_size)`` image).
     mirror_side : {"L", "R", None}
         The side mirrored in training (paper 004 mirrors one side), or ``None``.
     extra : dict, optional
-        More metadata (e.g. the chapter's parameters).
+        More metadata: ``tta_flip`` (bool), ``temperature`` (float), ``cutpoints`` (4
+        floats or None), ``feature_density`` (:meth:`kneelib.stats.feature_density.FeatureDensity.to_dict`),
+        the chapter's parameters ...
     """
-    from kneelib.models.multitask import save_checkpoint
+    import torch
+
     from kneelib.train.multitask import resize_for_crop
 
+    members = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not members:
+        raise ValueError("save_kl_model needs at least one model")
+    first = members[0]
+    if "kl" not in first.tasks or any(m.backbone_name != first.backbone_name for m in members):
+        raise ValueError("every member needs a 'kl' head and the same backbone")
     metadata = {"image_size": int(image_size), "resize_to": resize_for_crop(image_size),
                 "mirror_side": mirror_side, "low_percentile": 5.0, "high_percentile": 99.0,
+                "tta_flip": False, "temperature": 1.0, "cutpoints": None, "feature_density": None,
                 "paper": "Tiulpin & Saarakkala 2020 (paper 004)", **(extra or {})}
-    return save_checkpoint(model, path, metadata)
+    payload = {"format": KL_GRADER_FORMAT, "backbone": first.backbone_name,
+               "task_classes": dict(first.task_classes), "dropout": first.dropout_p,
+               "members": [{k: v.detach().cpu() for k, v in m.state_dict().items()} for m in members],
+               "metadata": metadata}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_kl_grader(path) -> tuple[list, dict]:
+    """Load a file written by :func:`save_kl_model`: ``(models in eval mode, metadata)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist (the message says how to make one).
+    KLModelError
+        If it is not a KL grader file of this version (e.g. a model saved by an older
+        kneelib, format ``kneelib.multitask/1``), or has no KL head.
+    """
+    import torch
+
+    from kneelib.models.multitask import MultiTaskNet
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model file not found: {path}; train one with `python -m kneelib run kl_real_radiographs "
+            f"--params paper` (or default), which saves it under <KNEELIB_CACHE>/models/{KL_MODEL_STUDY}/")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 -- pickle/zip errors of a foreign or damaged file
+        raise KLModelError(path, f"not a readable kneelib model file ({type(err).__name__}: {err})") from err
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found != KL_GRADER_FORMAT:
+        raise KLModelError(path, f"model file of another version: format {found!r}, this kneelib reads "
+                                 f"{KL_GRADER_FORMAT!r}; re-run the kl_real_radiographs chapter to write a new one")
+    if "kl" not in payload["task_classes"]:
+        raise KLModelError(path, f"no KL head (heads: {list(payload['task_classes'])})")
+    models = []
+    for state in payload["members"]:
+        model = MultiTaskNet(backbone=payload["backbone"], tasks=payload["task_classes"],
+                             dropout=payload.get("dropout", 0.5))
+        model.load_state_dict(state)
+        models.append(model.eval())
+    return models, dict(payload["metadata"])
 
 
 _SIDE_PATTERN = re.compile(r"(?:^|[^A-Za-z])([LR])$|\d([LR])$", re.IGNORECASE)
@@ -84,6 +168,40 @@ def candidate_files(images_dir: str | Path) -> list[Path]:
     return files
 
 
+def dicom_side_and_modality(path: Path) -> tuple[str | None, str]:
+    """``(side, modality)`` from a DICOM header (read without the pixel data).
+
+    The side is ``ImageLaterality`` or else ``Laterality`` when it is ``L`` or ``R``
+    (``B``, bilateral, or absent: ``None``); the modality is ``Modality`` (``""`` when absent).
+
+    Raises
+    ------
+    kneelib.data.radiograph.RadiographReadError
+        If the header cannot be read.
+    """
+    import pydicom
+
+    from kneelib.data.radiograph import RadiographReadError
+
+    try:
+        header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+    except Exception as err:  # noqa: BLE001 -- any parser failure is an unreadable file
+        raise RadiographReadError(path, f"unreadable DICOM header ({type(err).__name__}: {err})") from err
+    side = None
+    for keyword in ("ImageLaterality", "Laterality"):
+        value = str(header.get(keyword, "") or "").strip().upper()
+        if value in ("L", "R"):
+            side = value
+            break
+    return side, str(header.get("Modality", "") or "").strip().upper()
+
+
+def _is_dicom_path(path: Path) -> bool:
+    from kneelib.preprocess.radiograph import IMAGE_SUFFIXES
+
+    return path.suffix.lower() not in IMAGE_SUFFIXES
+
+
 def _prepare_one(path: Path, metadata: dict, side: str | None, image_size: int) -> np.ndarray:
     """Read and prepare one file as in training (uint8); raises on anything unreadable."""
     from kneelib.preprocess.radiograph import prepare_knee_image, read_knee_image
@@ -98,19 +216,46 @@ def _prepare_one(path: Path, metadata: dict, side: str | None, image_size: int) 
     return np.round(image * 255).astype(np.uint8)
 
 
-def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32) -> pd.DataFrame:
-    """Grade every knee image (PNG/JPEG/TIFF or DICOM) under a folder with a saved KL model.
+def _write_overlay(path: Path, image: np.ndarray, cam: np.ndarray, title: str) -> None:
+    """A PNG of the network input with its Grad-CAM (jet, 45% opacity) and a one-line title."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from kneelib.explain.gradcam import upsample_cams
+
+    heat = upsample_cams(cam[None], image.shape)[0]
+    fig, ax = plt.subplots(figsize=(3.2, 3.4))
+    ax.imshow(image, cmap="gray")
+    ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, gradcam_dir=None,
+                    grade_out_of_distribution: bool = False, progress: bool = False) -> pd.DataFrame:
+    """Grade every knee image (PNG/JPEG/TIFF or DICOM) under a folder with a saved KL grader.
 
     The images must be knee-joint crops like the training data (no localisation is
     run). Each is prepared exactly as in training (histogram clipping, resize, central
-    crop, global contrast normalisation; mirroring when the model was trained with
-    it and the file name ends in L/R).
+    crop, global contrast normalisation; mirroring when the model was trained with it and
+    the side is known) and graded by the saved model or ensemble with its saved inference
+    settings (flip TTA, temperature, arg-max or cut-points on the expected grade).
 
-    A file that cannot be read gives a row with its ``error`` (exception type and
-    message: a :class:`~kneelib.data.errors.KneelibDataError` from the reader for an
-    undecodable, compressed-without-decoder or malformed DICOM, an image-library error
-    for a broken PNG, or any other exception the decoders raise) and no grade; the
-    run goes on with the next file. Only ``KeyboardInterrupt``/``SystemExit`` stop it.
+    - **Side**: the DICOM ``ImageLaterality``/``Laterality`` when it says L or R, else the
+      file name (ending in L/R), else ``unknown``.
+    - **Not a radiograph**: a DICOM file whose ``Modality`` is not CR, DX or RG (an MRI
+      slice, a CT) is refused with an error row.
+    - **Out of distribution**: when the model file holds a feature reference
+      (:mod:`kneelib.stats.feature_density`), every image gets an ``ood_score`` (distance
+      of its features from the training knees'); above the saved threshold it is flagged
+      (``out_of_distribution``) and left ungraded unless ``grade_out_of_distribution``.
+    - **Unreadable files**: a row with its ``error`` (exception type and message) and no
+      grade; the run goes on. Only ``KeyboardInterrupt``/``SystemExit`` stop it.
 
     Parameters
     ----------
@@ -122,41 +267,58 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32) 
     out_csv : path, optional
         Where to write the table (parent folders are created).
     batch_size : int
+    gradcam_dir : path, optional
+        Write a Grad-CAM overlay of the KL head (first ensemble member, explained grade =
+        the reported grade) per graded image, as ``<file>.gradcam.png`` mirroring the folder tree.
+    grade_out_of_distribution : bool
+        Also grade flagged images (the flag stays).
+    progress : bool
+        Progress bar over the files.
 
     Returns
     -------
     DataFrame
         ``file`` (relative to ``images_dir``), ``kl_grade`` (nullable int),
-        ``p_kl0`` ... ``p_kl4``, ``side``, ``error`` (empty when graded).
+        ``p_kl0`` ... ``p_kl4``, ``side``, ``ood_score``, ``out_of_distribution``
+        (nullable bool), ``error`` (empty when graded).
 
     Raises
     ------
     FileNotFoundError
         If the model file or the folder does not exist.
-    ValueError
-        If the model has no KL head.
+    KLModelError
+        If the model file is not a KL grader of this version.
     """
     import torch
+    from tqdm.auto import tqdm
 
-    from kneelib.models.multitask import load_checkpoint
-    from kneelib.train.multitask import predict_probabilities
+    from kneelib.stats.calibration import apply_temperature
+    from kneelib.stats.feature_density import FeatureDensity
+    from kneelib.stats.ordinal import decode_grades
+    from kneelib.train.multitask import pooled_features, predict_probabilities
 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {images_dir}")
-    model, metadata = load_checkpoint(model_path)
-    if "kl" not in model.tasks:
-        raise ValueError(f"{model_path} has no KL head (heads: {list(model.tasks)})")
+    models, metadata = load_kl_grader(model_path)
     image_size = int(metadata.get("image_size", 224))
-    n_grades = model.task_classes["kl"]
+    n_grades = models[0].task_classes["kl"]
+    density = FeatureDensity.from_dict(metadata["feature_density"]) if metadata.get("feature_density") else None
 
     rows, stack, stack_rows = [], [], []
-    for path in candidate_files(images_dir):
+    for path in tqdm(candidate_files(images_dir), desc="reading images", disable=not progress):
         side = side_from_name(path)
         row = {"file": str(path.relative_to(images_dir)), "kl_grade": pd.NA,
                **{f"p_kl{g}": np.nan for g in range(n_grades)},
-               "side": side or "unknown", "error": ""}
+               "side": side or "unknown", "ood_score": np.nan, "out_of_distribution": pd.NA, "error": ""}
         try:
+            if _is_dicom_path(path):
+                dicom_side, modality = dicom_side_and_modality(path)
+                if modality not in RADIOGRAPH_MODALITIES:
+                    raise ValueError(f"DICOM Modality {modality or '(missing)'!r} is not a radiograph "
+                                     f"({'/'.join(RADIOGRAPH_MODALITIES)}); not graded")
+                side = dicom_side or side
+                row["side"] = side or "unknown"
             stack.append(_prepare_one(path, metadata, side, image_size))
         except Exception as err:  # noqa: BLE001 -- one bad file is one error row, never the end of the run
             row["error"] = f"{type(err).__name__}: {err}"
@@ -164,18 +326,58 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32) 
             stack_rows.append(len(rows))
         rows.append(row)
     if stack:
+        images = np.stack(stack)
         with torch.no_grad():
-            probabilities = predict_probabilities(model, np.stack(stack), image_size,
-                                                  batch_size=batch_size)["kl"]
-        for row_index, p in zip(stack_rows, probabilities):
-            rows[row_index]["kl_grade"] = int(np.argmax(p))
+            probabilities = np.mean([predict_probabilities(m, images, image_size, batch_size=batch_size,
+                                                           tta_flip=bool(metadata.get("tta_flip")),
+                                                           progress=progress)["kl"] for m in models], axis=0)
+        temperature = float(metadata.get("temperature") or 1.0)
+        if temperature != 1.0:
+            probabilities = apply_temperature(probabilities, temperature)
+        grades = decode_grades(probabilities, metadata.get("cutpoints"))
+        flagged = np.zeros(len(images), dtype=bool)
+        if density is not None:
+            scores = density.score(pooled_features(models[0], images, image_size, batch_size=batch_size))
+            flagged = scores > density.threshold
+        for k, (row_index, p) in enumerate(zip(stack_rows, probabilities)):
+            row = rows[row_index]
             for g in range(n_grades):
-                rows[row_index][f"p_kl{g}"] = float(p[g])
+                row[f"p_kl{g}"] = float(p[g])
+            if density is not None:
+                row["ood_score"] = float(scores[k])
+                row["out_of_distribution"] = bool(flagged[k])
+            if not flagged[k] or grade_out_of_distribution:
+                row["kl_grade"] = int(grades[k])
+        if gradcam_dir is not None:
+            _write_grad_cams(models[0], images, image_size, [rows[i] for i in stack_rows], Path(gradcam_dir))
     table = pd.DataFrame(rows, columns=["file", "kl_grade", *[f"p_kl{g}" for g in range(n_grades)],
-                                        "side", "error"])
+                                        "side", "ood_score", "out_of_distribution", "error"])
     table["kl_grade"] = table["kl_grade"].astype("Int64")
+    table["out_of_distribution"] = table["out_of_distribution"].astype("boolean")
     if out_csv is not None:
         out_csv = Path(out_csv)
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out_csv, index=False)
     return table
+
+
+def _write_grad_cams(model, images: np.ndarray, image_size: int, rows: list, out_dir: Path,
+                     batch_size: int = 16) -> None:
+    """Grad-CAM overlays of the graded rows (explained grade: the reported one, else the arg-max)."""
+    import torch
+
+    from kneelib.explain.gradcam import grad_cam
+    from kneelib.train.multitask import RadiographDataset
+
+    dataset = RadiographDataset(images, np.zeros((len(images), 1), dtype=np.int64), image_size, augment=False)
+    for start in range(0, len(images), batch_size):
+        chunk = range(start, min(start + batch_size, len(images)))
+        batch = torch.stack([dataset.image_tensor(i) for i in chunk])
+        targets = [int(rows[i]["kl_grade"]) if not pd.isna(rows[i]["kl_grade"]) else
+                   int(np.argmax([rows[i][f"p_kl{g}"] for g in range(5)])) for i in chunk]
+        cams, explained = grad_cam(model, batch, "kl", target_grades=targets)
+        for i, cam, grade, tensor in zip(chunk, cams, explained, batch):
+            row = rows[i]
+            title = f"{Path(row['file']).name}: KL {grade}" + (" (out of distribution)"
+                                                            if row["out_of_distribution"] is True else "")
+            _write_overlay(out_dir / f"{row['file']}.gradcam.png", tensor[0].numpy(), cam, title)

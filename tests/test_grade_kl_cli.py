@@ -128,7 +128,7 @@ def test_real_chen_table():
     assert not set(table.loc[table.split == "train", "oai_id"]) & set(table.loc[table.split == "val", "oai_id"])
 
 
-def _dicom(path, pixels, transfer_syntax=None, pixel_data=None):
+def _dicom(path, pixels, transfer_syntax=None, pixel_data=None, modality="CR", laterality=None):
     """A minimal secondary-capture DICOM of ``pixels`` (uint16), optionally with other pixel bytes."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -139,7 +139,9 @@ def _dicom(path, pixels, transfer_syntax=None, pixel_data=None):
     meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "9000001"
+    ds.Modality, ds.PatientID = modality, "9000001"
+    if laterality is not None:
+        ds.ImageLaterality = laterality
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -244,3 +246,57 @@ def test_sparse_grades_are_merged_with_a_neighbour_so_splits_do_not_warn(recwarn
     table = pd.DataFrame({"subject_id": subjects, "kl_grade": grades})
     carve_internal_validation(table, 0.34, seed=0)
     assert not [w for w in recwarn if "least populated" in str(w.message)]
+
+
+def test_non_radiograph_dicom_is_refused_and_dicom_laterality_gives_the_side(tmp_path, kl_model):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    pixels = np.random.default_rng(3).integers(0, 4096, (48, 48)).astype(np.uint16)
+    _dicom(folder / "sagittal_slice.dcm", pixels, modality="MR")
+    _dicom(folder / "knee.dcm", pixels, modality="DX", laterality="L")
+    _dicom(folder / "named_R.dcm", pixels, modality="RG")
+    table = grade_kl_folder(kl_model, folder).set_index("file")
+    assert "Modality 'MR'" in table.loc["sagittal_slice.dcm", "error"]
+    assert pd.isna(table.loc["sagittal_slice.dcm", "kl_grade"])
+    assert table.loc["knee.dcm", "side"] == "L" and table.loc["knee.dcm", "error"] == ""
+    assert table.loc["named_R.dcm", "side"] == "R" and 0 <= table.loc["named_R.dcm", "kl_grade"] <= 4
+
+
+def test_model_file_of_another_version_is_a_clear_error(tmp_path, capsys):
+    from kneelib.grade_kl import KLModelError
+    from kneelib.models.multitask import save_checkpoint
+
+    old = save_checkpoint(MultiTaskNet("resnet18", tasks=KL_ONLY), tmp_path / "old.pt", {"image_size": 32})
+    (tmp_path / "imgs").mkdir()
+    with pytest.raises(KLModelError, match="another version"):
+        grade_kl_folder(old, tmp_path / "imgs")
+    assert main(["grade-kl", "--model", str(tmp_path / "absent.pt"), "--images", str(tmp_path / "imgs"),
+                 "--out", str(tmp_path / "g.csv"), "--quiet"]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+
+def test_out_of_distribution_images_are_flagged_not_graded_and_grad_cams_are_written(tmp_path):
+    from kneelib.stats.feature_density import FeatureDensity
+
+    torch.manual_seed(0)
+    members = [MultiTaskNet("resnet18", tasks=KL_ONLY) for _ in range(2)]
+    folder = tmp_path / "imgs"
+    (folder / "a").mkdir(parents=True)
+    _knee_png(folder / "a" / "k1_R.png", 1)
+    _knee_png(folder / "k2_L.png", 2)
+    density = FeatureDensity(np.zeros(512), np.eye(512)[:2], np.ones(2), 1.0, threshold=0.0)  # flags all
+    plain = save_kl_model(members, tmp_path / "plain.pt", image_size=32, mirror_side="L")
+    flagging = save_kl_model(members, tmp_path / "ood.pt", image_size=32, mirror_side="L",
+                             extra={"feature_density": density.to_dict(), "tta_flip": True})
+    graded = grade_kl_folder(plain, folder, gradcam_dir=tmp_path / "cams")
+    assert graded["kl_grade"].notna().all() and graded["ood_score"].isna().all()
+    assert sorted(p.relative_to(tmp_path / "cams").as_posix() for p in (tmp_path / "cams").rglob("*.png")) == [
+        "a/k1_R.png.gradcam.png", "k2_L.png.gradcam.png"]
+    flagged = grade_kl_folder(flagging, folder)
+    assert flagged["out_of_distribution"].all() and flagged["kl_grade"].isna().all()
+    assert (flagged["ood_score"] > 0).all() and np.isfinite(flagged.filter(like="p_kl").to_numpy()).all()
+    forced = grade_kl_folder(flagging, folder, grade_out_of_distribution=True)
+    assert forced["kl_grade"].notna().all() and forced["out_of_distribution"].all()
+    # the ensemble's probabilities are the mean of its members' (with flip TTA here)
+    single = grade_kl_folder(save_kl_model(members[:1], tmp_path / "one.pt", 32, "L"), folder)
+    assert not np.allclose(single.filter(like="p_kl").to_numpy(), graded.filter(like="p_kl").to_numpy())

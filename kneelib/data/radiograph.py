@@ -70,7 +70,8 @@ class Radiograph:
         the order of preference); ``None`` for an ordinary image file.
     metadata : dict
         ``PatientID``, ``StudyDate``, ``StudyDescription``, ``SeriesDescription``,
-        ``Modality``, ``ViewPosition``, ``PatientOrientation``, ``path``,
+        ``Modality``, ``ViewPosition``, ``ImageLaterality``, ``Laterality``,
+        ``PatientOrientation``, ``path``,
         ``TransferSyntaxUID``, ``modality_lut`` (bool), ``voi_lut`` (``"sequence"``,
         ``"window"`` or ``"none"``), ``inverted`` (bool). Empty apart from ``path``
         for an ordinary image.
@@ -170,7 +171,8 @@ def _read_dicom_file(path: Path, voi_lut: bool, require_spacing: bool) -> Radiog
         pixels = pixels.min() + pixels.max() - pixels
     transfer = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
     metadata: dict[str, Any] = {k: str(dataset.get(k, "")) for k in (
-        "PatientID", "StudyDate", "StudyDescription", "SeriesDescription", "Modality", "ViewPosition")}
+        "PatientID", "StudyDate", "StudyDescription", "SeriesDescription", "Modality", "ViewPosition",
+        "ImageLaterality", "Laterality")}
     metadata["PatientOrientation"] = [str(v) for v in (dataset.get("PatientOrientation") or [])]
     metadata.update(path=str(path), TransferSyntaxUID=str(transfer or ""), modality_lut=bool(has_modality_lut),
                     voi_lut=voi, inverted=inverted)

@@ -13,10 +13,11 @@ import pandas as pd
 from kneelib.data.knee_radiographs import TASK_LABELS
 
 __all__ = ["plot_history", "plot_confusion", "plot_metric_bars", "plot_kl_grad_cams", "plot_confusions",
-           "plot_binary_curves", "plot_pointing_examples", "plot_localisation"]
+           "plot_binary_curves", "plot_pointing_examples", "plot_localisation", "plot_reliability"]
 
 
-def plot_history(history: pd.DataFrame, best_epoch: int | None = None):
+def plot_history(history: pd.DataFrame, best_epoch: int | None = None,
+                 metric_title: str = "internal validation (model selection)"):
     """Training curves: losses and internal-validation kappa/balanced accuracy per epoch."""
     import matplotlib.pyplot as plt
 
@@ -31,12 +32,12 @@ def plot_history(history: pd.DataFrame, best_epoch: int | None = None):
     if best_epoch is not None:
         ax_metric.axvline(best_epoch, color="grey", ls="--", label=f"selected epoch {best_epoch}")
     for epoch, lr in zip(history["epoch"], history["lr"]):
-        ax_metric.annotate(f"{lr:g}", (epoch, 0.02), ha="center", fontsize=7, color="grey")
+        ax_metric.annotate(f"{lr:.2g}", (epoch, 0.02), ha="center", fontsize=7, color="grey")
     for ax in (ax_loss, ax_metric):
         ax.set_xticks(list(history["epoch"]))
     ax_metric.set_ylim(0, 1)
     ax_metric.set_xlabel("epoch (grey: learning rate)")
-    ax_metric.set_title("internal validation (model selection)")
+    ax_metric.set_title(metric_title)
     ax_metric.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
@@ -218,5 +219,29 @@ def plot_localisation(prepared, radiographs: dict, n_examples: int = 4, seed: in
             ax.axis("off")
         row[0].set_title(f"green +: true joint centre, red x: localiser, box: {size_mm:.0f} mm crop", fontsize=8)
         row[0].axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(tables: dict, ece: dict | None = None, title: str = "Reliability diagram"):
+    """Top-class confidence vs accuracy per bin, one line per set of probabilities.
+
+    ``tables``: label -> :func:`kneelib.stats.calibration.reliability_table`; ``ece``: label
+    -> expected calibration error (shown in the legend). Marker area follows the bin's count.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    for label, table in tables.items():
+        text = label if not ece or label not in ece else f"{label} (ECE {ece[label]:.3f})"
+        line, = ax.plot(table["confidence"], table["accuracy"], "-", label=text)
+        ax.scatter(table["confidence"], table["accuracy"], s=8 + 2 * table["n"], color=line.get_color(), alpha=0.6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-grade probability)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig

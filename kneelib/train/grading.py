@@ -21,7 +21,9 @@ from kneelib.data.knee_radiographs import GRADE_TASKS, TASK_GRADES
 # fastai's torch.jit FutureWarning is silenced once, in kneelib/train/__init__.py.
 
 __all__ = ["set_determinism", "train_kl_model", "subject_folds", "BackboneRun", "cross_validate_backbone",
-           "best_runs", "ensemble_out_of_fold", "ensemble_probabilities"]
+           "best_runs", "ensemble_out_of_fold", "ensemble_probabilities", "KLRecipe", "KLFoldModels",
+           "kl_subject_folds", "train_kl_folds", "ensemble_kl_probabilities", "KLInferenceChoices",
+           "choose_kl_inference", "fit_kl_feature_density"]
 
 
 def set_determinism(seed: int, threads: int | None = None) -> None:
@@ -217,3 +219,265 @@ def ensemble_probabilities(runs: list, images: np.ndarray, image_size: int) -> d
             total = p if total is None else {t: total[t] + p[t] for t in total}
             count += 1
     return {task: value / count for task, value in total.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The CPU recipe of the real-radiograph KL grader (issue 14)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KLRecipe:
+    """What is trained: backbone, input size, epochs and schedule of one KL network.
+
+    ``schedule="finetune"``: :func:`kneelib.train.multitask.finetune_phases` (heads only
+    for ``head_epochs`` at ``head_lr``, then one cycle over all layers, peak ``lr`` for the
+    heads and ``lr / lr_mult`` for the backbone); ``"transfer"``/``"scratch"``: paper 004's
+    schedules. The last epoch's weights are kept (no epoch selection). ``frozen_blocks`` > 0
+    keeps the stem and that many leading backbone blocks frozen throughout
+    (:class:`kneelib.train.multitask.FrozenPrefix`), which makes a CPU step cheaper.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 160
+    max_epochs: int = 8
+    schedule: str = "finetune"
+    imagenet: bool = True
+    lr: float = 3e-3
+    lr_mult: float = 3.0
+    head_lr: float = 1e-2
+    head_epochs: int = 1
+    batch_size: int = 32
+    noise_std: float = 0.03
+    gamma_range: tuple = (0.7, 1.5)
+    frozen_blocks: int = 0
+
+    def phases(self):
+        """The training phases (:class:`kneelib.train.multitask.Phase`)."""
+        from kneelib.train.multitask import finetune_phases
+
+        if self.schedule == "finetune":
+            return finetune_phases(self.max_epochs, self.head_epochs, self.head_lr, self.lr, self.lr_mult)
+        return _phases(self.schedule, self.max_epochs)
+
+
+@dataclass
+class KLFoldModels:
+    """Models trained by :func:`train_kl_folds` and their held-out predictions.
+
+    Attributes
+    ----------
+    models : list of MultiTaskNet
+        One per held-out fold (eval mode).
+    folds : ndarray of int
+        Fold of every row; ``-1`` rows were never held out (always trained on).
+    held_out : ndarray, (n, 5)
+        Softmax of each held-out row by the model that did not train on it (NaN for
+        ``-1`` rows); ``held_out_flip``: the same with horizontal-flip TTA.
+    history : DataFrame
+        One row per epoch and fold.
+    seconds : float
+        Wall time of training and held-out prediction.
+    """
+
+    models: list
+    folds: np.ndarray
+    held_out: np.ndarray
+    held_out_flip: np.ndarray
+    history: pd.DataFrame
+    seconds: float
+
+    @property
+    def held_out_rows(self) -> np.ndarray:
+        """Mask of the rows with a held-out prediction."""
+        return self.folds >= 0
+
+
+def kl_subject_folds(grades, subjects, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Subject-level folds stratified by KL grade (both knees of a participant share a fold)."""
+    from kneelib.data.chen_kl import merge_sparse_grades
+    from kneelib.train.splits import stratified_kfold
+
+    grades = np.asarray(grades).astype(int)
+    subjects = np.asarray(subjects).astype(str)
+    strata = merge_sparse_grades(grades, subjects, n_folds)
+    return stratified_kfold(grades, n_splits=n_folds, strata=strata, groups=subjects, seed=seed)
+
+
+def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecipe(), seed: int = 0,
+                   show_progress: bool = False) -> KLFoldModels:
+    """Train one KL network per held-out fold; predict the held-out rows (plain and flip-TTA).
+
+    With ``folds`` from :func:`kl_subject_folds` this is subject-level K-fold
+    cross-validation, and the models form an ensemble whose members never saw their
+    own fold. With folds of ``-1`` (train) and ``0`` (an internal validation split) it
+    trains a single model and predicts the internal split. The held-out rows never steer
+    training (no epoch selection: the last epoch is kept).
+
+    Parameters
+    ----------
+    images : ndarray, (n, S, S) uint8
+        Prepared crops (:func:`kneelib.preprocess.knee_crops.prepare_images`), ``S``
+        at least ``recipe.image_size``.
+    grades : array-like of int, (n,)
+    folds : array-like of int, (n,)
+        Held-out fold of every row, ``-1`` for rows that are always trained on.
+    recipe : KLRecipe
+    seed : int
+        Fold ``k`` is trained with seed ``seed + k``.
+    show_progress : bool
+        fastai's progress bars and per-epoch tables.
+    """
+    from kneelib.models.multitask import KL_ONLY, build_multitask_model
+    from kneelib.train.multitask import (AugmentationSettings, FrozenPrefix, RadiographDataset, backbone_prefix,
+                                         build_learner, fit_phases, make_dataloaders, predict_probabilities)
+
+    images = np.asarray(images)
+    grades = np.asarray(grades).astype(int)
+    folds = np.asarray(folds).astype(int)
+    if not len(images) == len(grades) == len(folds):
+        raise ValueError(f"images ({len(images)}), grades ({len(grades)}) and folds ({len(folds)}) differ in length")
+    held = sorted(int(f) for f in np.unique(folds) if f >= 0)
+    if not held:
+        raise ValueError("folds hold no held-out fold (every value is -1)")
+    phases = recipe.phases()
+    augmentation = AugmentationSettings(noise_std=recipe.noise_std, gamma_range=tuple(recipe.gamma_range))
+    start = time.perf_counter()
+    held_out = np.full((len(grades), 5), np.nan)
+    held_out_flip = np.full((len(grades), 5), np.nan)
+    models, histories = [], []
+    for fold in held:
+        set_determinism(seed + fold)
+        train, test = folds != fold, folds == fold
+        model = build_multitask_model(recipe.backbone, KL_ONLY, imagenet=recipe.imagenet)
+        dls = make_dataloaders(
+            RadiographDataset(images[train], grades[train], recipe.image_size, augment=True,
+                              augmentation=augmentation),
+            RadiographDataset(images[test], grades[test], recipe.image_size, augment=False),
+            batch_size=recipe.batch_size)
+        frozen = backbone_prefix(model, recipe.frozen_blocks)
+        learn = build_learner(model, dls, monitor_task="kl", extra_cbs=[FrozenPrefix(frozen)] if frozen else None)
+        history = fit_phases(learn, phases, restore_best=False, show_progress=show_progress)
+        histories.append(history.assign(fold=fold))
+        model.eval()
+        held_out[test] = predict_probabilities(model, images[test], recipe.image_size)["kl"]
+        held_out_flip[test] = predict_probabilities(model, images[test], recipe.image_size, tta_flip=True)["kl"]
+        models.append(model)
+    return KLFoldModels(models, folds, held_out, held_out_flip, pd.concat(histories, ignore_index=True),
+                        time.perf_counter() - start)
+
+
+def ensemble_kl_probabilities(models: list, images: np.ndarray, image_size: int, tta_flip: bool = False,
+                              temperature: float = 1.0) -> np.ndarray:
+    """Mean KL softmax of the models (optionally flip-TTA), then temperature-scaled."""
+    from kneelib.stats.calibration import apply_temperature
+    from kneelib.train.multitask import predict_probabilities
+
+    if not models:
+        raise ValueError("ensemble_kl_probabilities needs at least one model")
+    mean = np.mean([predict_probabilities(m, images, image_size, tta_flip=tta_flip)["kl"] for m in models], axis=0)
+    return mean if temperature == 1.0 else apply_temperature(mean, temperature)
+
+
+@dataclass(frozen=True)
+class KLInferenceChoices:
+    """Inference settings chosen on held-out training predictions (never on the reported split).
+
+    Attributes
+    ----------
+    tta_flip : bool
+        Average the image and its mirror image.
+    temperature : float
+        Softmax temperature (1: none).
+    cutpoints : tuple or None
+        Cut-points on the expected grade, or None for the arg-max.
+    table : DataFrame
+        The evidence: one row per candidate (``choice, option, kappa, nll, ece, chosen``).
+    """
+
+    tta_flip: bool
+    temperature: float
+    cutpoints: tuple | None
+    table: pd.DataFrame
+
+
+def choose_kl_inference(fold_models: KLFoldModels, grades, subjects, n_calibration_folds: int = 5,
+                        seed: int = 0) -> KLInferenceChoices:
+    """Flip-TTA, temperature and decoding, each decided out of sample on the held-out training rows.
+
+    1. **Flip TTA** is used when its held-out quadratic kappa (arg-max) is higher.
+    2. **Temperature scaling** is used when the temperature, fitted by cross-fitting
+       (on the other calibration folds), lowers the held-out negative log-likelihood;
+       the final temperature is then fitted on every held-out row.
+    3. **Decoding**: arg-max or cut-points on the expected grade, whichever has the
+       higher cross-fitted kappa (:func:`kneelib.stats.ordinal.choose_decoding`).
+
+    The calibration folds are the cross-validation folds when there are several, else
+    subject-level folds drawn within the single held-out split.
+    """
+    from kneelib.stats.agreement import quadratic_kappa
+    from kneelib.stats.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
+                                           negative_log_likelihood)
+    from kneelib.stats.ordinal import choose_decoding
+
+    rows_mask = fold_models.held_out_rows
+    y = np.asarray(grades).astype(int)[rows_mask]
+    subjects = np.asarray(subjects).astype(str)[rows_mask]
+    folds = fold_models.folds[rows_mask]
+    if len(np.unique(folds)) < 2:
+        folds = kl_subject_folds(y, subjects, min(n_calibration_folds, len(np.unique(subjects))), seed)
+    grade_scale = range(5)
+    plain, flipped = fold_models.held_out[rows_mask], fold_models.held_out_flip[rows_mask]
+    rows = []
+    kappas = {}
+    for option, p in (("plain", plain), ("flip TTA", flipped)):
+        kappas[option] = quadratic_kappa(y, p.argmax(axis=1), grades=grade_scale)
+        rows.append({"choice": "test-time augmentation", "option": option, "kappa": kappas[option],
+                     "nll": negative_log_likelihood(p, y), "ece": expected_calibration_error(p, y)})
+    tta = kappas["flip TTA"] > kappas["plain"]
+    p = flipped if tta else plain
+    crossed = np.empty_like(p)
+    for fold in np.unique(folds):
+        test = folds == fold
+        crossed[test] = apply_temperature(p[test], fit_temperature(p[~test], y[~test]))
+    use_temperature = negative_log_likelihood(crossed, y) < negative_log_likelihood(p, y)
+    temperature = fit_temperature(p, y) if use_temperature else 1.0
+    for option, q in (("T = 1", p), ("cross-fitted T", crossed)):
+        rows.append({"choice": "temperature scaling", "option": option,
+                     "kappa": quadratic_kappa(y, q.argmax(axis=1), grades=grade_scale),
+                     "nll": negative_log_likelihood(q, y), "ece": expected_calibration_error(q, y)})
+    calibrated = apply_temperature(p, temperature)
+    decoding = choose_decoding({"kl": calibrated}, {"kl": y}, folds)
+    row = decoding.table.iloc[0]
+    rows.append({"choice": "decoding", "option": "arg-max", "kappa": row["argmax_kappa"]})
+    rows.append({"choice": "decoding", "option": "cut-points on the expected grade (cross-fitted)",
+                 "kappa": row["cutpoints_kappa"]})
+    table = pd.DataFrame(rows)
+    cutpoints = decoding.cutpoints["kl"]
+    table["chosen"] = [tta == (r == "flip TTA") if c == "test-time augmentation" else
+                       use_temperature == (r != "T = 1") if c == "temperature scaling" else
+                       (cutpoints is not None) == (r != "arg-max")
+                       for c, r in zip(table["choice"], table["option"])]
+    table.attrs["temperature"] = temperature
+    return KLInferenceChoices(bool(tta), float(temperature), None if cutpoints is None else tuple(cutpoints), table)
+
+
+def fit_kl_feature_density(fold_models: KLFoldModels, images: np.ndarray, image_size: int,
+                           max_reference: int = 1500, quantile: float = 0.995, seed: int = 0):
+    """Out-of-distribution reference of the first model: its training rows' features, held-out threshold.
+
+    The reference Gaussian is fitted on (up to ``max_reference``) rows the first model
+    trained on; the threshold is the ``quantile`` of the scores of the rows it did not
+    train on (:mod:`kneelib.stats.feature_density`).
+    """
+    from kneelib.stats.feature_density import fit_feature_density
+    from kneelib.train.multitask import pooled_features
+
+    first_fold = sorted(int(f) for f in np.unique(fold_models.folds) if f >= 0)[0]
+    trained = np.flatnonzero(fold_models.folds != first_fold)
+    rng = np.random.default_rng(seed)
+    if len(trained) > max_reference:
+        trained = np.sort(rng.choice(trained, size=max_reference, replace=False))
+    model = fold_models.models[0]
+    density = fit_feature_density(pooled_features(model, images[trained], image_size))
+    held = np.flatnonzero(fold_models.folds == first_fold)
+    return density.with_threshold(pooled_features(model, images[held], image_size), quantile)

@@ -99,7 +99,8 @@ def wide_table(long: pd.DataFrame, metric: str) -> pd.DataFrame:
     return wide.reindex(columns=[t for t in TASK_LABELS if t in wide.columns]).rename(columns=TASK_LABELS)
 
 
-def evaluate_kl(y_true, kl_probabilities: np.ndarray, y_train, subjects, n_boot: int = 1000, seed: int = 0):
+def evaluate_kl(y_true, kl_probabilities: np.ndarray, y_train, subjects, n_boot: int = 1000, seed: int = 0,
+                cutpoints=None):
     """Agreement of predicted KL grades with the reference, beside majority-grade and chance.
 
     Parameters
@@ -111,6 +112,9 @@ def evaluate_kl(y_true, kl_probabilities: np.ndarray, y_train, subjects, n_boot:
         Training grades (majority grade and the chance predictor's grade mix).
     subjects : array-like
         Subject of each row (both knees of a person): every CI resamples subjects.
+    cutpoints : sequence of 4 floats, optional
+        Grade by cutting the expected grade (:func:`kneelib.stats.ordinal.decode_grades`);
+        ``None``: the arg-max.
 
     Returns
     -------
@@ -122,10 +126,11 @@ def evaluate_kl(y_true, kl_probabilities: np.ndarray, y_train, subjects, n_boot:
     """
     from kneelib.stats.agreement import (agreement_table, chance_predictions, confusion,
                                          confusion_with_ci, majority_grade_predictions)
+    from kneelib.stats.ordinal import decode_grades
 
     y_true = np.asarray(y_true).astype(int)
     subjects = np.asarray(subjects)
-    predicted = np.asarray(kl_probabilities).argmax(axis=1)
+    predicted = decode_grades(kl_probabilities, cutpoints)
     prior = np.bincount(np.asarray(y_train).astype(int), minlength=5)
     common = dict(n_boot=n_boot, seed=seed, groups=subjects, grades=TASK_GRADES["kl"])
     tables = [

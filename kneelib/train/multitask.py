@@ -37,11 +37,15 @@ __all__ = [
     "Phase",
     "transfer_phases",
     "scratch_phases",
+    "finetune_phases",
     "make_dataloaders",
     "build_learner",
     "fit_phases",
     "predict_probabilities",
     "resize_for_crop",
+    "pooled_features",
+    "FrozenPrefix",
+    "backbone_prefix",
 ]
 
 #: Target value of a grade that was not read (ignored by loss and metrics).
@@ -291,12 +295,29 @@ class SelectBestEpoch(_callback_base()):
 
 @dataclass(frozen=True)
 class Phase:
-    """A run of epochs at one constant learning rate."""
+    """A run of epochs at one learning rate (constant, or the peak of a one-cycle schedule).
+
+    Attributes
+    ----------
+    name : str
+    n_epochs : int
+    lr : float
+        Learning rate of the heads (of every layer when ``backbone_lr`` is None).
+    train_backbone : bool
+        False: the backbone is frozen (heads only).
+    backbone_lr : float, optional
+        Discriminative learning rate of the backbone (fastai ``slice(backbone_lr, lr)``).
+    one_cycle : bool
+        fastai ``fit_one_cycle`` (warm-up to ``lr`` then cosine annealing) instead of a
+        constant rate.
+    """
 
     name: str
     n_epochs: int
     lr: float
     train_backbone: bool
+    backbone_lr: float | None = None
+    one_cycle: bool = False
 
 
 def transfer_phases(max_epochs: int = 20, head_epochs: int = 2,
@@ -339,6 +360,80 @@ def scratch_phases(max_epochs: int = 20, lr: float = 1e-4) -> list[Phase]:
     return [Phase("all layers (scratch)", n, lr * 10 ** -i, True) for i, n in enumerate(counts) if n > 0]
 
 
+def finetune_phases(max_epochs: int = 10, head_epochs: int = 1, head_lr: float = 1e-2, lr: float = 3e-3,
+                    lr_mult: float = 3.0) -> list[Phase]:
+    """A fine-tuning schedule for short CPU runs: heads only, then one cycle over all layers.
+
+    ``head_epochs`` epochs train the heads only at a constant ``head_lr`` (the new heads
+    start random); the remaining epochs train every layer with fastai's one-cycle policy
+    (warm-up, then cosine annealing to almost zero) with discriminative learning rates:
+    peak ``lr`` for the heads and ``lr / lr_mult`` for the ImageNet backbone. A schedule
+    that ends at a tiny learning rate makes the last epoch's weights usable without epoch
+    selection, so no held-out split is spent on choosing an epoch.
+    """
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1, got {max_epochs}")
+    if head_epochs < 0:
+        raise ValueError(f"head_epochs must be >= 0, got {head_epochs}")
+    if lr <= 0 or head_lr <= 0 or lr_mult < 1:
+        raise ValueError(f"learning rates must be > 0 and lr_mult >= 1, got lr={lr}, head_lr={head_lr}, "
+                         f"lr_mult={lr_mult}")
+    heads = min(head_epochs, max_epochs - 1) if max_epochs > 1 else max_epochs
+    phases = [Phase("heads only", heads, head_lr, False)] if heads else []
+    if max_epochs - heads >= 1:
+        phases.append(Phase("all layers (one cycle)", max_epochs - heads, lr, True, backbone_lr=lr / lr_mult,
+                            one_cycle=True))
+    return phases
+
+
+def backbone_prefix(model, n_blocks: int) -> list:
+    """The stem and the first ``n_blocks`` blocks of a timm EfficientNet-style backbone (``blocks``).
+
+    Raises
+    ------
+    ValueError
+        If the backbone has no ``conv_stem``/``blocks`` or fewer blocks than asked.
+    """
+    backbone = model.backbone
+    if n_blocks == 0:
+        return []
+    if not hasattr(backbone, "blocks") or not hasattr(backbone, "conv_stem"):
+        raise ValueError(f"backbone {type(backbone).__name__} has no conv_stem/blocks to freeze")
+    if not 0 <= n_blocks <= len(backbone.blocks):
+        raise ValueError(f"n_blocks must lie in 0..{len(backbone.blocks)}, got {n_blocks}")
+    return [backbone.conv_stem, backbone.bn1, *backbone.blocks[:n_blocks]]
+
+
+class FrozenPrefix(_callback_base()):
+    """Keep the stem and the first blocks of the backbone frozen in every phase (fastai callback).
+
+    The early, high-resolution blocks cost most of a CPU training step; with their weights
+    frozen (and their batch-norm statistics fixed: eval mode) no gradient flows through them,
+    and a step costs little more than a forward pass there. Runs after fastai's
+    ``freeze``/``unfreeze`` at the start of each ``fit``.
+    """
+
+    order = 5
+
+    def __init__(self, modules: list):
+        self.modules = list(modules)
+
+    def _apply(self):
+        for module in self.modules:
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+    def before_fit(self):
+        self._apply()
+
+    def before_epoch(self):
+        self._apply()
+
+    def before_train(self):
+        self._apply()
+
+
 def make_dataloaders(train_ds: RadiographDataset, valid_ds: RadiographDataset, batch_size: int = 32,
                      device=None):
     """fastai ``DataLoaders``: shuffled training batches, ``num_workers=0`` (determinism).
@@ -366,6 +461,7 @@ def build_learner(model, dls, weight_decay: float = 1e-4, monitor_task: str = "k
     callback (``learn.select_best``) monitoring ``<monitor_task>_kappa``.
     """
     import fastai.callback.progress  # noqa: F401  (registers fastai's progress bars as a default callback)
+    import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.learner import Learner
     from fastai.optimizer import Adam
 
@@ -410,35 +506,68 @@ def fit_phases(learn, phases: Sequence[Phase], restore_best: bool = True,
             if not show_progress:
                 quiet.enter_context(learn.no_bar())
                 quiet.enter_context(learn.no_logging())
-            learn.fit(phase.n_epochs, lr=phase.lr)
+            lr = phase.lr if phase.backbone_lr is None else slice(phase.backbone_lr, phase.lr)
+            if phase.one_cycle:
+                learn.fit_one_cycle(phase.n_epochs, lr_max=lr)
+            else:
+                learn.fit(phase.n_epochs, lr=lr)
     learn.unfreeze()  # leave every parameter trainable (and differentiable, e.g. for Grad-CAM)
     if restore_best:
         learn.select_best.restore_best()
     return learn.select_best.history_frame()
 
 
+def _input_batches(images: np.ndarray, crop_size: int, batch_size: int, progress: bool = False,
+                   desc: str = "predicting"):
+    """Central crops of prepared images as network inputs, ``batch_size`` at a time."""
+    from tqdm.auto import tqdm
+
+    dataset = RadiographDataset(images, np.zeros((len(images), 1), dtype=np.int64), crop_size, augment=False)
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress):
+        yield torch.stack([dataset.image_tensor(i) for i in range(start, min(start + batch_size, len(dataset)))])
+
+
 @torch.no_grad()
 def predict_probabilities(model, images: np.ndarray, crop_size: int, batch_size: int = 64,
-                          progress: bool = False) -> dict[str, np.ndarray]:
+                          progress: bool = False, tta_flip: bool = False) -> dict[str, np.ndarray]:
     """Softmax probabilities of every head on prepared images (central crop, no augmentation).
+
+    Parameters
+    ----------
+    tta_flip : bool
+        Test-time augmentation: average the softmax of the image and of its left-right
+        mirror image.
 
     Returns
     -------
     dict
         Head name -> array ``(n, n_grades)``.
     """
-    from tqdm.auto import tqdm
-
-    dataset = RadiographDataset(images, np.zeros((len(images), 1), dtype=np.int64), crop_size, augment=False)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     outputs = {task: [] for task in model.tasks}
-    starts = range(0, len(dataset), batch_size)
-    for start in tqdm(starts, desc="predicting", disable=not progress):
-        batch = torch.stack([dataset.image_tensor(i) for i in range(start, min(start + batch_size, len(dataset)))])
-        for task, logits in model.split_logits(model(batch.to(device))).items():
-            outputs[task].append(logits.softmax(dim=1).cpu().numpy())
+    for batch in _input_batches(images, crop_size, batch_size, progress):
+        batch = batch.to(device)
+        views = [batch, batch.flip(-1)] if tta_flip else [batch]
+        summed = None
+        for view in views:
+            p = {task: logits.softmax(dim=1) for task, logits in model.split_logits(model(view)).items()}
+            summed = p if summed is None else {task: summed[task] + p[task] for task in p}
+        for task, value in summed.items():
+            outputs[task].append((value / len(views)).cpu().numpy())
     model.train(was_training)
     return {task: np.concatenate(chunks) if chunks else np.zeros((0, model.task_classes[task]))
             for task, chunks in outputs.items()}
+
+
+@torch.no_grad()
+def pooled_features(model, images: np.ndarray, crop_size: int, batch_size: int = 64) -> np.ndarray:
+    """The pooled backbone features (the heads' input) of prepared images, ``(n, n_features)``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = [model.backbone.forward_head(model.forward_features(batch.to(device)), pre_logits=True).cpu().numpy()
+              for batch in _input_batches(images, crop_size, batch_size)]
+    model.train(was_training)
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)

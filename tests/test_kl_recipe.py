@@ -1,0 +1,180 @@
+"""The CPU recipe of the real-radiograph KL grader (issue 14) on tiny seeded data.
+
+Schedule, cross-validated training with held-out predictions, out-of-sample inference
+choices (flip TTA, temperature, decoding), calibration and the out-of-distribution score.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kneelib.stats.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
+                                       negative_log_likelihood, reliability_table)
+from kneelib.stats.feature_density import FeatureDensity, fit_feature_density
+from kneelib.train.grading import (KLFoldModels, KLRecipe, choose_kl_inference, ensemble_kl_probabilities,
+                                   kl_subject_folds, train_kl_folds)
+from kneelib.train.multitask import finetune_phases, predict_probabilities
+
+torch.set_num_threads(1)
+TINY = KLRecipe(backbone="resnet18", image_size=24, max_epochs=2, imagenet=False, batch_size=8)
+
+
+def _graded_images(n=24, size=28, seed=0):
+    """Crops whose brightness rises with the grade (learnable), two knees per subject."""
+    rng = np.random.default_rng(seed)
+    grades = np.tile(np.arange(5), n // 5 + 1)[:n]
+    images = np.clip(rng.normal(40 + 40 * grades[:, None, None], 20, (n, size, size)), 0, 255).astype(np.uint8)
+    subjects = np.array([f"90{i // 2:05d}" for i in range(n)])
+    return images, grades, subjects
+
+
+def test_finetune_schedule_is_heads_then_one_discriminative_cycle():
+    phases = finetune_phases(8, head_epochs=1, head_lr=1e-2, lr=3e-3, lr_mult=3)
+    assert [p.n_epochs for p in phases] == [1, 7]
+    assert not phases[0].train_backbone and not phases[0].one_cycle
+    assert phases[1].train_backbone and phases[1].one_cycle
+    assert phases[1].backbone_lr == pytest.approx(1e-3) and phases[1].lr == pytest.approx(3e-3)
+    assert [p.n_epochs for p in finetune_phases(1)] == [1]  # a single epoch trains only the heads
+    with pytest.raises(ValueError, match="lr_mult"):
+        finetune_phases(4, lr_mult=0.5)
+
+
+def test_subject_folds_keep_both_knees_of_a_participant_together():
+    _, grades, subjects = _graded_images(n=40)
+    folds = kl_subject_folds(grades, subjects, 3, seed=1)
+    assert set(folds) == {0, 1, 2}
+    assert (pd.Series(folds).groupby(subjects).nunique() == 1).all()
+
+
+def test_fold_training_predicts_only_held_out_rows_and_repeats_exactly():
+    images, grades, subjects = _graded_images()
+    folds = np.where(np.arange(len(grades)) < 8, 0, -1)  # a single internal split
+    first = train_kl_folds(images, grades, folds, TINY, seed=3)
+    assert len(first.models) == 1 and set(first.history["fold"]) == {0}
+    assert len(first.history) == TINY.max_epochs
+    assert np.isfinite(first.held_out[:8]).all() and np.isnan(first.held_out[8:]).all()
+    assert np.allclose(first.held_out[:8].sum(axis=1), 1, atol=1e-5)
+    assert np.allclose(first.held_out_flip[:8].sum(axis=1), 1, atol=1e-5)
+    again = train_kl_folds(images, grades, folds, TINY, seed=3)
+    assert np.allclose(first.held_out[:8], again.held_out[:8], atol=1e-6)
+    ensemble = ensemble_kl_probabilities(first.models, images[:8], TINY.image_size)
+    assert np.allclose(ensemble, first.held_out[:8], atol=1e-6)
+    with pytest.raises(ValueError, match="no held-out fold"):
+        train_kl_folds(images, grades, np.full(len(grades), -1), TINY)
+
+
+def test_flip_tta_averages_an_image_and_its_mirror():
+    torch.manual_seed(0)
+    from kneelib.models.multitask import KL_ONLY, MultiTaskNet
+
+    model = MultiTaskNet("resnet18", tasks=KL_ONLY).eval()
+    images, _, _ = _graded_images(n=4)
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    plain = predict_probabilities(model, images, 24)["kl"]
+    flipped = predict_probabilities(model, mirrored, 24)["kl"]
+    tta = predict_probabilities(model, images, 24, tta_flip=True)["kl"]
+    assert np.allclose(tta, (plain + flipped) / 2, atol=1e-5)
+    assert not np.allclose(plain, flipped, atol=1e-4)  # the untrained net is not mirror-symmetric
+
+
+def _fold_models(p_plain, p_flip, folds):
+    return KLFoldModels([], np.asarray(folds), np.asarray(p_plain), np.asarray(p_flip), pd.DataFrame(), 0.0)
+
+
+def test_inference_choices_follow_the_held_out_evidence():
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 5, n)
+    subjects = np.array([str(i // 2) for i in range(n)])
+    logits = 4.0 * np.eye(5)[y] + rng.normal(0, 2.0, (n, 5))
+    confident = np.exp(3 * logits)  # overconfident: temperature > 1 should help
+    confident /= confident.sum(axis=1, keepdims=True)
+    noisy = np.full((n, 5), 0.2)  # flip TTA that destroys the signal must not be chosen
+    folds = kl_subject_folds(y, subjects, 3)
+    choices = choose_kl_inference(_fold_models(confident, noisy, folds), y, subjects)
+    assert not choices.tta_flip
+    assert choices.temperature > 1.5
+    table = choices.table
+    assert set(table["choice"]) == {"test-time augmentation", "temperature scaling", "decoding"}
+    assert table.groupby("choice")["chosen"].sum().eq(1).all()
+    better_flip = _fold_models(noisy, confident, folds)
+    assert choose_kl_inference(better_flip, y, subjects).tta_flip
+
+
+def test_temperature_recovers_a_known_temperature_and_lowers_the_error():
+    rng = np.random.default_rng(1)
+    n = 4000
+    logits = rng.normal(0, 1.5, (n, 5))
+    calibrated = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(5, p=p) for p in calibrated])
+    sharpened = apply_temperature(calibrated, 0.5)
+    assert fit_temperature(sharpened, y) == pytest.approx(2.0, rel=0.1)
+    assert expected_calibration_error(calibrated, y) < 0.03
+    assert expected_calibration_error(sharpened, y) > expected_calibration_error(calibrated, y) + 0.05
+    assert negative_log_likelihood(apply_temperature(sharpened, 2.0), y) < negative_log_likelihood(sharpened, y)
+    assert np.array_equal(apply_temperature(sharpened, 3.0).argmax(1), sharpened.argmax(1))
+    table = reliability_table(calibrated, y, n_bins=10)
+    assert table["n"].sum() == n and (table["confidence"].between(table["bin_low"], table["bin_high"])).all()
+    with pytest.raises(ValueError, match="temperature"):
+        apply_temperature(calibrated, 0)
+
+
+def test_feature_density_flags_far_away_features_only():
+    rng = np.random.default_rng(2)
+    reference = rng.normal(0, 1, (400, 20)) @ rng.normal(0, 1, (20, 20))
+    held_out = rng.normal(0, 1, (200, 20)) @ rng.normal(0, 1, (20, 20)) * 0 + reference[:200] + rng.normal(0, .1, (200, 20))
+    density = fit_feature_density(reference, n_components=5).with_threshold(held_out, 0.99)
+    assert density.flag(held_out).mean() <= 0.02
+    far = reference[:50] + 30 * rng.normal(0, 1, (50, 20))
+    assert density.flag(far).all()
+    restored = FeatureDensity.from_dict(density.to_dict())
+    assert np.allclose(restored.score(far), density.score(far)) and restored.threshold == density.threshold
+    with pytest.raises(ValueError, match="features must be"):
+        density.score(far[:, :3])
+
+
+def test_chapter_folds_single_model_or_subject_level_cv():
+    from kneelib.data.chen_kl import KLCohort
+    from kneelib.papers import kl_real_radiographs as study
+
+    rng = np.random.default_rng(4)
+    table = pd.DataFrame({"subject_id": [f"{9000000 + i // 2}" for i in range(60)], "side": ["L", "R"] * 30,
+                          "kl_grade": rng.integers(0, 5, 60)})
+    table.attrs["qc"] = pd.DataFrame()
+    cohort = KLCohort(table.iloc[:48], table.iloc[48:], table.iloc[:0], pd.DataFrame())
+    knees, folds = study.chapter_folds(cohort, 1)
+    assert list(folds) == [-1] * 48 + [0] * 12 and len(knees) == 60
+    knees, folds = study.chapter_folds(cohort, 3)
+    assert set(folds) == {0, 1, 2} and (pd.Series(folds).groupby(knees["subject_id"]).nunique() == 1).all()
+    with pytest.raises(ValueError, match="n_folds"):
+        study.chapter_folds(cohort, 0)
+    params = study.parameter_set("smoke")
+    assert study.recipe_from_params(params).image_size == params["image_size"]
+    assert "one model" in study.describe_params(params) and "No `paper` grader" in study.paper_summary(None)
+
+
+def test_frozen_prefix_keeps_the_stem_and_first_blocks_unchanged():
+    from dataclasses import replace
+
+    from kneelib.models.multitask import KL_ONLY, build_multitask_model
+    from kneelib.train.multitask import backbone_prefix
+
+    images, grades, _ = _graded_images(n=20, size=36)
+    recipe = replace(TINY, backbone="efficientnet_lite0", image_size=32, frozen_blocks=2)
+    torch.manual_seed(0)
+    reference = build_multitask_model("efficientnet_lite0", KL_ONLY, imagenet=False)
+    folds = np.where(np.arange(len(grades)) < 5, 0, -1)
+    trained = train_kl_folds(images, grades, folds, recipe, seed=0).models[0]
+    # same seed -> same initial weights: compare the frozen stem and an unfrozen late block
+    from kneelib.train.grading import set_determinism
+
+    set_determinism(0)
+    initial = build_multitask_model("efficientnet_lite0", KL_ONLY, imagenet=False)
+    assert torch.equal(initial.backbone.conv_stem.weight, trained.backbone.conv_stem.weight)
+    assert torch.equal(initial.backbone.bn1.running_mean, trained.backbone.bn1.running_mean)
+    assert not torch.equal(initial.backbone.blocks[-1][0].conv_pw.weight, trained.backbone.blocks[-1][0].conv_pw.weight)
+    assert len(backbone_prefix(reference, 3)) == 5
+    with pytest.raises(ValueError, match="n_blocks"):
+        backbone_prefix(reference, 99)
