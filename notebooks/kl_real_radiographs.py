@@ -39,7 +39,7 @@ head_lr = 0.01
 head_epochs = 1
 frozen_blocks = 3  # stem + this many leading backbone blocks stay frozen (cheaper CPU steps)
 batch_size = 32
-n_folds = 1  # 1 = one model and an internal split of train, K > 1 = ensemble of K subject-level CV models
+n_folds = 1  # 1: one model and an internal split of train; K > 1: an ensemble of K subject-level CV models
 internal_fraction = 0.15  # share of training subjects held out (single model only)
 mirror_side = "L"  # left knees are mirrored to the right-knee orientation
 noise_std = 0.03
@@ -169,7 +169,7 @@ display(development.round(3))
 # %%
 recipe = study.recipe_from_params(params)
 trained = study.train_kl_folds(train_images, knees["kl_grade"].to_numpy(), folds, recipe, seed=seed,
-                               show_progress=False)
+                               show_progress=False, checkpoint_dir=study.fold_checkpoint_dir(params))
 glue("dropout", float(trained.models[0].dropout_p), display=False)
 glue("train_minutes", trained.seconds / 60, display=False)
 glue("n_models", len(trained.models), display=False)

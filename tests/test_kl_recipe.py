@@ -65,6 +65,26 @@ def test_fold_training_predicts_only_held_out_rows_and_repeats_exactly():
         train_kl_folds(images, grades, np.full(len(grades), -1), TINY)
 
 
+def test_fold_checkpoints_resume_an_interrupted_ensemble_with_the_same_models(tmp_path):
+    images, grades, subjects = _graded_images(n=30)
+    folds = kl_subject_folds(grades, subjects, 2, seed=0)
+    whole = train_kl_folds(images, grades, folds, TINY, seed=1)
+    first = train_kl_folds(images, grades, folds, TINY, seed=1, checkpoint_dir=tmp_path)
+    saved = sorted(tmp_path.glob("fold*.pt"))
+    assert [p.name[:5] for p in saved] == ["fold0", "fold1"] and not list(tmp_path.glob("*.partial"))
+    saved[1].unlink()  # "interrupted" after the first fold
+    resumed = train_kl_folds(images, grades, folds, TINY, seed=1, checkpoint_dir=tmp_path)
+    for run in (first, resumed):
+        assert np.array_equal(np.isnan(run.held_out), np.isnan(whole.held_out))
+        assert np.allclose(run.held_out[run.held_out_rows], whole.held_out[whole.held_out_rows], atol=1e-6)
+        for a, b in zip(run.models, whole.models):
+            assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert resumed.seconds == pytest.approx(first.seconds, rel=0.9)  # the loaded fold keeps its training time
+    changed = train_kl_folds(255 - images, grades, folds, TINY, seed=1, checkpoint_dir=tmp_path)
+    assert len(list(tmp_path.glob("fold*.pt"))) == 4  # other data, other keys: nothing reused
+    assert not np.allclose(changed.held_out[changed.held_out_rows], whole.held_out[whole.held_out_rows])
+
+
 def test_flip_tta_averages_an_image_and_its_mirror():
     torch.manual_seed(0)
     from kneelib.models.multitask import KL_ONLY, MultiTaskNet

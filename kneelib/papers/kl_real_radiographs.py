@@ -43,6 +43,7 @@ __all__ = [
     "kl_comparisons", "plot_reliability", "load_kl_grader", "KLRecipe", "train_kl_folds", "choose_kl_inference",
     "ensemble_kl_probabilities", "fit_kl_feature_density", "DEVELOPMENT_CV", "training_knees", "cv_metrics",
     "compare_recipes", "development_cv", "recipe_from_params", "chapter_folds", "model_file_for", "parameter_set",
+    "fold_checkpoint_dir",
     "val_evaluation", "cached_grader_results", "build_demo_folder", "describe_params", "paper_summary",
     "apply_temperature",
 ]
@@ -220,6 +221,12 @@ def model_file_for(params: dict) -> Path:
     """Where a parameter set's grader is saved (:func:`kneelib.grade_kl.model_path_for`)."""
     return model_path_for(params["backbone"], int(params["image_size"]), int(params["max_epochs"]),
                           int(params["seed"]), params.get("n_subjects"), n_models=max(1, int(params["n_folds"])))
+
+
+def fold_checkpoint_dir(params: dict) -> Path:
+    """Where each finished fold of a parameter set's training is kept (resumable; see :func:`train_kl_folds`)."""
+    model_file = model_file_for(params)
+    return model_file.parent / "folds" / model_file.stem
 
 
 def parameter_set(name: str) -> dict:

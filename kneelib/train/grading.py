@@ -10,8 +10,10 @@ loaders, schedules, fastai learner) are in :mod:`kneelib.models.multitask` and
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -304,7 +306,7 @@ def kl_subject_folds(grades, subjects, n_folds: int, seed: int = 0) -> np.ndarra
 
 
 def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecipe(), seed: int = 0,
-                   show_progress: bool = False) -> KLFoldModels:
+                   show_progress: bool = False, checkpoint_dir=None) -> KLFoldModels:
     """Train one KL network per held-out fold; predict the held-out rows (plain and flip-TTA).
 
     With ``folds`` from :func:`kl_subject_folds` this is subject-level K-fold
@@ -326,7 +328,16 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
         Fold ``k`` is trained with seed ``seed + k``.
     show_progress : bool
         fastai's progress bars and per-epoch tables.
+    checkpoint_dir : path-like, optional
+        Keep every finished fold there (weights, held-out predictions, history, seconds)
+        under a content key of the recipe, seed, fold and training data
+        (:func:`kl_fold_checkpoint_key`), written to a temporary name and renamed. A rerun
+        loads the folds already finished and trains only the others, so a long ensemble
+        (the ``paper`` set) that was interrupted resumes where it stopped. ``seconds``
+        counts each fold's original training time.
     """
+    import torch
+
     from kneelib.models.multitask import KL_ONLY, build_multitask_model
     from kneelib.train.multitask import (AugmentationSettings, FrozenPrefix, RadiographDataset, backbone_prefix,
                                          build_learner, fit_phases, make_dataloaders, predict_probabilities)
@@ -341,14 +352,28 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
         raise ValueError("folds hold no held-out fold (every value is -1)")
     phases = recipe.phases()
     augmentation = AugmentationSettings(noise_std=recipe.noise_std, gamma_range=tuple(recipe.gamma_range))
-    start = time.perf_counter()
     held_out = np.full((len(grades), 5), np.nan)
     held_out_flip = np.full((len(grades), 5), np.nan)
     models, histories = [], []
+    seconds = 0.0
     for fold in held:
         set_determinism(seed + fold)
         train, test = folds != fold, folds == fold
         model = build_multitask_model(recipe.backbone, KL_ONLY, imagenet=recipe.imagenet)
+        checkpoint = None
+        if checkpoint_dir is not None:
+            key = kl_fold_checkpoint_key(images, grades, folds, recipe, seed, fold)
+            checkpoint = Path(checkpoint_dir) / f"fold{fold}_{key[:24]}.pt"
+            if checkpoint.is_file():
+                saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+                model.load_state_dict(saved["state_dict"])
+                model.eval()
+                held_out[test], held_out_flip[test] = saved["held_out"], saved["held_out_flip"]
+                histories.append(saved["history"])
+                seconds += float(saved["seconds"])
+                models.append(model)
+                continue
+        fold_start = time.perf_counter()
         dls = make_dataloaders(
             RadiographDataset(images[train], grades[train], recipe.image_size, augment=True,
                               augmentation=augmentation),
@@ -362,8 +387,32 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
         held_out[test] = predict_probabilities(model, images[test], recipe.image_size)["kl"]
         held_out_flip[test] = predict_probabilities(model, images[test], recipe.image_size, tta_flip=True)["kl"]
         models.append(model)
-    return KLFoldModels(models, folds, held_out, held_out_flip, pd.concat(histories, ignore_index=True),
-                        time.perf_counter() - start)
+        fold_seconds = time.perf_counter() - fold_start
+        seconds += fold_seconds
+        if checkpoint is not None:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            partial = checkpoint.with_name(checkpoint.name + f".{os.getpid()}.partial")
+            torch.save({"state_dict": model.state_dict(), "held_out": held_out[test],
+                        "held_out_flip": held_out_flip[test], "history": histories[-1], "seconds": fold_seconds},
+                       partial)
+            os.replace(partial, checkpoint)
+    return KLFoldModels(models, folds, held_out, held_out_flip, pd.concat(histories, ignore_index=True), seconds)
+
+
+def kl_fold_checkpoint_key(images, grades, folds, recipe: KLRecipe, seed: int, fold: int) -> str:
+    """Content key of one fold of :func:`train_kl_folds`: recipe, seed, fold and the exact training data."""
+    import hashlib
+    from dataclasses import asdict
+
+    import torch
+
+    digest = hashlib.sha256()
+    digest.update(repr(sorted(asdict(recipe).items())).encode())
+    digest.update(f"seed={int(seed)};fold={int(fold)};torch={torch.__version__}".encode())
+    for array in (np.ascontiguousarray(images), np.asarray(grades, dtype=np.int64), np.asarray(folds, dtype=np.int64)):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def ensemble_kl_probabilities(models: list, images: np.ndarray, image_size: int, tta_flip: bool = False,
