@@ -83,12 +83,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 def _cmd_grade_kl(args: argparse.Namespace) -> int:
     from kneelib.grade_kl import KLModelError, grade_kl_folder
+    from kneelib.preprocess.knee_localisation import LocaliserFileError
 
     try:
         table = grade_kl_folder(model_path=args.model, images_dir=args.images, out_csv=args.out,
                                 gradcam_dir=args.gradcam, grade_out_of_distribution=args.grade_ood,
-                                progress=not args.quiet)
-    except (FileNotFoundError, KLModelError) as err:
+                                progress=not args.quiet, localiser_path=args.localiser,
+                                pixel_spacing_mm=args.pixel_spacing)
+    except (FileNotFoundError, KLModelError, LocaliserFileError) as err:
         print(f"grade-kl: {err}", file=sys.stderr)
         return 2
     failed = int((table["error"].fillna("") != "").sum())
@@ -159,13 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--yes", action="store_true", help="prune: delete (without it, only show)")
     store.set_defaults(func=_cmd_cache)
 
-    grade = sub.add_parser("grade-kl", help="grade a folder of knee crops (PNG/JPEG/DICOM) into a CSV")
+    grade = sub.add_parser("grade-kl", help="grade a folder of knee crops or bilateral radiographs (PNG/JPEG/DICOM)")
     grade.add_argument("--model", required=True, help="KL grader file (.pt) written by the kl_real_radiographs chapter")
-    grade.add_argument("--images", required=True, help="folder of knee-joint crops (searched recursively)")
+    grade.add_argument("--images", required=True,
+                       help="folder of knee-joint crops or full bilateral radiographs (searched recursively)")
     grade.add_argument("--out", required=True, help="CSV to write")
     grade.add_argument("--gradcam", default=None, metavar="DIR", help="write a Grad-CAM overlay per image here")
     grade.add_argument("--grade-ood", action="store_true",
                        help="also grade images flagged as out of distribution (default: flag, no grade)")
+    grade.add_argument("--localiser", default=None, metavar="FILE",
+                       help="knee localiser (.pt, written by the oarsi_grading chapter) to cut full bilateral "
+                            "radiographs into their two knees")
+    grade.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
+                       help="pixel spacing of bilateral PNG/JPEG radiographs (DICOM carries its own)")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
     grade.set_defaults(func=_cmd_grade_kl)
     return parser

@@ -257,13 +257,19 @@ plt.show()
 # ### The saved grader and `grade-kl`
 #
 # The model(s) are saved with the preprocessing and the inference choices above and the
-# out-of-distribution reference (features of training knees, threshold at the 99.5th percentile
-# of held-out training knees). `python -m kneelib grade-kl --model FILE --images DIR --out CSV`
+# out-of-distribution reference: the activation statistics of every stage of the first model,
+# from the first block to the pooled features, on training knees (one Gaussian per stage), with
+# the threshold at the 99.5th percentile of held-out training knees. An input is flagged when any
+# stage is far from the knees, so a pattern whose final features happen to look knee-like is still
+# caught by its textures. The screen flags {glue:text}`val_ood_percent:.1f`% of the real `val`
+# knees (what it costs on in-distribution images; nominally 0.5%).
+# `python -m kneelib grade-kl --model FILE --images DIR --out CSV`
 # grades a folder as a new user would: here validation knees under new names, a damaged file, an
-# MRI slice stored as DICOM (Modality MR: refused), and a synthetic pattern that is no radiograph.
-# Whether the pattern is flagged out of distribution is read from the table (`out_of_distribution`):
-# the feature-distance score is a screen against inputs unlike the training knees, not a guarantee,
-# and a pattern whose pooled features happen to resemble a knee's is graded like one.
+# MRI slice stored as DICOM (Modality MR: refused), a synthetic pattern that is no radiograph,
+# and a wide image standing in for a full bilateral radiograph (refused: no knee localiser was
+# given; with `--localiser` each knee would be cut and graded, see the README).
+# Whether the pattern is flagged is read from the table (`out_of_distribution`): the screen is a
+# safeguard against inputs unlike the training knees, not a guarantee.
 
 # %%
 model_file = study.model_file_for(params)
@@ -273,6 +279,7 @@ study.save_kl_model(trained.models, model_file, image_size, mirror_side,
                            "feature_density": density.to_dict(), "train_seconds": trained.seconds,
                            "params": dict(params)})
 print("model saved to <kneelib cache>/" + model_file.relative_to(cache_root()).as_posix())
+glue("val_ood_percent", 100 * study.ood_flag_rate(density, trained.models[0], val_images, image_size), display=False)
 demo_dir = Path(tempfile.mkdtemp(prefix="grade_kl_demo_"))
 demo_reference = study.build_demo_folder(cohort, demo_dir / "images", seed=seed)
 command = [sys.executable, "-m", "kneelib", "grade-kl", "--model", str(model_file), "--images",

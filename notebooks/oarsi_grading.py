@@ -161,6 +161,10 @@ error_columns = [c for c in errors.columns if c.endswith(("_mm", "_deg"))]
 error_summary = errors.groupby("evaluated_on")[error_columns].describe(percentiles=[0.5, 0.95]).T
 display(error_summary.round(2))
 show(study.plot_localisation(prepared, radiographs, n_examples=3, seed=seed), "localisation")
+localiser_file = study.save_knee_localiser(localised.localiser,
+                                          study.localiser_file_for(cohort_preset, n_subjects, localiser_epochs, seed))
+print("knee localiser for grade-kl --localiser: <kneelib cache>/"
+      + localiser_file.relative_to(cache_root()).as_posix())
 
 # %% [markdown]
 # **Model and training** (*Network Architecture*, *Training strategy*): backbone, average

@@ -215,20 +215,20 @@ def test_cli_does_not_import_papers(tmp_path, kl_model):
 
 def test_a_decoder_crash_of_any_kind_is_an_error_row(tmp_path, kl_model, monkeypatch):
     """A decoder plugin may raise anything (RuntimeError, NotImplementedError ...): still one row."""
-    import kneelib.preprocess.radiograph as radiograph
+    import kneelib.data.radiograph as radiograph
 
     folder = tmp_path / "crash"
     folder.mkdir()
     _knee_png(folder / "a_R.png", 1)
     _knee_png(folder / "b_L.png", 2)
-    real_reader = radiograph.read_knee_image
+    real_reader = radiograph.read_radiograph
 
-    def flaky_reader(path):
+    def flaky_reader(path, **kwargs):
         if Path(path).name == "b_L.png":
             raise RuntimeError("decoder plugin crashed")
-        return real_reader(path)
+        return real_reader(path, **kwargs)
 
-    monkeypatch.setattr(radiograph, "read_knee_image", flaky_reader)
+    monkeypatch.setattr(radiograph, "read_radiograph", flaky_reader)
     table = grade_kl_folder(kl_model, folder).set_index("file")
     assert table.loc["b_L.png", "error"] == "RuntimeError: decoder plugin crashed"
     assert pd.isna(table.loc["b_L.png", "kl_grade"]) and table.loc["a_R.png", "error"] == ""
@@ -300,3 +300,63 @@ def test_out_of_distribution_images_are_flagged_not_graded_and_grad_cams_are_wri
     # the ensemble's probabilities are the mean of its members' (with flip TTA here)
     single = grade_kl_folder(save_kl_model(members[:1], tmp_path / "one.pt", 32, "L"), folder)
     assert not np.allclose(single.filter(like="p_kl").to_numpy(), graded.filter(like="p_kl").to_numpy())
+
+
+def _tiny_localiser(tmp_path):
+    """An untrained landmark CNN saved as a localiser (its points land near the grid's middle)."""
+    from kneelib.preprocess.knee_localisation import (LOCALISER_LANDMARKS, KneeLocaliser, LandmarkCNN,
+                                                      save_knee_localiser)
+
+    torch.manual_seed(0)
+    localiser = KneeLocaliser(LandmarkCNN(len(LOCALISER_LANDMARKS), width=16).eval(), 3.0, (64, 64),
+                              LOCALISER_LANDMARKS, pd.DataFrame({"epoch": [1], "train_mse": [0.1]}),
+                              frozenset({"9000001"}))
+    return localiser, save_knee_localiser(localiser, tmp_path / "models" / "localiser.pt")
+
+
+def test_full_bilateral_radiographs_are_cut_into_two_knees_by_the_localiser(tmp_path, kl_model, capsys):
+    from kneelib.preprocess.knee_localisation import load_knee_localiser
+
+    localiser, localiser_file = _tiny_localiser(tmp_path)
+    restored = load_knee_localiser(localiser_file)
+    assert restored.trained_on == localiser.trained_on and restored.grid_shape == (64, 64)
+    rng = np.random.default_rng(4)
+    bilateral = rng.integers(0, 4096, (300, 600)).astype(np.uint16)  # 120 x 240 mm at 0.4 mm
+    assert restored.predict(bilateral, 0.4) == localiser.predict(bilateral, 0.4)
+    folder = tmp_path / "full"
+    folder.mkdir()
+    _dicom(folder / "bilateral.dcm", bilateral, modality="DX")  # PixelSpacing 0.2 mm
+    Image.fromarray((bilateral // 16).astype(np.uint8)).save(folder / "bilateral.png")
+    _knee_png(folder / "crop_R.png", 1)
+    without = grade_kl_folder(kl_model, folder).set_index("file")
+    assert "--localiser" in without.loc["bilateral.dcm", "error"]
+    assert pd.isna(without.loc["bilateral.dcm", "kl_grade"])
+    assert without.loc["crop_R.png", "error"] == ""
+    table = grade_kl_folder(kl_model, folder, localiser_path=localiser_file, gradcam_dir=tmp_path / "cams")
+    dicom = table[table["file"] == "bilateral.dcm"]
+    assert list(dicom["knee"]) == ["R", "L"] and list(dicom["side"]) == ["R", "L"]
+    assert (dicom["error"] == "").all() and dicom["kl_grade"].between(0, 4).all()
+    png = table[table["file"] == "bilateral.png"]
+    assert len(png) == 1 and "pixel spacing" in png["error"].iloc[0]  # a PNG carries no spacing
+    spaced = grade_kl_folder(kl_model, folder, localiser_path=localiser_file, pixel_spacing_mm=0.2)
+    assert list(spaced.loc[spaced["file"] == "bilateral.png", "knee"]) == ["R", "L"]
+    assert table.loc[table["file"] == "crop_R.png", "knee"].tolist() == [""]
+    cams = sorted(p.name for p in (tmp_path / "cams").glob("*.png"))
+    assert cams == ["bilateral.dcm.L.gradcam.png", "bilateral.dcm.R.gradcam.png", "crop_R.png.gradcam.png"]
+    out = tmp_path / "g.csv"
+    assert main(["grade-kl", "--model", str(kl_model), "--images", str(folder), "--out", str(out), "--quiet",
+                 "--localiser", str(localiser_file), "--pixel-spacing", "0.2"]) == 0
+    assert len(pd.read_csv(out)) == 5
+    (tmp_path / "not_a_localiser.pt").write_bytes(b"junk")
+    assert main(["grade-kl", "--model", str(kl_model), "--images", str(folder), "--out", str(out), "--quiet",
+                 "--localiser", str(tmp_path / "not_a_localiser.pt")]) == 2
+    assert "not a readable torch file" in capsys.readouterr().err
+
+
+def test_bilateral_crop_is_framed_like_the_training_crops():
+    from kneelib.grade_kl import MARGINS_PER_PLATEAU_CENTRES, bilateral_crop_mm
+    from kneelib.preprocess.knee_crops import CHEN_WIDTH_PER_PLATEAU
+
+    landmarks = {"plateau_lateral": (100.0, 40.0), "plateau_medial": (100.0, 240.0)}  # 200 px apart
+    assert bilateral_crop_mm(landmarks, 0.2) == pytest.approx(
+        CHEN_WIDTH_PER_PLATEAU * MARGINS_PER_PLATEAU_CENTRES * 40.0)

@@ -198,3 +198,36 @@ def test_frozen_prefix_keeps_the_stem_and_first_blocks_unchanged():
     assert len(backbone_prefix(reference, 3)) == 5
     with pytest.raises(ValueError, match="n_blocks"):
         backbone_prefix(reference, 99)
+
+
+def test_layered_density_flags_an_image_unlike_the_training_images_at_any_stage():
+    from kneelib.stats.feature_density import LayeredDensity, density_from_dict, fit_layered_density
+
+    rng = np.random.default_rng(0)
+    reference = {"early": rng.normal(0, 1, (300, 6)), "pooled": rng.normal(0, 1, (300, 10))}
+    held_out = {"early": rng.normal(0, 1, (200, 6)), "pooled": rng.normal(0, 1, (200, 10))}
+    density = fit_layered_density(reference, held_out, quantile=0.99, n_components=4)
+    assert np.mean(density.flag(held_out)) <= 0.02
+    odd_early = {"early": np.full((1, 6), 8.0), "pooled": np.zeros((1, 10))}  # only the early stage is off
+    assert density.flag(odd_early)[0] and density.stage_scores(odd_early)[0, 1] < 1
+    restored = density_from_dict(density.to_dict())
+    assert isinstance(restored, LayeredDensity) and restored.names == ("early", "pooled")
+    assert np.allclose(restored.score(odd_early), density.score(odd_early))
+    with pytest.raises(ValueError, match="stages"):
+        density.score({"early": np.zeros((1, 6))})
+
+
+def test_layer_features_hold_every_stage_and_the_pooled_features():
+    from kneelib.models.multitask import KL_ONLY, MultiTaskNet
+    from kneelib.train.multitask import layer_features, pooled_features
+
+    torch.manual_seed(0)
+    model = MultiTaskNet("resnet18", tasks=KL_ONLY)
+    images, _, _ = _graded_images(n=5, size=36)
+    features = layer_features(model, images, 32)
+    stages = [info["module"] for info in model.backbone.feature_info]
+    assert list(features) == [*stages, "pooled"]
+    for info in model.backbone.feature_info:
+        assert features[info["module"]].shape == (5, 2 * info["num_chs"])
+    assert np.allclose(features["pooled"], pooled_features(model, images, 32), atol=1e-5)
+    assert not any(m._forward_hooks for m in model.modules())  # hooks removed

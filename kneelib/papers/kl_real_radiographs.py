@@ -44,7 +44,7 @@ __all__ = [
     "ensemble_kl_probabilities", "fit_kl_feature_density", "DEVELOPMENT_CV", "training_knees", "cv_metrics",
     "compare_recipes", "development_cv", "recipe_from_params", "chapter_folds", "model_file_for", "parameter_set",
     "fold_checkpoint_dir",
-    "val_evaluation", "cached_grader_results", "build_demo_folder", "describe_params", "paper_summary",
+    "val_evaluation", "cached_grader_results", "build_demo_folder", "ood_flag_rate", "describe_params", "paper_summary",
     "apply_temperature",
 ]
 
@@ -267,7 +267,12 @@ def cached_grader_results(params: dict, cohort: KLCohort, n_boot: int = 1000, se
     probabilities = ensemble_kl_probabilities(models, images, size, tta_flip=bool(metadata.get("tta_flip")),
                                               temperature=float(metadata.get("temperature") or 1.0))
     result = val_evaluation(probabilities, cohort, metadata.get("cutpoints"), n_boot, seed)
-    result.update(path=path, metadata=metadata, probabilities=probabilities)
+    result.update(path=path, metadata=metadata, probabilities=probabilities, ood_percent=None)
+    if (metadata.get("feature_density") or {}).get("kind") == "layered":
+        from kneelib.stats.feature_density import density_from_dict
+
+        density = density_from_dict(metadata["feature_density"])
+        result["ood_percent"] = 100 * ood_flag_rate(density, models[0], images, size)
     return result
 
 
@@ -275,8 +280,10 @@ def build_demo_folder(cohort: KLCohort, demo_dir: Path, per_grade: int = 2, seed
     """A folder a new user might grade: ``val`` knees under new names, and things that are not knees.
 
     Writes two ``val`` knees per grade (``knee_<i>_<side>.png``), a damaged PNG, a DICOM
-    slice with Modality MR (a knee crop's pixels: refused for its modality) and a
-    non-radiograph PNG (a smooth synthetic pattern, to be flagged out of distribution).
+    slice with Modality MR (a knee crop's pixels: refused for its modality), a
+    non-radiograph PNG (a smooth synthetic pattern, to be flagged out of distribution) and
+    a wide image standing in for a full bilateral radiograph (two ``val`` knees side by
+    side: refused when ``grade-kl`` is given no knee localiser).
     Returns ``file name -> reference KL grade`` for the knees.
     """
     import shutil
@@ -297,7 +304,20 @@ def build_demo_folder(cohort: KLCohort, demo_dir: Path, per_grade: int = 2, seed
     y, x = np.mgrid[0:224, 0:224] / 224.0
     pattern = 127.5 * (1 + np.sin(12 * x) * np.cos(9 * y))
     Image.fromarray(pattern.astype(np.uint8)).save(demo_dir / "not_a_knee_R.png")
+    pair = [np.asarray(Image.open(path).convert("L")) for path in cohort.val["path"].iloc[:2]]
+    Image.fromarray(np.concatenate(pair, axis=1)).save(demo_dir / "bilateral_pa.png")
     return reference
+
+
+def ood_flag_rate(density, model, images: np.ndarray, image_size: int) -> float:
+    """Share of prepared images the out-of-distribution screen flags (e.g. the real ``val`` knees).
+
+    ``density`` is :func:`fit_kl_feature_density`'s, ``model`` the first ensemble member, as
+    ``grade-kl`` applies them.
+    """
+    from kneelib.train.multitask import layer_features
+
+    return float(np.mean(density.flag(layer_features(model, images, image_size))))
 
 
 def _write_demo_dicom(path: Path, pixels: np.ndarray, modality: str) -> Path:
@@ -345,4 +365,6 @@ def paper_summary(result: dict | None) -> str:
             f"{meta['train_seconds'] / 60:.0f} min on this machine's CPU) reaches a quadratic kappa of "
             f"{cell('quadratic_kappa')}, a balanced accuracy of {cell('balanced_accuracy')}, an accuracy of "
             f"{cell('accuracy')} and a mean absolute error of {cell('mae')} on `val`, with an expected "
-            f"calibration error of {result['ece']:.3f}.")
+            f"calibration error of {result['ece']:.3f}." + (
+                "" if result.get("ood_percent") is None else
+                f" Its out-of-distribution screen flags {result['ood_percent']:.1f}% of the `val` knees."))

@@ -28,7 +28,8 @@ from kneelib.data.knee_radiographs import TASK_LABELS, load_synthetic_knees, rea
 from kneelib.figures.grading import (plot_binary_curves, plot_confusions, plot_localisation,
                                      plot_pointing_examples)
 from kneelib.preprocess.knee_crops import PreparedKnees, osteophyte_region_masks, prepare_knees
-from kneelib.preprocess.knee_localisation import fit_localiser, localisation_error_table, localisation_split
+from kneelib.preprocess.knee_localisation import (fit_localiser, localisation_error_table, localisation_split,
+                                                  save_knee_localiser)
 from kneelib.train.grading import (BackboneRun, best_runs, cross_validate_backbone, ensemble_probabilities,
                                    set_determinism, subject_folds)
 from kneelib.train.grading_evaluation import binary_curves, pointing_game_table, table2, table3, wide_table
@@ -39,7 +40,8 @@ __all__ = [
     "subject_folds", "BackboneRun", "cross_validate_backbone", "table2", "table3", "wide_table", "best_runs",
     "ensemble_probabilities", "grade_decoding", "table3_beside_paper", "paper_table2", "first_visit_table", "binary_curves",
     "pointing_game_table", "plot_confusions", "plot_binary_curves", "plot_pointing_examples",
-    "plot_localisation", "fit_localiser", "localisation_error_table", "localisation_split",
+    "plot_localisation", "save_knee_localiser", "localiser_file_for", "fit_localiser", "localisation_error_table",
+    "localisation_split",
     "synthetic_comparisons",
 ]
 
@@ -102,6 +104,15 @@ def localise_and_crop(knees: pd.DataFrame, test_knees: pd.DataFrame, radiographs
     grading = prepare_knees(grading_knees, radiographs, localiser, image_size, progress=progress)
     test = prepare_knees(test_knees, radiographs, localiser, image_size, progress=progress)
     return LocalisedKnees(localiser, localisation_knees, grading, test, errors)
+
+
+def localiser_file_for(cohort_preset: str, n_subjects, localiser_epochs: int, seed: int):
+    """Where the chapter keeps its knee localiser for ``grade-kl --localiser`` (in the cache's ``models``)."""
+    from kneelib.config import cache_root
+
+    subjects = "all" if n_subjects is None else f"{int(n_subjects)}subj"
+    return (cache_root() / "models" / "oarsi_grading"
+            / f"knee_localiser_{cohort_preset}_{subjects}_{int(localiser_epochs)}ep_seed{int(seed)}.pt")
 
 
 def table3_beside_paper(test_long: pd.DataFrame) -> pd.DataFrame:

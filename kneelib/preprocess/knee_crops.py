@@ -99,6 +99,33 @@ class PreparedKnees:
                              {task: mask[index] for task, mask in self.masks.items()})
 
 
+def localised_knee_crop(localiser, pixels: np.ndarray, spacing_mm: float, side: str, size_mm: float = 140.0,
+                        out_size: int = 310, mirror_side: str | None = "L") -> tuple[np.ndarray, dict, dict]:
+    """One knee of a bilateral radiograph: localise it and cut the plateau-levelled square crop.
+
+    Paper 004, *Data Pre-processing*: landmarks of the knee (``localiser``, a
+    :class:`kneelib.preprocess.knee_localisation.KneeLocaliser`), a ``size_mm`` square
+    around the joint centre rotated so that the plateau is horizontal, the knee on
+    ``mirror_side`` mirrored (:func:`kneelib.preprocess.knee_localisation.knee_crop`).
+
+    Returns
+    -------
+    crop : ndarray, (out_size, out_size) float32
+        Unclipped grey values of the radiograph.
+    geometry : dict
+        The keyword arguments of ``knee_crop``/``crop_points`` for this knee.
+    landmarks : dict
+        Predicted landmark name -> (row, col) in radiograph pixels.
+    """
+    from kneelib.preprocess.knee_localisation import knee_crop, plateau_angle_deg
+
+    found = localiser.predict(pixels, spacing_mm, sides=(side,))[side]
+    angle = plateau_angle_deg(found["plateau_lateral"], found["plateau_medial"], side)
+    geometry = dict(centre_rc=found["joint_centre"], angle_deg=angle, side=side, pixel_spacing_mm=float(spacing_mm),
+                    size_mm=float(size_mm), out_size=int(out_size), mirror_side=mirror_side)
+    return knee_crop(pixels, **geometry), geometry, found
+
+
 def prepare_knees(knees: pd.DataFrame, radiographs: dict, localiser, image_size: int,
                   mirror_side: str = "L", size_mm: float = 140.0, low_percentile: float = 5.0,
                   high_percentile: float = 99.0, progress: bool = True) -> PreparedKnees:
@@ -120,7 +147,7 @@ def prepare_knees(knees: pd.DataFrame, radiographs: dict, localiser, image_size:
     """
     from tqdm.auto import tqdm
 
-    from kneelib.preprocess.knee_localisation import crop_points, knee_crop, plateau_angle_deg
+    from kneelib.preprocess.knee_localisation import crop_points
     from kneelib.preprocess.radiograph import clip_histogram
     from kneelib.train.multitask import resize_for_crop
 
@@ -135,12 +162,10 @@ def prepare_knees(knees: pd.DataFrame, radiographs: dict, localiser, image_size:
     centres, angles = [], []
     for i, row in enumerate(tqdm(list(knees.itertuples(index=False)), desc="knee crops", disable=not progress)):
         pixels, spacing = radiographs[row.path]
-        found = localiser.predict(pixels, spacing, sides=(row.side,))[row.side]
-        angle = plateau_angle_deg(found["plateau_lateral"], found["plateau_medial"], row.side)
-        geometry = dict(centre_rc=found["joint_centre"], angle_deg=angle, side=row.side,
-                        pixel_spacing_mm=spacing, size_mm=float(sizes_mm[i]), out_size=out_size,
-                        mirror_side=mirror_side)
-        crop = clip_histogram(knee_crop(pixels, **geometry), low_percentile, high_percentile)
+        raw, geometry, found = localised_knee_crop(localiser, pixels, spacing, row.side, float(sizes_mm[i]),
+                                                   out_size, mirror_side)
+        angle = geometry["angle_deg"]
+        crop = clip_histogram(raw, low_percentile, high_percentile)
         images[i] = np.round(crop * 255).astype(np.uint8)
         margins = crop_points([[getattr(row, f"plateau_margin_{c}_row"), getattr(row, f"plateau_margin_{c}_col")]
                                for c in ("lateral", "medial")], **geometry)

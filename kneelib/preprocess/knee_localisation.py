@@ -57,6 +57,10 @@ __all__ = [
     "knee_crop_matrix",
     "knee_crop",
     "crop_points",
+    "LOCALISER_FORMAT",
+    "LocaliserFileError",
+    "save_knee_localiser",
+    "load_knee_localiser",
 ]
 
 #: Points the localiser predicts, in this order.
@@ -522,3 +526,69 @@ def localisation_error_table(localiser: KneeLocaliser, knees: pd.DataFrame, radi
                                     _knee_points(knees, localiser.names))
     keys = [c for c in (subject_column, "visit_month", "side") if c in knees.columns]
     return pd.concat([knees[keys].reset_index(drop=True), errors], axis=1)
+
+
+#: Format tag of a saved localiser file (:func:`save_knee_localiser`).
+LOCALISER_FORMAT = "kneelib-knee-localiser-1"
+
+
+class LocaliserFileError(ValueError):
+    """A knee-localiser file that cannot be used: not a localiser, or another version."""
+
+    def __init__(self, path, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}")
+
+
+def save_knee_localiser(localiser: KneeLocaliser, path) -> "Path":
+    """Write a localiser (weights, grid, landmark names, training subjects) to one ``.pt`` file.
+
+    Written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    import os
+    from pathlib import Path
+
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": LOCALISER_FORMAT, "state_dict": localiser.network.state_dict(),
+               "grid_mm": float(localiser.grid_mm), "grid_shape": list(localiser.grid_shape),
+               "names": list(localiser.names), "trained_on": sorted(localiser.trained_on),
+               "history": localiser.history.to_dict(orient="list")}
+    partial = path.with_name(path.name + f".{os.getpid()}.partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load_knee_localiser(path) -> KneeLocaliser:
+    """Read a file written by :func:`save_knee_localiser`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    LocaliserFileError
+        If it is not a localiser file of this version.
+    """
+    from pathlib import Path
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"knee localiser file not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 -- any unpickling failure is an unusable file
+        raise LocaliserFileError(path, f"not a readable torch file ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != LOCALISER_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise LocaliserFileError(path, f"not a knee localiser of this version: format {found!r}, "
+                                       f"this kneelib reads {LOCALISER_FORMAT!r}")
+    network = LandmarkCNN(len(payload["names"]))
+    network.load_state_dict(payload["state_dict"])
+    network.eval()
+    return KneeLocaliser(network, float(payload["grid_mm"]), tuple(payload["grid_shape"]), tuple(payload["names"]),
+                         pd.DataFrame(payload["history"]), frozenset(payload["trained_on"]))

@@ -514,12 +514,14 @@ def fit_kl_feature_density(fold_models: KLFoldModels, images: np.ndarray, image_
                            max_reference: int = 1500, quantile: float = 0.995, seed: int = 0):
     """Out-of-distribution reference of the first model: its training rows' features, held-out threshold.
 
-    The reference Gaussian is fitted on (up to ``max_reference``) rows the first model
-    trained on; the threshold is the ``quantile`` of the scores of the rows it did not
-    train on (:mod:`kneelib.stats.feature_density`).
+    One Gaussian per feature stage of the first model
+    (:func:`kneelib.stats.feature_density.fit_layered_density` on
+    :func:`kneelib.train.multitask.layer_features`), fitted on (up to ``max_reference``)
+    rows the first model trained on; the thresholds are the ``quantile`` of the scores of
+    the rows it did not train on.
     """
-    from kneelib.stats.feature_density import fit_feature_density
-    from kneelib.train.multitask import pooled_features
+    from kneelib.stats.feature_density import fit_layered_density
+    from kneelib.train.multitask import layer_features
 
     first_fold = sorted(int(f) for f in np.unique(fold_models.folds) if f >= 0)[0]
     trained = np.flatnonzero(fold_models.folds != first_fold)
@@ -527,6 +529,6 @@ def fit_kl_feature_density(fold_models: KLFoldModels, images: np.ndarray, image_
     if len(trained) > max_reference:
         trained = np.sort(rng.choice(trained, size=max_reference, replace=False))
     model = fold_models.models[0]
-    density = fit_feature_density(pooled_features(model, images[trained], image_size))
     held = np.flatnonzero(fold_models.folds == first_fold)
-    return density.with_threshold(pooled_features(model, images[held], image_size), quantile)
+    return fit_layered_density(layer_features(model, images[trained], image_size),
+                               layer_features(model, images[held], image_size), quantile)

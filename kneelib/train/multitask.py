@@ -44,6 +44,7 @@ __all__ = [
     "predict_probabilities",
     "resize_for_crop",
     "pooled_features",
+    "layer_features",
     "FrozenPrefix",
     "backbone_prefix",
 ]
@@ -571,3 +572,37 @@ def pooled_features(model, images: np.ndarray, crop_size: int, batch_size: int =
               for batch in _input_batches(images, crop_size, batch_size)]
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
+def layer_features(model, images: np.ndarray, crop_size: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Activation statistics of every feature stage of the backbone, and the pooled features.
+
+    For each stage of timm's ``feature_info`` (e.g. ``blocks.0`` ... ``blocks.6`` of an
+    EfficientNet) the per-channel mean and standard deviation of its output over the
+    image, ``(n, 2 * channels)``; ``"pooled"``: :func:`pooled_features`. The inputs for
+    the out-of-distribution score (:class:`kneelib.stats.feature_density.LayeredDensity`).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    modules = dict(model.backbone.named_modules())
+    stages = [info["module"] for info in model.backbone.feature_info]
+    captured: dict[str, torch.Tensor] = {}
+    handles = [modules[name].register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+               for name in stages]
+    chunks: dict[str, list] = {name: [] for name in [*stages, "pooled"]}
+    try:
+        for batch in _input_batches(images, crop_size, batch_size):
+            pooled = model.backbone.forward_head(model.forward_features(batch.to(device)), pre_logits=True)
+            chunks["pooled"].append(pooled.cpu().numpy())
+            for name in stages:
+                out = captured[name].flatten(2)
+                stats = torch.cat([out.mean(dim=2), out.std(dim=2, correction=0)], dim=1)
+                chunks[name].append(stats.cpu().numpy())
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return {name: np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+            for name, parts in chunks.items()}
