@@ -187,8 +187,10 @@ def candidate_files(images_dir: str | Path) -> list[Path]:
 def dicom_side_and_modality(path: Path) -> tuple[str | None, str]:
     """``(side, modality)`` from a DICOM header (read without the pixel data).
 
-    The side is ``ImageLaterality`` or else ``Laterality`` when it is ``L`` or ``R``
-    (``B``, bilateral, or absent: ``None``); the modality is ``Modality`` (``""`` when absent).
+    The side is decided as for any DICOM knee series (:func:`kneelib.data.dicom.laterality_of`:
+    ``Laterality``/``ImageLaterality`` tags, then RIGHT/LEFT in the descriptions); ``B``
+    (bilateral), absent, or contradictory: ``None``. The modality is ``Modality`` (``""``
+    when absent).
 
     Raises
     ------
@@ -197,18 +199,17 @@ def dicom_side_and_modality(path: Path) -> tuple[str | None, str]:
     """
     import pydicom
 
+    from kneelib.data.dicom import LateralityError, laterality_of
     from kneelib.data.radiograph import RadiographReadError
 
     try:
         header = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
     except Exception as err:  # noqa: BLE001 -- any parser failure is an unreadable file
         raise RadiographReadError(path, f"unreadable DICOM header ({type(err).__name__}: {err})") from err
-    side = None
-    for keyword in ("ImageLaterality", "Laterality"):
-        value = str(header.get(keyword, "") or "").strip().upper()
-        if value in ("L", "R"):
-            side = value
-            break
+    try:
+        side, _ = laterality_of([header])
+    except LateralityError:
+        side = None
     return side, str(header.get("Modality", "") or "").strip().upper()
 
 
