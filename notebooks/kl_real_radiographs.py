@@ -379,7 +379,10 @@ print(f"metrics saved to {metrics_file.name}; notebook wall time {wall_minutes:.
 # - **Ordinal decoding and calibration** (not in the paper): cut-points on the expected grade and
 #   temperature scaling are used only when held-out `train` predictions favour them.
 # - **Localisation.** No BoneFinder landmarks, no 140 mm crop or plateau rotation: the data set
-#   already consists of 224 px knee crops; `grade-kl` likewise expects knee crops.
+#   already consists of 224 px knee crops. `grade-kl` grades knee crops as they are and cuts full
+#   bilateral radiographs with the knee localiser of the `oarsi_grading` chapter (`--localiser`),
+#   framing each knee like these crops; that localiser was trained and measured on synthetic
+#   radiographs only, since no public full knee radiograph was available offline.
 # - **Tasks.** KL only: the images carry no OARSI grades.
 # - **Data and split.** A few thousand OAI baseline knees instead of 19,704 OAI knees from all
 #   visits; a held-out class-balanced `val` split (OAI) instead of the independent MOST cohort, so
