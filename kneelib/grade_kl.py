@@ -245,10 +245,9 @@ def _bilateral_knees(pixels: np.ndarray, spacing_mm: float | None, localiser, pa
                          "ImagerPixelSpacing): pass --pixel-spacing")
     crops = {}
     for side in ("R", "L"):
-        found = localiser.predict(pixels, spacing_mm, sides=(side,))[side]
-        crop, _, _ = localised_knee_crop(localiser, pixels, spacing_mm, side, bilateral_crop_mm(found, spacing_mm),
-                                         out_size=256, mirror_side=None)
-        crops[side] = crop
+        crops[side], _, _ = localised_knee_crop(localiser, pixels, spacing_mm, side,
+                                                lambda found: bilateral_crop_mm(found, spacing_mm),
+                                                out_size=256, mirror_side=None)
     return crops
 
 

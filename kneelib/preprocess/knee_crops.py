@@ -16,8 +16,8 @@ import pandas as pd
 
 from kneelib.data.knee_radiographs import GRADE_TASKS
 
-__all__ = ["PreparedKnees", "CHEN_WIDTH_PER_PLATEAU", "osteophyte_region_masks", "prepare_knees",
-           "prepare_images"]
+__all__ = ["PreparedKnees", "CHEN_WIDTH_PER_PLATEAU", "osteophyte_region_masks", "localised_knee_crop",
+           "prepare_knees", "prepare_images"]
 
 #: Side of a knee crop framed like the Chen et al. (2019) crops, over the distance of the
 #: outer plateau margins: the plateau spans about 87 % of a real crop's width (looked at
@@ -99,7 +99,7 @@ class PreparedKnees:
                              {task: mask[index] for task, mask in self.masks.items()})
 
 
-def localised_knee_crop(localiser, pixels: np.ndarray, spacing_mm: float, side: str, size_mm: float = 140.0,
+def localised_knee_crop(localiser, pixels: np.ndarray, spacing_mm: float, side: str, size_mm=140.0,
                         out_size: int = 310, mirror_side: str | None = "L") -> tuple[np.ndarray, dict, dict]:
     """One knee of a bilateral radiograph: localise it and cut the plateau-levelled square crop.
 
@@ -107,6 +107,8 @@ def localised_knee_crop(localiser, pixels: np.ndarray, spacing_mm: float, side: 
     :class:`kneelib.preprocess.knee_localisation.KneeLocaliser`), a ``size_mm`` square
     around the joint centre rotated so that the plateau is horizontal, the knee on
     ``mirror_side`` mirrored (:func:`kneelib.preprocess.knee_localisation.knee_crop`).
+    ``size_mm`` is a number or a function of the predicted landmarks (a crop framed on the
+    knee's own size).
 
     Returns
     -------
@@ -121,6 +123,8 @@ def localised_knee_crop(localiser, pixels: np.ndarray, spacing_mm: float, side: 
 
     found = localiser.predict(pixels, spacing_mm, sides=(side,))[side]
     angle = plateau_angle_deg(found["plateau_lateral"], found["plateau_medial"], side)
+    if callable(size_mm):
+        size_mm = size_mm(found)
     geometry = dict(centre_rc=found["joint_centre"], angle_deg=angle, side=side, pixel_spacing_mm=float(spacing_mm),
                     size_mm=float(size_mm), out_size=int(out_size), mirror_side=mirror_side)
     return knee_crop(pixels, **geometry), geometry, found
