@@ -291,6 +291,7 @@ for line in (" ".join(command[1:]), result.stdout.strip()):
 graded = pd.read_csv(demo_dir / "grades.csv")
 graded["reference_kl"] = graded["file"].map(demo_reference).astype("Int64")
 graded["error"] = graded["error"].fillna("").str.replace(str(demo_dir), "DEMO", regex=False)
+graded["knee"] = graded["knee"].fillna("")
 display(graded.round(3))
 overlays = sorted((demo_dir / "cams").rglob("*.png"))[:4]
 fig, axes = plt.subplots(1, len(overlays), figsize=(3 * len(overlays), 3.2))
