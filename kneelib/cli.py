@@ -99,7 +99,9 @@ def _cmd_grade_kl(args: argparse.Namespace) -> int:
     if flagged:
         notes.append(f"{flagged} out of distribution: see 'ood_score'"
                      + ("" if args.grade_ood else "; left ungraded (--grade-ood grades them)"))
-    print(f"graded {len(table)} images -> {args.out}" + (f" ({'; '.join(notes)})" if notes else ""))
+    n_files = table["file"].nunique()
+    knees = f"{len(table)} rows ({n_files} files)" if n_files != len(table) else f"{len(table)} images"
+    print(f"graded {knees} -> {args.out}" + (f" ({'; '.join(notes)})" if notes else ""))
     return 0
 
 

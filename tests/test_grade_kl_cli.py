@@ -347,6 +347,7 @@ def test_full_bilateral_radiographs_are_cut_into_two_knees_by_the_localiser(tmp_
     assert main(["grade-kl", "--model", str(kl_model), "--images", str(folder), "--out", str(out), "--quiet",
                  "--localiser", str(localiser_file), "--pixel-spacing", "0.2"]) == 0
     assert len(pd.read_csv(out)) == 5
+    assert "graded 5 rows (3 files)" in capsys.readouterr().out  # a bilateral file gives two knee rows
     (tmp_path / "not_a_localiser.pt").write_bytes(b"junk")
     assert main(["grade-kl", "--model", str(kl_model), "--images", str(folder), "--out", str(out), "--quiet",
                  "--localiser", str(tmp_path / "not_a_localiser.pt")]) == 2
