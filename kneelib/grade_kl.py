@@ -29,7 +29,7 @@ import pandas as pd
 
 __all__ = ["KL_GRADER_FORMAT", "RADIOGRAPH_MODALITIES", "KLModelError", "model_path_for", "save_kl_model",
            "load_kl_grader", "side_from_name", "dicom_side_and_modality", "candidate_files", "grade_kl_folder",
-           "BILATERAL_ASPECT", "MARGINS_PER_PLATEAU_CENTRES", "bilateral_crop_mm"]
+           "BILATERAL_ASPECT", "MARGINS_PER_PLATEAU_CENTRES", "bilateral_crop_mm", "ood_scores"]
 
 #: An image at least this many times as wide as tall is a full bilateral radiograph
 #: (a knee crop is about square; an OAI bilateral PA view is about 1.7-2 : 1).
@@ -233,7 +233,7 @@ def bilateral_crop_mm(landmarks: dict, spacing_mm: float) -> float:
     return float(CHEN_WIDTH_PER_PLATEAU * MARGINS_PER_PLATEAU_CENTRES * np.hypot(*(lateral - medial)) * spacing_mm)
 
 
-def _bilateral_knees(pixels: np.ndarray, spacing_mm: float | None, localiser, path: Path) -> dict:
+def _bilateral_knees(pixels: np.ndarray, spacing_mm: float | None, localiser) -> dict:
     """``{side: crop}`` of both knees of a bilateral radiograph (raises when it cannot be cut)."""
     from kneelib.preprocess.knee_crops import localised_knee_crop
 
@@ -249,6 +249,22 @@ def _bilateral_knees(pixels: np.ndarray, spacing_mm: float | None, localiser, pa
                                                 lambda found: bilateral_crop_mm(found, spacing_mm),
                                                 out_size=256, mirror_side=None)
     return crops
+
+
+def ood_scores(density, model, images: np.ndarray, image_size: int, batch_size: int = 64) -> np.ndarray:
+    """The out-of-distribution score of prepared images under a saved grader's feature reference.
+
+    Scores the features ``density`` was fitted on: every stage
+    (:func:`kneelib.train.multitask.layer_features`) for a
+    :class:`~kneelib.stats.feature_density.LayeredDensity`, the pooled features for the
+    single :class:`~kneelib.stats.feature_density.FeatureDensity` of older model files.
+    ``model`` is the first ensemble member. Flagged: score above ``density.threshold``.
+    """
+    from kneelib.stats.feature_density import LayeredDensity
+    from kneelib.train.multitask import layer_features, pooled_features
+
+    extract = layer_features if isinstance(density, LayeredDensity) else pooled_features
+    return density.score(extract(model, images, image_size, batch_size=batch_size))
 
 
 def _prepare_pixels(pixels: np.ndarray, metadata: dict, side: str | None, image_size: int) -> np.ndarray:
@@ -359,9 +375,9 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, 
     from kneelib.preprocess.knee_localisation import load_knee_localiser
 
     from kneelib.stats.calibration import apply_temperature
-    from kneelib.stats.feature_density import LayeredDensity, density_from_dict
+    from kneelib.stats.feature_density import density_from_dict
     from kneelib.stats.ordinal import decode_grades
-    from kneelib.train.multitask import layer_features, pooled_features, predict_probabilities
+    from kneelib.train.multitask import predict_probabilities
 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -391,7 +407,7 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, 
             if pixels.shape[1] >= BILATERAL_ASPECT * pixels.shape[0]:
                 spacing = radiograph.pixel_spacing_mm[0] if radiograph.pixel_spacing_mm else pixel_spacing_mm
                 knees = {knee: _prepare_pixels(crop, metadata, knee, image_size)
-                         for knee, crop in _bilateral_knees(pixels, spacing, localiser, path).items()}
+                         for knee, crop in _bilateral_knees(pixels, spacing, localiser).items()}
             else:
                 knees = {"": _prepare_pixels(pixels, metadata, side, image_size)}
         except Exception as err:  # noqa: BLE001 -- one bad file is one error row, never the end of the run
@@ -415,9 +431,7 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, 
         grades = decode_grades(probabilities, metadata.get("cutpoints"))
         flagged = np.zeros(len(images), dtype=bool)
         if density is not None:
-            features = (layer_features if isinstance(density, LayeredDensity) else pooled_features)(
-                models[0], images, image_size, batch_size=batch_size)
-            scores = density.score(features)
+            scores = ood_scores(density, models[0], images, image_size, batch_size=batch_size)
             flagged = scores > density.threshold
         for k, (row_index, p) in enumerate(zip(stack_rows, probabilities)):
             row = rows[row_index]

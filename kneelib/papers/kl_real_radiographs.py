@@ -268,7 +268,7 @@ def cached_grader_results(params: dict, cohort: KLCohort, n_boot: int = 1000, se
                                               temperature=float(metadata.get("temperature") or 1.0))
     result = val_evaluation(probabilities, cohort, metadata.get("cutpoints"), n_boot, seed)
     result.update(path=path, metadata=metadata, probabilities=probabilities, ood_percent=None)
-    if (metadata.get("feature_density") or {}).get("kind") == "layered":
+    if metadata.get("feature_density"):
         from kneelib.stats.feature_density import density_from_dict
 
         density = density_from_dict(metadata["feature_density"])
@@ -313,11 +313,11 @@ def ood_flag_rate(density, model, images: np.ndarray, image_size: int) -> float:
     """Share of prepared images the out-of-distribution screen flags (e.g. the real ``val`` knees).
 
     ``density`` is :func:`fit_kl_feature_density`'s, ``model`` the first ensemble member, as
-    ``grade-kl`` applies them.
+    ``grade-kl`` applies them (:func:`kneelib.grade_kl.ood_scores`).
     """
-    from kneelib.train.multitask import layer_features
+    from kneelib.grade_kl import ood_scores
 
-    return float(np.mean(density.flag(layer_features(model, images, image_size))))
+    return float(np.mean(ood_scores(density, model, images, image_size) > density.threshold))
 
 
 def _write_demo_dicom(path: Path, pixels: np.ndarray, modality: str) -> Path:

@@ -543,23 +543,17 @@ class LocaliserFileError(ValueError):
 def save_knee_localiser(localiser: KneeLocaliser, path) -> "Path":
     """Write a localiser (weights, grid, landmark names, training subjects) to one ``.pt`` file.
 
-    Written to a temporary name and renamed, so a reader never sees half a file.
+    Written by :func:`kneelib.cache.atomic_write`, so a reader never sees half a file.
     """
-    import os
-    from pathlib import Path
-
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from kneelib.cache import atomic_write
+
     payload = {"format": LOCALISER_FORMAT, "state_dict": localiser.network.state_dict(),
                "grid_mm": float(localiser.grid_mm), "grid_shape": list(localiser.grid_shape),
                "names": list(localiser.names), "trained_on": sorted(localiser.trained_on),
                "history": localiser.history.to_dict(orient="list")}
-    partial = path.with_name(path.name + f".{os.getpid()}.partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_knee_localiser(path) -> KneeLocaliser:

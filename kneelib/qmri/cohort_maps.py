@@ -14,10 +14,11 @@ DICOM file, the label and lesion-mask NIfTI files), the options and :data:`CODE_
 computing it reads the files (about 0.1 s a knee) but runs none of the extraction, and it is
 remembered under the files' stat signature (:func:`kneelib.cache.stat_memoized`), so a cached
 knee costs milliseconds from the second read on. The entry is
-:func:`kneelib.qmri.biomarkers.save_biomarkers`'s ``.npz`` plus a small ``.extra.npz`` (written first; each to a temporary name, then renamed): the knee's
-right-left direction in array-mm space (for the medial and lateral compartments) and, per
-bone, each vertex's distance to the nearest planted focal cartilage-loss voxel of that bone
-(the synthetic ground truth the saliency is scored against; ``inf`` without one).
+:func:`kneelib.qmri.biomarkers.save_biomarkers`'s ``.npz`` plus a small ``.extra.npz``
+(written first; each to a temporary name, then renamed): the knee's right-left direction in
+array-mm space (for the medial and lateral compartments) and, per bone, each vertex's distance
+to the nearest planted focal cartilage-loss voxel of that bone (the synthetic ground truth the
+saliency is scored against; ``inf`` without one).
 """
 from __future__ import annotations
 
@@ -160,8 +161,7 @@ def knee_spherical_maps(root, participant_id: str, visit_month: int, *, cache_di
     truth = truth if truth is not None else series_truth_table(root)
     files = knee_input_files(root, index, truth, str(participant_id), int(visit_month))
     key = knee_maps_key(files, options, t2, memo_dir=cache_dir)
-    folder = Path(cache_dir) / key[:2]
-    path, extra_path = folder / f"{key}.npz", folder / f"{key}.extra.npz"
+    path, extra_path = _entry_files(cache_dir, key)
     if path.is_file() and extra_path.is_file():
         with np.load(extra_path) as extra:
             distances = {k.split("/", 1)[1]: extra[k] for k in extra.files if k.startswith("distance/")}
@@ -183,11 +183,18 @@ def knee_spherical_maps(root, participant_id: str, visit_month: int, *, cache_di
     result = KneeBiomarkers(bones=result.bones, spacing_mm=result.spacing_mm, t2_fitted=result.t2_fitted, key=key)
     right = anatomical_directions(dess.affine, spacing)["right"]
     distances = _driver_distances(labels, loss, spacing, {b: v.vertices for b, v in result.bones.items()})
-    folder.mkdir(parents=True, exist_ok=True)
+    extra_path.parent.mkdir(parents=True, exist_ok=True)
     _save_extra(extra_path, right, distances)
     save_biomarkers(result, path)
     return CohortKnee(str(participant_id), int(visit_month), result, right, distances,
                       time.perf_counter() - start)
+
+
+def _entry_files(cache_dir, key: str) -> tuple[Path, Path]:
+    """The biomarker ``.npz`` and the ``.extra.npz`` of a knee's cache entry (:func:`kneelib.cache.entry_path`)."""
+    from kneelib.cache import entry_path
+
+    return entry_path(cache_dir, key, ".npz"), entry_path(cache_dir, key, ".extra.npz")
 
 
 def _one(root, participant_id, visit_month, cache_dir, t2, options, keep: bool, index=None, truth=None):
@@ -214,8 +221,7 @@ def _is_cached(root, row, cache_dir, t2, options, index, truth) -> bool:
         key = knee_maps_key(files, options, t2, memo_dir=cache_dir)
     except (KneelibDataError, FileNotFoundError):
         return False  # the worker records why
-    folder = Path(cache_dir) / key[:2]
-    return (folder / f"{key}.npz").is_file() and (folder / f"{key}.extra.npz").is_file()
+    return all(part.is_file() for part in _entry_files(cache_dir, key))
 
 
 def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_jobs: int = 1,

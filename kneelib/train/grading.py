@@ -10,7 +10,6 @@ loaders, schedules, fastai learner) are in :mod:`kneelib.models.multitask` and
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,13 +330,14 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
     checkpoint_dir : path-like, optional
         Keep every finished fold there (weights, held-out predictions, history, seconds)
         under a content key of the recipe, seed, fold and training data
-        (:func:`kl_fold_checkpoint_key`), written to a temporary name and renamed. A rerun
+        (:func:`kl_fold_checkpoint_key`), written by :func:`kneelib.cache.atomic_write`. A rerun
         loads the folds already finished and trains only the others, so a long ensemble
         (the ``paper`` set) that was interrupted resumes where it stopped. ``seconds``
         counts each fold's original training time.
     """
     import torch
 
+    from kneelib.cache import atomic_write
     from kneelib.models.multitask import KL_ONLY, build_multitask_model
     from kneelib.train.multitask import (AugmentationSettings, FrozenPrefix, RadiographDataset, backbone_prefix,
                                          build_learner, fit_phases, make_dataloaders, predict_probabilities)
@@ -390,29 +390,25 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
         fold_seconds = time.perf_counter() - fold_start
         seconds += fold_seconds
         if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            partial = checkpoint.with_name(checkpoint.name + f".{os.getpid()}.partial")
-            torch.save({"state_dict": model.state_dict(), "held_out": held_out[test],
-                        "held_out_flip": held_out_flip[test], "history": histories[-1], "seconds": fold_seconds},
-                       partial)
-            os.replace(partial, checkpoint)
+            saved = {"state_dict": model.state_dict(), "held_out": held_out[test],
+                     "held_out_flip": held_out_flip[test], "history": histories[-1], "seconds": fold_seconds}
+            atomic_write(checkpoint, lambda tmp, saved=saved: torch.save(saved, tmp))
     return KLFoldModels(models, folds, held_out, held_out_flip, pd.concat(histories, ignore_index=True), seconds)
 
 
 def kl_fold_checkpoint_key(images, grades, folds, recipe: KLRecipe, seed: int, fold: int) -> str:
-    """Content key of one fold of :func:`train_kl_folds`: recipe, seed, fold and the exact training data."""
-    import hashlib
+    """Content key (:func:`kneelib.cache.content_key`) of one fold of :func:`train_kl_folds`:
+    recipe, seed, fold, torch version and the exact training data."""
     from dataclasses import asdict
 
     import torch
 
-    digest = hashlib.sha256()
-    digest.update(repr(sorted(asdict(recipe).items())).encode())
-    digest.update(f"seed={int(seed)};fold={int(fold)};torch={torch.__version__}".encode())
-    for array in (np.ascontiguousarray(images), np.asarray(grades, dtype=np.int64), np.asarray(folds, dtype=np.int64)):
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+    from kneelib.cache import content_key
+
+    arrays = (np.ascontiguousarray(images), np.asarray(grades, dtype=np.int64), np.asarray(folds, dtype=np.int64))
+    layout = [[str(a.dtype), list(a.shape)] for a in arrays]
+    return content_key(asdict(recipe), {"seed": int(seed), "fold": int(fold), "torch": torch.__version__,
+                                        "arrays": layout}, *(a.tobytes() for a in arrays), version="kl-fold-1")
 
 
 def ensemble_kl_probabilities(models: list, images: np.ndarray, image_size: int, tta_flip: bool = False,
