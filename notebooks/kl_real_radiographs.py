@@ -45,6 +45,9 @@ mirror_side = "L"  # left knees are mirrored to the right-knee orientation
 noise_std = 0.03
 gamma_low = 0.7
 gamma_high = 1.5
+rotation_deg = 0.0  # random rotation in training, up to this many degrees (0: none, as paper 004)
+scale_low = 1.0  # random zoom in training, log-uniform in [scale_low, scale_high] (1, 1: none)
+scale_high = 1.0
 n_boot = 1000
 torch_threads = 2
 grad_cam_per_grade = 2
@@ -73,7 +76,8 @@ params = dict(seed=seed, n_subjects=n_subjects, backbone=backbone, imagenet=imag
               max_epochs=max_epochs, schedule=schedule, lr=lr, lr_mult=lr_mult, head_lr=head_lr,
               head_epochs=head_epochs, frozen_blocks=frozen_blocks, batch_size=batch_size, n_folds=n_folds,
               internal_fraction=internal_fraction, mirror_side=mirror_side, noise_std=noise_std,
-              gamma_low=gamma_low, gamma_high=gamma_high, n_boot=n_boot, torch_threads=torch_threads)
+              gamma_low=gamma_low, gamma_high=gamma_high, rotation_deg=rotation_deg, scale_low=scale_low,
+              scale_high=scale_high, n_boot=n_boot, torch_threads=torch_threads)
 study.set_determinism(seed, threads=torch_threads)
 figure_dir = cache_root() / "figures" / study.REAL_STUDY
 figure_dir.mkdir(parents=True, exist_ok=True)

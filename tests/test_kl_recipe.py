@@ -173,6 +173,12 @@ def test_chapter_folds_single_model_or_subject_level_cv():
     params = study.parameter_set("smoke")
     assert study.recipe_from_params(params).image_size == params["image_size"]
     assert "one model" in study.describe_params(params) and "No `paper` grader" in study.paper_summary(None)
+    assert study.recipe_from_params(params).augmentation().geometric is False
+    paper = study.parameter_set("paper")
+    augmentation = study.recipe_from_params(paper).augmentation()
+    assert augmentation.rotation_deg == paper["rotation_deg"] > 0
+    assert augmentation.scale_range == (paper["scale_low"], paper["scale_high"])
+    assert f"rotation up to {paper['rotation_deg']:g} degrees" in study.describe_params(paper)
 
 
 def test_frozen_prefix_keeps_the_stem_and_first_blocks_unchanged():

@@ -208,3 +208,42 @@ def test_dataset_crops_and_normalises():
     assert abs(float(x.mean())) < 1e-5 and abs(float(x.std(unbiased=False)) - 1) < 1e-3
     with pytest.raises(ValueError, match="crop_size"):
         RadiographDataset(images, np.zeros(3, int), 48, augment=False)
+
+
+def test_random_rotate_zoom_is_identity_when_off_and_moves_content_when_on():
+    from kneelib.train.multitask import AugmentationSettings, random_rotate_zoom
+
+    image = torch.zeros(41, 41)
+    image[20, 30] = 1.0  # a bright point 10 px right of the centre
+    torch.manual_seed(0)
+    assert torch.allclose(random_rotate_zoom(image, 0.0, (1.0, 1.0)), image, atol=1e-5)
+    # a 90 degree range draws angles whose rotation moves the point off its row; a 2x zoom pushes it outward
+    torch.manual_seed(1)
+    rotated = random_rotate_zoom(image, 90.0, (1.0, 1.0))
+    row, col = np.unravel_index(int(rotated.argmax()), rotated.shape)
+    assert abs(np.hypot(row - 20, col - 20) - 10) < 1.5 and (row, col) != (20, 30)
+    zoomed = random_rotate_zoom(image, 0.0, (2.0, 2.0))
+    row, col = np.unravel_index(int(zoomed.argmax()), zoomed.shape)
+    assert row == 20 and abs(col - 40) <= 1
+    with pytest.raises(ValueError, match="scale_range"):
+        random_rotate_zoom(image, 0.0, (1.2, 1.1))
+    assert not AugmentationSettings().geometric and AugmentationSettings(rotation_deg=5).geometric
+
+
+def test_geometric_augmentation_is_seeded_and_only_in_training():
+    from kneelib.train.multitask import AugmentationSettings
+
+    images = np.random.default_rng(0).integers(0, 255, (2, 40, 40), dtype=np.uint8)
+    settings = AugmentationSettings(rotation_deg=10, scale_range=(0.9, 1.1))
+    train = RadiographDataset(images, np.zeros(2, int), 36, augment=True, augmentation=settings)
+    plain = RadiographDataset(images, np.zeros(2, int), 36, augment=True,
+                              augmentation=AugmentationSettings(noise_std=0.03))
+    torch.manual_seed(3)
+    first = train.image_tensor(0)
+    torch.manual_seed(3)
+    assert torch.equal(first, train.image_tensor(0))
+    torch.manual_seed(3)
+    assert not torch.allclose(first, plain.image_tensor(0), atol=1e-3)
+    evaluation = RadiographDataset(images, np.zeros(2, int), 36, augment=False, augmentation=settings)
+    assert torch.equal(evaluation.image_tensor(1), RadiographDataset(images, np.zeros(2, int), 36,
+                                                                     augment=False).image_tensor(1))

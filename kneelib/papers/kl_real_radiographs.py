@@ -160,7 +160,8 @@ def compare_recipes(recipes: dict, n_folds: int = 3, seed: int = 0, out_csv=None
         for tta, p in (("plain", result.held_out), ("flip TTA", result.held_out_flip)):
             row = {"recipe": name, "inference": tta, **cv_metrics(grades, p, folds), "n_folds": n_folds,
                    "n_knees": len(grades), "mirror_side": mirror_side, "train_seconds": round(result.seconds, 1),
-                   **{k: v for k, v in asdict(recipe).items() if k != "gamma_range"}}
+                   **{k: v for k, v in asdict(recipe).items() if k not in ("gamma_range", "scale_range")},
+                   "scale_low": recipe.scale_range[0], "scale_high": recipe.scale_range[1]}
             rows.append(row)
         if out_csv is not None:
             table = pd.DataFrame(rows)
@@ -195,7 +196,9 @@ def recipe_from_params(params: dict):
                     head_lr=float(params["head_lr"]), head_epochs=int(params["head_epochs"]),
                     batch_size=int(params["batch_size"]), noise_std=float(params["noise_std"]),
                     gamma_range=(float(params["gamma_low"]), float(params["gamma_high"])),
-                    frozen_blocks=int(params.get("frozen_blocks", 0)))
+                    frozen_blocks=int(params.get("frozen_blocks", 0)),
+                    rotation_deg=float(params.get("rotation_deg", 0.0)),
+                    scale_range=(float(params.get("scale_low", 1.0)), float(params.get("scale_high", 1.0))))
 
 
 def chapter_folds(cohort: KLCohort, n_folds: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -345,8 +348,16 @@ def describe_params(params: dict) -> str:
     k = max(1, int(params["n_folds"]))
     members = "one model" if k == 1 else f"ensemble of {k} subject-level CV models"
     frozen = int(params.get("frozen_blocks", 0))
+    rotation = float(params.get("rotation_deg", 0.0))
+    zoom = (float(params.get("scale_low", 1.0)), float(params.get("scale_high", 1.0)))
+    geometric = []
+    if rotation > 0:
+        geometric.append(f"rotation up to {rotation:g} degrees")
+    if zoom != (1.0, 1.0):
+        geometric.append(f"zoom {zoom[0]:g}-{zoom[1]:g}")
     return (f"{members}, {params['backbone']} {params['image_size']} px, {params['max_epochs']} epochs, "
-            f"{params['schedule']} schedule" + (f", stem + {frozen} blocks frozen" if frozen else ""))
+            f"{params['schedule']} schedule" + (f", stem + {frozen} blocks frozen" if frozen else "")
+            + (f", {' and '.join(geometric)} in training" if geometric else ""))
 
 
 def paper_summary(result: dict | None) -> str:

@@ -236,6 +236,8 @@ class KLRecipe:
     schedules. The last epoch's weights are kept (no epoch selection). ``frozen_blocks`` > 0
     keeps the stem and that many leading backbone blocks frozen throughout
     (:class:`kneelib.train.multitask.FrozenPrefix`), which makes a CPU step cheaper.
+    ``rotation_deg`` and ``scale_range`` add random rotation and zoom to paper 004's crop,
+    noise and gamma (:class:`kneelib.train.multitask.AugmentationSettings`; off by default).
     """
 
     backbone: str = "efficientnet_lite0"
@@ -251,6 +253,15 @@ class KLRecipe:
     noise_std: float = 0.03
     gamma_range: tuple = (0.7, 1.5)
     frozen_blocks: int = 0
+    rotation_deg: float = 0.0
+    scale_range: tuple = (1.0, 1.0)
+
+    def augmentation(self):
+        """The training augmentation (:class:`kneelib.train.multitask.AugmentationSettings`)."""
+        from kneelib.train.multitask import AugmentationSettings
+
+        return AugmentationSettings(noise_std=self.noise_std, gamma_range=tuple(self.gamma_range),
+                                    rotation_deg=float(self.rotation_deg), scale_range=tuple(self.scale_range))
 
     def phases(self):
         """The training phases (:class:`kneelib.train.multitask.Phase`)."""
@@ -351,7 +362,7 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
     if not held:
         raise ValueError("folds hold no held-out fold (every value is -1)")
     phases = recipe.phases()
-    augmentation = AugmentationSettings(noise_std=recipe.noise_std, gamma_range=tuple(recipe.gamma_range))
+    augmentation = recipe.augmentation()
     held_out = np.full((len(grades), 5), np.nan)
     held_out_flip = np.full((len(grades), 5), np.nan)
     models, histories = [], []
