@@ -237,3 +237,27 @@ def test_layer_features_hold_every_stage_and_the_pooled_features():
         assert features[info["module"]].shape == (5, 2 * info["num_chs"])
     assert np.allclose(features["pooled"], pooled_features(model, images, 32), atol=1e-5)
     assert not any(m._forward_hooks for m in model.modules())  # hooks removed
+
+
+def test_development_rows_record_out_of_fold_agreement_and_replace_older_rows(tmp_path, monkeypatch):
+    from kneelib.papers import kl_real_radiographs as study
+
+    rng = np.random.default_rng(2)
+    grades = np.repeat(np.arange(5), 12)
+    folds = np.tile(np.arange(3), 20)
+    perfect = np.eye(5)[grades] * 0.9 + 0.02
+    noisy = rng.dirichlet(np.ones(5), len(grades))
+    result = KLFoldModels([None] * 3, folds, perfect, noisy, pd.DataFrame(), 12.0)
+    recipe = KLRecipe(rotation_deg=10.0, scale_range=(0.9, 1.1))
+    rows = study.development_rows("candidate", recipe, result, grades, "L")
+    assert [r["inference"] for r in rows] == ["plain", "flip TTA"]
+    assert rows[0]["kappa"] == pytest.approx(1.0) and rows[1]["kappa"] < 0.5
+    assert rows[0]["n_folds"] == 3 and rows[0]["rotation_deg"] == 10.0 and rows[0]["scale_high"] == 1.1
+    out = tmp_path / "development_cv.csv"
+    pd.DataFrame([{"recipe": "older", "inference": "plain", "kappa": 0.3}]).to_csv(out, index=False)
+    study.append_development_rows(rows, out)
+    table = study.append_development_rows(rows, out)
+    assert list(table["recipe"]) == ["older", "candidate", "candidate"]
+    monkeypatch.setattr(study, "DEVELOPMENT_CV", out)
+    shown = study.development_cv().set_index("recipe")
+    assert shown.loc["older", "rotation_deg"] == 0.0 and shown.loc["older", "scale_low"] == 1.0

@@ -42,7 +42,7 @@ __all__ = [
     "grade_kl_folder", "plot_history", "plot_confusion", "plot_metric_bars", "plot_kl_grad_cams",
     "kl_comparisons", "plot_reliability", "load_kl_grader", "KLRecipe", "train_kl_folds", "choose_kl_inference",
     "ensemble_kl_probabilities", "fit_kl_feature_density", "DEVELOPMENT_CV", "training_knees", "cv_metrics",
-    "compare_recipes", "development_cv", "recipe_from_params", "chapter_folds", "model_file_for", "parameter_set",
+    "compare_recipes", "development_rows", "append_development_rows", "development_cv", "recipe_from_params", "chapter_folds", "model_file_for", "parameter_set",
     "fold_checkpoint_dir",
     "val_evaluation", "cached_grader_results", "build_demo_folder", "ood_flag_rate", "describe_params", "paper_summary",
     "apply_temperature",
@@ -144,8 +144,6 @@ def compare_recipes(recipes: dict, n_folds: int = 3, seed: int = 0, out_csv=None
     recipes : dict
         Name -> :class:`kneelib.train.grading.KLRecipe`.
     """
-    from dataclasses import asdict
-
     from kneelib.train.grading import kl_subject_folds, train_kl_folds
 
     train = training_knees(load_chen_kl_cohort(internal_fraction=0.15, n_subjects=n_subjects, seed=seed))
@@ -157,25 +155,49 @@ def compare_recipes(recipes: dict, n_folds: int = 3, seed: int = 0, out_csv=None
         if recipe.image_size not in prepared:
             prepared[recipe.image_size] = prepare_images(train, recipe.image_size, mirror_side, progress=False)
         result = train_kl_folds(prepared[recipe.image_size], grades, folds, recipe, seed=seed)
-        for tta, p in (("plain", result.held_out), ("flip TTA", result.held_out_flip)):
-            row = {"recipe": name, "inference": tta, **cv_metrics(grades, p, folds), "n_folds": n_folds,
-                   "n_knees": len(grades), "mirror_side": mirror_side, "train_seconds": round(result.seconds, 1),
-                   **{k: v for k, v in asdict(recipe).items() if k not in ("gamma_range", "scale_range")},
-                   "scale_low": recipe.scale_range[0], "scale_high": recipe.scale_range[1]}
-            rows.append(row)
+        rows.extend(development_rows(name, recipe, result, grades, mirror_side))
         if out_csv is not None:
-            table = pd.DataFrame(rows)
-            if Path(out_csv).is_file():
-                old = pd.read_csv(out_csv)
-                table = pd.concat([old[~old["recipe"].isin(table["recipe"])], table], ignore_index=True)
-            table.to_csv(out_csv, index=False, float_format="%.4f")
+            append_development_rows(rows, out_csv)
     return pd.DataFrame(rows)
+
+
+def development_rows(name: str, recipe, result, grades, mirror_side: str | None) -> list[dict]:
+    """The two development records (plain and flip TTA) of one recipe's fold models (:func:`cv_metrics`).
+
+    ``result`` is :func:`kneelib.train.grading.train_kl_folds`'s, trained with subject-level
+    K-fold folds over all of ``train`` (e.g. by :func:`compare_recipes`, or the ``paper``
+    chapter run's fold checkpoints, which use the same folds).
+    """
+    from dataclasses import asdict
+
+    grades = np.asarray(grades).astype(int)
+    rows = []
+    for tta, p in (("plain", result.held_out), ("flip TTA", result.held_out_flip)):
+        rows.append({"recipe": name, "inference": tta, **cv_metrics(grades, p, result.folds),
+                     "n_folds": len(result.models), "n_knees": len(grades), "mirror_side": mirror_side,
+                     "train_seconds": round(result.seconds, 1),
+                     **{k: v for k, v in asdict(recipe).items() if k not in ("gamma_range", "scale_range")},
+                     "scale_low": recipe.scale_range[0], "scale_high": recipe.scale_range[1]})
+    return rows
+
+
+def append_development_rows(rows: list[dict], out_csv) -> pd.DataFrame:
+    """Write ``rows`` into the development record ``out_csv``, replacing older rows of the same recipes."""
+    table = pd.DataFrame(rows)
+    if Path(out_csv).is_file():
+        old = pd.read_csv(out_csv)
+        table = pd.concat([old[~old["recipe"].isin(table["recipe"])], table], ignore_index=True)
+    table.to_csv(out_csv, index=False, float_format="%.4f")
+    return table
 
 
 #: Columns of :data:`DEVELOPMENT_CV` the chapter shows.
 DEVELOPMENT_COLUMNS = ["recipe", "inference", "kappa", "kappa_cutpoints", "balanced_accuracy", "accuracy", "mae",
-                       "ece", "backbone", "image_size", "max_epochs", "schedule", "frozen_blocks", "n_folds",
-                       "n_knees", "train_seconds"]
+                       "ece", "backbone", "image_size", "max_epochs", "schedule", "frozen_blocks", "rotation_deg",
+                       "scale_low", "scale_high", "n_folds", "n_knees", "train_seconds"]
+
+#: Values of recipe fields that older development records predate (their runs used these).
+_DEVELOPMENT_DEFAULTS = {"rotation_deg": 0.0, "scale_low": 1.0, "scale_high": 1.0}
 
 
 def development_cv() -> pd.DataFrame:
@@ -183,7 +205,7 @@ def development_cv() -> pd.DataFrame:
     if not DEVELOPMENT_CV.is_file():
         return pd.DataFrame(columns=DEVELOPMENT_COLUMNS)
     table = pd.read_csv(DEVELOPMENT_CV)
-    return table.reindex(columns=DEVELOPMENT_COLUMNS)
+    return table.reindex(columns=DEVELOPMENT_COLUMNS).fillna(_DEVELOPMENT_DEFAULTS)
 
 
 def recipe_from_params(params: dict):
