@@ -186,12 +186,13 @@ display(trained.history.round(4))
 #
 # ### Training
 #
-# Loss and the held-out kappa per epoch (fold 0): the held-out rows are only watched, never used
-# to stop or select.
+# Loss and the held-out kappa per epoch, for every trained model (a CV fold of `train`, or the
+# internal split when one model is trained): the held-out rows are only watched, never used to stop
+# or select.
 
 # %%
-fig = study.plot_history(trained.history[trained.history["fold"] == trained.history["fold"].min()],
-                         metric_title="held-out rows (watched, never used to select)")
+fig = study.plot_history(trained.history, metric_title="held-out rows (watched, never used to select)",
+                         held_out_label="held-out loss")
 fig.savefig(figure_dir / "history.png", dpi=100)
 plt.show()
 

@@ -17,28 +17,41 @@ __all__ = ["plot_history", "plot_confusion", "plot_metric_bars", "plot_kl_grad_c
 
 
 def plot_history(history: pd.DataFrame, best_epoch: int | None = None,
-                 metric_title: str = "internal validation (model selection)"):
-    """Training curves: losses and internal-validation kappa/balanced accuracy per epoch."""
+                 metric_title: str = "internal validation (model selection)",
+                 held_out_label: str = "internal-val loss"):
+    """Training curves: losses and held-out kappa/balanced accuracy per epoch.
+
+    With a ``fold`` column holding several folds (:func:`kneelib.train.grading.train_kl_folds`),
+    every fold is drawn, one line style per fold, in the colour of its quantity.
+    """
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax_loss.plot(history["epoch"], history["train_loss"], "o-", label="train loss")
-    ax_loss.plot(history["epoch"], history["valid_loss"], "s-", label="internal-val loss")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy")
-    ax_loss.legend()
-    for column, label in (("kl_kappa", "quadratic kappa"), ("kl_bacc", "balanced accuracy")):
-        ax_metric.plot(history["epoch"], history[column], "o-", label=label)
+    folds = sorted(history["fold"].unique()) if "fold" in history and history["fold"].nunique() > 1 else [None]
+    styles = ["-", "--", ":", "-."]
+    for i, fold in enumerate(folds):
+        part = history if fold is None else history[history["fold"] == fold]
+        suffix = "" if fold is None else f", fold {fold}"
+        line = styles[i % len(styles)]
+        ax_loss.plot(part["epoch"], part["train_loss"], "o" + line, color="C0", label="train loss" + suffix)
+        ax_loss.plot(part["epoch"], part["valid_loss"], "s" + line, color="C1", label=held_out_label + suffix)
+        for colour, (column, label) in zip(("C0", "C1"), (("kl_kappa", "quadratic kappa"),
+                                                           ("kl_bacc", "balanced accuracy"))):
+            ax_metric.plot(part["epoch"], part[column], "o" + line, color=colour, label=label + suffix)
     if best_epoch is not None:
         ax_metric.axvline(best_epoch, color="grey", ls="--", label=f"selected epoch {best_epoch}")
-    for epoch, lr in zip(history["epoch"], history["lr"]):
+    first = history if folds == [None] else history[history["fold"] == folds[0]]
+    for epoch, lr in zip(first["epoch"], first["lr"]):
         ax_metric.annotate(f"{lr:.2g}", (epoch, 0.02), ha="center", fontsize=7, color="grey")
     for ax in (ax_loss, ax_metric):
-        ax.set_xticks(list(history["epoch"]))
+        ax.set_xticks(sorted(history["epoch"].unique()))
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend(fontsize=8 if len(folds) > 1 else None)
     ax_metric.set_ylim(0, 1)
     ax_metric.set_xlabel("epoch (grey: learning rate)")
     ax_metric.set_title(metric_title)
-    ax_metric.legend(loc="upper left", fontsize=8)
+    ax_metric.legend(loc="upper left", fontsize=7 if len(folds) > 1 else 8, ncol=2 if len(folds) > 1 else 1)
     fig.tight_layout()
     return fig
 
