@@ -42,8 +42,8 @@ __all__ = [
     "grade_kl_folder", "plot_history", "plot_confusion", "plot_metric_bars", "plot_kl_grad_cams",
     "kl_comparisons", "plot_reliability", "load_kl_grader", "KLRecipe", "train_kl_folds", "choose_kl_inference",
     "ensemble_kl_probabilities", "fit_kl_feature_density", "DEVELOPMENT_CV", "training_knees", "cv_metrics",
-    "compare_recipes", "development_rows", "append_development_rows", "development_cv", "recipe_from_params", "chapter_folds", "model_file_for", "parameter_set",
-    "fold_checkpoint_dir",
+    "compare_recipes", "development_rows", "append_development_rows", "development_cv", "recipe_from_params",
+    "chapter_folds", "model_file_for", "parameter_set", "fold_checkpoint_dir",
     "val_evaluation", "cached_grader_results", "build_demo_folder", "ood_flag_rate", "describe_params", "paper_summary",
     "apply_temperature",
 ]
