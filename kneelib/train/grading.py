@@ -350,8 +350,8 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
 
     from kneelib.cache import atomic_write
     from kneelib.models.multitask import KL_ONLY, build_multitask_model
-    from kneelib.train.multitask import (AugmentationSettings, FrozenPrefix, RadiographDataset, backbone_prefix,
-                                         build_learner, fit_phases, make_dataloaders, predict_probabilities)
+    from kneelib.train.multitask import (FrozenPrefix, RadiographDataset, backbone_prefix, build_learner,
+                                         fit_phases, make_dataloaders, predict_probabilities)
 
     images = np.asarray(images)
     grades = np.asarray(grades).astype(int)
