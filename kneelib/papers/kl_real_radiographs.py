@@ -196,8 +196,9 @@ DEVELOPMENT_COLUMNS = ["recipe", "inference", "kappa", "kappa_cutpoints", "balan
                        "ece", "backbone", "image_size", "max_epochs", "schedule", "frozen_blocks", "rotation_deg",
                        "scale_low", "scale_high", "n_folds", "n_knees", "train_seconds"]
 
-#: Values of recipe fields that older development records predate (their runs used these).
-_DEVELOPMENT_DEFAULTS = {"rotation_deg": 0.0, "scale_low": 1.0, "scale_high": 1.0}
+#: Values of recipe fields that older development records predate (their runs used the defaults).
+_DEVELOPMENT_DEFAULTS = {"rotation_deg": KLRecipe.rotation_deg, "scale_low": KLRecipe.scale_range[0],
+                         "scale_high": KLRecipe.scale_range[1]}
 
 
 def development_cv() -> pd.DataFrame:
@@ -210,8 +211,6 @@ def development_cv() -> pd.DataFrame:
 
 def recipe_from_params(params: dict):
     """The :class:`kneelib.train.grading.KLRecipe` of a chapter parameter set."""
-    from kneelib.train.grading import KLRecipe
-
     return KLRecipe(backbone=params["backbone"], image_size=int(params["image_size"]),
                     max_epochs=int(params["max_epochs"]), schedule=params["schedule"],
                     imagenet=bool(params["imagenet"]), lr=float(params["lr"]), lr_mult=float(params["lr_mult"]),
@@ -219,8 +218,9 @@ def recipe_from_params(params: dict):
                     batch_size=int(params["batch_size"]), noise_std=float(params["noise_std"]),
                     gamma_range=(float(params["gamma_low"]), float(params["gamma_high"])),
                     frozen_blocks=int(params.get("frozen_blocks", 0)),
-                    rotation_deg=float(params.get("rotation_deg", 0.0)),
-                    scale_range=(float(params.get("scale_low", 1.0)), float(params.get("scale_high", 1.0))))
+                    rotation_deg=float(params.get("rotation_deg", KLRecipe.rotation_deg)),
+                    scale_range=(float(params.get("scale_low", KLRecipe.scale_range[0])),
+                                 float(params.get("scale_high", KLRecipe.scale_range[1]))))
 
 
 def chapter_folds(cohort: KLCohort, n_folds: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -370,13 +370,12 @@ def describe_params(params: dict) -> str:
     k = max(1, int(params["n_folds"]))
     members = "one model" if k == 1 else f"ensemble of {k} subject-level CV models"
     frozen = int(params.get("frozen_blocks", 0))
-    rotation = float(params.get("rotation_deg", 0.0))
-    zoom = (float(params.get("scale_low", 1.0)), float(params.get("scale_high", 1.0)))
+    augmentation = recipe_from_params(params).augmentation()
     geometric = []
-    if rotation > 0:
-        geometric.append(f"rotation up to {rotation:g} degrees")
-    if zoom != (1.0, 1.0):
-        geometric.append(f"zoom {zoom[0]:g}-{zoom[1]:g}")
+    if augmentation.rotation_deg > 0:
+        geometric.append(f"rotation up to {augmentation.rotation_deg:g} degrees")
+    if augmentation.scale_range != (1.0, 1.0):
+        geometric.append("zoom {:g}-{:g}".format(*augmentation.scale_range))
     return (f"{members}, {params['backbone']} {params['image_size']} px, {params['max_epochs']} epochs, "
             f"{params['schedule']} schedule" + (f", stem + {frozen} blocks frozen" if frozen else "")
             + (f", {' and '.join(geometric)} in training" if geometric else ""))

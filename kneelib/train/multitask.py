@@ -96,7 +96,9 @@ def random_rotate_zoom(image: torch.Tensor, rotation_deg: float, scale_range) ->
 
     The angle is uniform in ``[-rotation_deg, rotation_deg]`` degrees and the zoom
     log-uniform in ``scale_range`` (> 1 enlarges the content); both come from torch's
-    global generator, so a seeded run draws the same transforms.
+    global generator, so a seeded run draws the same transforms. Rotation and zoom are one
+    resampling, which is why this does not chain
+    :func:`kneelib.preprocess.radiograph.rotate` (rotation only) with a separate zoom.
     """
     low, high = (float(v) for v in scale_range)
     if not 0 < low <= high:
