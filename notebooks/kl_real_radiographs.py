@@ -143,8 +143,7 @@ plt.show()
 # class-balanced `val` below; only their differences matter.
 
 # %%
-development = study.development_cv()
-display(development.round(3))
+display(study.development_summary().round(3))
 
 # %% [markdown]
 # ## Method

@@ -261,3 +261,15 @@ def test_development_rows_record_out_of_fold_agreement_and_replace_older_rows(tm
     monkeypatch.setattr(study, "DEVELOPMENT_CV", out)
     shown = study.development_cv().set_index("recipe")
     assert shown.loc["older", "rotation_deg"] == 0.0 and shown.loc["older", "scale_low"] == 1.0
+
+
+def test_development_summary_is_one_row_per_recipe_and_inference_with_minutes():
+    from kneelib.papers import kl_real_radiographs as study
+
+    table = pd.DataFrame({"recipe": ["a", "a"], "inference": ["plain", "flip TTA"], "kappa": [0.7, 0.6],
+                          "kappa_cutpoints": [0.75, 0.7], "balanced_accuracy": [0.5, 0.4], "mae": [0.6, 0.7],
+                          "ece": [0.1, 0.05], "n_knees": [100, 100], "train_seconds": [120.0, 120.0]})
+    summary = study.development_summary(table)
+    assert list(summary.index) == [("a", "plain"), ("a", "flip TTA")]
+    assert summary.loc[("a", "plain"), "training (min)"] == 2.0 and summary.loc[("a", "flip TTA"), "kappa"] == 0.6
+    assert len(study.development_summary()) == len(study.development_cv())

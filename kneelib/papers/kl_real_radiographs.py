@@ -42,7 +42,8 @@ __all__ = [
     "grade_kl_folder", "plot_history", "plot_confusion", "plot_metric_bars", "plot_kl_grad_cams",
     "kl_comparisons", "plot_reliability", "load_kl_grader", "KLRecipe", "train_kl_folds", "choose_kl_inference",
     "ensemble_kl_probabilities", "fit_kl_feature_density", "DEVELOPMENT_CV", "training_knees", "cv_metrics",
-    "compare_recipes", "development_rows", "append_development_rows", "development_cv", "recipe_from_params",
+    "compare_recipes", "development_rows", "append_development_rows", "development_cv", "development_summary",
+    "recipe_from_params",
     "chapter_folds", "model_file_for", "parameter_set", "fold_checkpoint_dir",
     "val_evaluation", "cached_grader_results", "build_demo_folder", "ood_flag_rate", "describe_params", "paper_summary",
     "apply_temperature",
@@ -207,6 +208,21 @@ def development_cv() -> pd.DataFrame:
         return pd.DataFrame(columns=DEVELOPMENT_COLUMNS)
     table = pd.read_csv(DEVELOPMENT_CV)
     return table.reindex(columns=DEVELOPMENT_COLUMNS).fillna(_DEVELOPMENT_DEFAULTS)
+
+
+def development_summary(table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The development records as the page shows them: one row per recipe and inference, the
+    out-of-fold agreement, the knees cross-validated and the training minutes.
+
+    The recipe's name says what it trains; :func:`development_cv` has every recipe field.
+    """
+    table = development_cv() if table is None else table
+    summary = pd.DataFrame({
+        "recipe": table["recipe"], "inference": table["inference"], "kappa": table["kappa"],
+        "kappa, cut-points": table["kappa_cutpoints"], "balanced accuracy": table["balanced_accuracy"],
+        "MAE": table["mae"], "ECE": table["ece"], "knees": table["n_knees"],
+        "training (min)": table["train_seconds"] / 60})
+    return summary.set_index(["recipe", "inference"])
 
 
 def recipe_from_params(params: dict):
