@@ -221,7 +221,7 @@ def development_summary(table: pd.DataFrame | None = None) -> pd.DataFrame:
         "recipe": table["recipe"], "inference": table["inference"], "kappa": table["kappa"],
         "kappa, cut-points": table["kappa_cutpoints"], "balanced accuracy": table["balanced_accuracy"],
         "MAE": table["mae"], "ECE": table["ece"], "knees": table["n_knees"],
-        "training (min)": table["train_seconds"] / 60})
+        "training (min)": (table["train_seconds"] / 60).round(1)})
     return summary.set_index(["recipe", "inference"])
 
 
