@@ -3,7 +3,7 @@
 Inference side of paper 004 (Tiulpin & Saarakkala 2020): a KL model or ensemble trained by
 :func:`kneelib.train.grading.train_kl_folds` is saved with the preprocessing and inference
 settings it was trained and calibrated with (:func:`save_kl_model`: mirroring, input size,
-flip TTA, temperature, decoding, the out-of-distribution feature reference);
+test-time augmentation, temperature, decoding, the out-of-distribution feature reference);
 :func:`grade_kl_folder` prepares every
 image under a folder the same way (*Data Pre-processing*: histogram clipping, resize,
 central crop, global contrast normalisation, mirroring of one side) and writes one CSV
@@ -29,7 +29,7 @@ import pandas as pd
 
 __all__ = ["KL_GRADER_FORMAT", "RADIOGRAPH_MODALITIES", "KLModelError", "model_path_for", "save_kl_model",
            "load_kl_grader", "side_from_name", "dicom_side_and_modality", "candidate_files", "grade_kl_folder",
-           "BILATERAL_ASPECT", "MARGINS_PER_PLATEAU_CENTRES", "bilateral_crop_mm", "ood_scores"]
+           "BILATERAL_ASPECT", "MARGINS_PER_PLATEAU_CENTRES", "bilateral_crop_mm", "ood_scores", "tta_option"]
 
 #: An image at least this many times as wide as tall is a full bilateral radiograph
 #: (a knee crop is about square; an OAI bilateral PA view is about 1.7-2 : 1).
@@ -90,7 +90,8 @@ def save_kl_model(model, path, image_size: int, mirror_side: str | None, extra: 
     mirror_side : {"L", "R", None}
         The side mirrored in training (paper 004 mirrors one side), or ``None``.
     extra : dict, optional
-        More metadata: ``tta_flip`` (bool), ``temperature`` (float), ``cutpoints`` (4
+        More metadata: ``tta`` (a test-time augmentation option of
+        :data:`kneelib.train.multitask.TTA_OPTIONS`), ``temperature`` (float), ``cutpoints`` (4
         floats or None), ``feature_density`` (:meth:`kneelib.stats.feature_density.FeatureDensity.to_dict`),
         the chapter's parameters ...
     """
@@ -106,7 +107,7 @@ def save_kl_model(model, path, image_size: int, mirror_side: str | None, extra: 
         raise ValueError("every member needs a 'kl' head and the same backbone")
     metadata = {"image_size": int(image_size), "resize_to": resize_for_crop(image_size),
                 "mirror_side": mirror_side, "low_percentile": 5.0, "high_percentile": 99.0,
-                "tta_flip": False, "temperature": 1.0, "cutpoints": None, "feature_density": None,
+                "tta": "plain", "temperature": 1.0, "cutpoints": None, "feature_density": None,
                 "paper": "Tiulpin & Saarakkala 2020 (paper 004)", **(extra or {})}
     payload = {"format": KL_GRADER_FORMAT, "backbone": first.backbone_name,
                "task_classes": dict(first.task_classes), "dropout": first.dropout_p,
@@ -156,7 +157,26 @@ def load_kl_grader(path) -> tuple[list, dict]:
                              dropout=payload.get("dropout", 0.5))
         model.load_state_dict(state)
         models.append(model.eval())
-    return models, dict(payload["metadata"])
+    metadata = dict(payload["metadata"])
+    try:
+        metadata["tta"] = tta_option(metadata)
+    except ValueError as err:
+        raise KLModelError(path, str(err)) from err
+    return models, metadata
+
+
+def tta_option(metadata: dict) -> str:
+    """The test-time augmentation option a saved grader applies.
+
+    Files written before the rotation options existed say ``tta_flip`` (bool) instead of
+    ``tta``; both are read. Raises ValueError for an option this kneelib does not know.
+    """
+    from kneelib.train.multitask import TTA_OPTIONS
+
+    option = metadata.get("tta") or ("flip TTA" if metadata.get("tta_flip") else "plain")
+    if option not in TTA_OPTIONS:
+        raise ValueError(f"unknown test-time augmentation {option!r} (known: {sorted(TTA_OPTIONS)})")
+    return option
 
 
 _SIDE_PATTERN = re.compile(r"(?:^|[^A-Za-z])([LR])$|\d([LR])$", re.IGNORECASE)
@@ -314,7 +334,7 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, 
     position). Without a localiser such an image is an error row. Each crop is prepared
     exactly as in training (histogram clipping, resize, central crop, global contrast
     normalisation; mirroring when the model was trained with it and the side is known) and
-    graded by the saved model or ensemble with its saved inference settings (flip TTA,
+    graded by the saved model or ensemble with its saved inference settings (test-time augmentation,
     temperature, arg-max or cut-points on the expected grade).
 
     - **Side**: the DICOM ``ImageLaterality``/``Laterality`` when it says L or R, else the
@@ -377,7 +397,7 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, 
     from kneelib.stats.calibration import apply_temperature
     from kneelib.stats.feature_density import density_from_dict
     from kneelib.stats.ordinal import decode_grades
-    from kneelib.train.multitask import predict_probabilities
+    from kneelib.train.multitask import predict_probabilities, tta_views
 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -422,9 +442,10 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, 
     if stack:
         images = np.stack(stack)
         with torch.no_grad():
+            views = tta_views(tta_option(metadata))
             probabilities = np.mean([predict_probabilities(m, images, image_size, batch_size=batch_size,
-                                                           tta_flip=bool(metadata.get("tta_flip")),
-                                                           progress=progress)["kl"] for m in models], axis=0)
+                                                           views=views, progress=progress)["kl"] for m in models],
+                                    axis=0)
         temperature = float(metadata.get("temperature") or 1.0)
         if temperature != 1.0:
             probabilities = apply_temperature(probabilities, temperature)

@@ -275,6 +275,20 @@ def test_model_file_of_another_version_is_a_clear_error(tmp_path, capsys):
     assert "model file not found" in capsys.readouterr().err
 
 
+def test_saved_test_time_augmentation_is_read_from_older_and_current_files(tmp_path):
+    from kneelib.grade_kl import KLModelError, load_kl_grader
+
+    model = MultiTaskNet("resnet18", tasks=KL_ONLY)
+    older = save_kl_model(model, tmp_path / "older.pt", 32, "L", extra={"tta": None, "tta_flip": True})
+    assert load_kl_grader(older)[1]["tta"] == "flip TTA"  # files from before rotation TTA say tta_flip
+    current = save_kl_model(model, tmp_path / "current.pt", 32, "L", extra={"tta": "rotation+zoom TTA"})
+    assert load_kl_grader(current)[1]["tta"] == "rotation+zoom TTA"
+    assert load_kl_grader(save_kl_model(model, tmp_path / "plain.pt", 32, "L"))[1]["tta"] == "plain"
+    unknown = save_kl_model(model, tmp_path / "unknown.pt", 32, "L", extra={"tta": "mystery TTA"})
+    with pytest.raises(KLModelError, match="unknown test-time augmentation 'mystery TTA'"):
+        load_kl_grader(unknown)
+
+
 def test_out_of_distribution_images_are_flagged_not_graded_and_grad_cams_are_written(tmp_path):
     from kneelib.stats.feature_density import FeatureDensity
 
@@ -287,7 +301,7 @@ def test_out_of_distribution_images_are_flagged_not_graded_and_grad_cams_are_wri
     density = FeatureDensity(np.zeros(512), np.eye(512)[:2], np.ones(2), 1.0, threshold=0.0)  # flags all
     plain = save_kl_model(members, tmp_path / "plain.pt", image_size=32, mirror_side="L")
     flagging = save_kl_model(members, tmp_path / "ood.pt", image_size=32, mirror_side="L",
-                             extra={"feature_density": density.to_dict(), "tta_flip": True})
+                             extra={"feature_density": density.to_dict(), "tta": "rotation TTA"})
     graded = grade_kl_folder(plain, folder, gradcam_dir=tmp_path / "cams")
     assert graded["kl_grade"].notna().all() and graded["ood_score"].isna().all()
     assert sorted(p.relative_to(tmp_path / "cams").as_posix() for p in (tmp_path / "cams").rglob("*.png")) == [
@@ -297,7 +311,7 @@ def test_out_of_distribution_images_are_flagged_not_graded_and_grad_cams_are_wri
     assert (flagged["ood_score"] > 0).all() and np.isfinite(flagged.filter(like="p_kl").to_numpy()).all()
     forced = grade_kl_folder(flagging, folder, grade_out_of_distribution=True)
     assert forced["kl_grade"].notna().all() and forced["out_of_distribution"].all()
-    # the ensemble's probabilities are the mean of its members' (with flip TTA here)
+    # the ensemble's probabilities are the mean of its members' (with rotation TTA here)
     single = grade_kl_folder(save_kl_model(members[:1], tmp_path / "one.pt", 32, "L"), folder)
     assert not np.allclose(single.filter(like="p_kl").to_numpy(), graded.filter(like="p_kl").to_numpy())
 

@@ -56,7 +56,13 @@ def test_fold_training_predicts_only_held_out_rows_and_repeats_exactly():
     assert len(first.history) == TINY.max_epochs
     assert np.isfinite(first.held_out[:8]).all() and np.isnan(first.held_out[8:]).all()
     assert np.allclose(first.held_out[:8].sum(axis=1), 1, atol=1e-5)
-    assert np.allclose(first.held_out_flip[:8].sum(axis=1), 1, atol=1e-5)
+    assert set(first.held_out_tta) == {"plain", "flip TTA", "rotation TTA", "rotation+zoom TTA"}
+    for option, p in first.held_out_tta.items():
+        assert np.allclose(p[:8].sum(axis=1), 1, atol=1e-5) and np.isnan(p[8:]).all(), option
+        assert np.allclose(ensemble_kl_probabilities(first.models, images[:8], TINY.image_size, tta=option),
+                           p[:8], atol=1e-6), option
+    assert first.held_out_tta["plain"] is first.held_out
+    assert not np.allclose(first.held_out_tta["rotation TTA"][:8], first.held_out[:8], atol=1e-6)
     again = train_kl_folds(images, grades, folds, TINY, seed=3)
     assert np.allclose(first.held_out[:8], again.held_out[:8], atol=1e-6)
     ensemble = ensemble_kl_probabilities(first.models, images[:8], TINY.image_size)
@@ -80,6 +86,16 @@ def test_fold_checkpoints_resume_an_interrupted_ensemble_with_the_same_models(tm
         for a, b in zip(run.models, whole.models):
             assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert resumed.seconds == pytest.approx(first.seconds, rel=0.9)  # the loaded fold keeps its training time
+    # a checkpoint written with fewer TTA options gains the missing ones from its weights, once
+    partial = train_kl_folds(images, grades, folds, TINY, seed=1, checkpoint_dir=tmp_path / "p",
+                             tta_options=["flip TTA"])
+    assert set(partial.held_out_tta) == {"plain", "flip TTA"}
+    completed = train_kl_folds(images, grades, folds, TINY, seed=1, checkpoint_dir=tmp_path / "p")
+    for option, p in whole.held_out_tta.items():
+        assert np.allclose(completed.held_out_tta[option][whole.held_out_rows], p[whole.held_out_rows],
+                           atol=1e-6), option
+    saved_again = torch.load(sorted((tmp_path / "p").glob("fold*.pt"))[0], weights_only=False)
+    assert set(saved_again["held_out_tta"]) == set(whole.held_out_tta)
     changed = train_kl_folds(255 - images, grades, folds, TINY, seed=1, checkpoint_dir=tmp_path)
     assert len(list(tmp_path.glob("fold*.pt"))) == 4  # other data, other keys: nothing reused
     assert not np.allclose(changed.held_out[changed.held_out_rows], whole.held_out[whole.held_out_rows])
@@ -99,8 +115,31 @@ def test_flip_tta_averages_an_image_and_its_mirror():
     assert not np.allclose(plain, flipped, atol=1e-4)  # the untrained net is not mirror-symmetric
 
 
-def _fold_models(p_plain, p_flip, folds):
-    return KLFoldModels([], np.asarray(folds), np.asarray(p_plain), np.asarray(p_flip), pd.DataFrame(), 0.0)
+def test_rotation_views_rotate_the_prepared_image_before_the_central_crop():
+    from kneelib.models.multitask import KL_ONLY, MultiTaskNet
+    from kneelib.train.multitask import TTA_OPTIONS, View, predict_view_probabilities, rotate_zoom
+
+    torch.manual_seed(0)
+    model = MultiTaskNet("resnet18", tasks=KL_ONLY).eval()
+    images, _, _ = _graded_images(n=4)
+    rotated = np.stack([(rotate_zoom(torch.from_numpy(im.astype(np.float32) / 255), 5.0, 1.05).numpy() * 255)
+                        for im in images]).astype(np.float32) / 255
+    direct = predict_probabilities(model, rotated, 24)["kl"]
+    view = predict_probabilities(model, images, 24, views=[View(5.0, 1.05)])["kl"]
+    assert np.allclose(view, direct, atol=1e-5)
+    per_view = predict_view_probabilities(model, images, 24, TTA_OPTIONS["rotation+zoom TTA"])
+    option = predict_probabilities(model, images, 24, views=TTA_OPTIONS["rotation+zoom TTA"])["kl"]
+    assert np.allclose(option, np.mean([p["kl"] for p in per_view], axis=0), atol=1e-6)
+    assert not np.allclose(per_view[0]["kl"], per_view[1]["kl"], atol=1e-4)  # the views differ
+    assert np.array_equal(predict_probabilities(model, images, 24, tta_flip=True)["kl"],
+                          predict_probabilities(model, images, 24, views=TTA_OPTIONS["flip TTA"])["kl"])
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        ensemble_kl_probabilities([model], images, 24, tta="mystery TTA")
+
+
+def _fold_models(p_plain, p_flip, folds, **more_options):
+    held_out_tta = {"plain": np.asarray(p_plain), "flip TTA": np.asarray(p_flip), **more_options}
+    return KLFoldModels([], np.asarray(folds), np.asarray(p_plain), held_out_tta, pd.DataFrame(), 0.0)
 
 
 def test_inference_choices_follow_the_held_out_evidence():
@@ -114,13 +153,20 @@ def test_inference_choices_follow_the_held_out_evidence():
     noisy = np.full((n, 5), 0.2)  # flip TTA that destroys the signal must not be chosen
     folds = kl_subject_folds(y, subjects, 3)
     choices = choose_kl_inference(_fold_models(confident, noisy, folds), y, subjects)
-    assert not choices.tta_flip
+    assert choices.tta == "plain"
     assert choices.temperature > 1.5
     table = choices.table
     assert set(table["choice"]) == {"test-time augmentation", "temperature scaling", "decoding"}
     assert table.groupby("choice")["chosen"].sum().eq(1).all()
     better_flip = _fold_models(noisy, confident, folds)
-    assert choose_kl_inference(better_flip, y, subjects).tta_flip
+    assert choose_kl_inference(better_flip, y, subjects).tta == "flip TTA"
+    # the option with the highest held-out kappa wins; a tie keeps the one with fewer views
+    sharper = np.exp(5 * logits)
+    sharper /= sharper.sum(axis=1, keepdims=True)
+    assert choose_kl_inference(_fold_models(confident, noisy, folds, **{"rotation TTA": 0.5 * (confident + np.eye(5)[y])}),
+                               y, subjects).tta == "rotation TTA"
+    tied = choose_kl_inference(_fold_models(confident, noisy, folds, **{"rotation+zoom TTA": sharper}), y, subjects)
+    assert tied.tta == "plain" and tied.table.query("chosen")["option"].iloc[0] == "plain"
 
 
 def test_temperature_recovers_a_known_temperature_and_lowers_the_error():
@@ -247,7 +293,7 @@ def test_development_rows_record_out_of_fold_agreement_and_replace_older_rows(tm
     folds = np.tile(np.arange(3), 20)
     perfect = np.eye(5)[grades] * 0.9 + 0.02
     noisy = rng.dirichlet(np.ones(5), len(grades))
-    result = KLFoldModels([None] * 3, folds, perfect, noisy, pd.DataFrame(), 12.0)
+    result = KLFoldModels([None] * 3, folds, perfect, {"plain": perfect, "flip TTA": noisy}, pd.DataFrame(), 12.0)
     recipe = KLRecipe(rotation_deg=10.0, scale_range=(0.9, 1.1))
     rows = study.development_rows("candidate", recipe, result, grades, "L")
     assert [r["inference"] for r in rows] == ["plain", "flip TTA"]

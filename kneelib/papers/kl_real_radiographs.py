@@ -8,7 +8,7 @@ algorithm:
 - preprocessing (*Data Pre-processing*): :func:`kneelib.preprocess.knee_crops.prepare_images`;
 - the recipe (issue 14): :class:`kneelib.train.grading.KLRecipe`, trained per held-out fold by
   :func:`kneelib.train.grading.train_kl_folds` (one model with an internal split, or an
-  ensemble of subject-level CV models); flip TTA, temperature and decoding chosen on held-out
+  ensemble of subject-level CV models); test-time augmentation, temperature and decoding chosen on held-out
   ``train`` predictions (:func:`kneelib.train.grading.choose_kl_inference`); the
   out-of-distribution reference (:func:`kneelib.train.grading.fit_kl_feature_density`);
 - recipe comparison by cross-validation on ``train`` (:func:`compare_recipes`, records in
@@ -137,7 +137,7 @@ def compare_recipes(recipes: dict, n_folds: int = 3, seed: int = 0, out_csv=None
     """Subject-level K-fold cross-validation of KL recipes on the ``train`` split only.
 
     Every recipe is trained on the same folds (:func:`kneelib.train.grading.kl_subject_folds`)
-    and scored on its out-of-fold predictions, with and without flip TTA; a row is
+    and scored on its out-of-fold predictions under each test-time augmentation option; a row is
     appended to ``out_csv`` as soon as a recipe finishes.
 
     Parameters
@@ -163,7 +163,7 @@ def compare_recipes(recipes: dict, n_folds: int = 3, seed: int = 0, out_csv=None
 
 
 def development_rows(name: str, recipe, result, grades, mirror_side: str | None) -> list[dict]:
-    """The two development records (plain and flip TTA) of one recipe's fold models (:func:`cv_metrics`).
+    """The development records of one recipe's fold models, one per TTA option (:func:`cv_metrics`).
 
     ``result`` is :func:`kneelib.train.grading.train_kl_folds`'s, trained with subject-level
     K-fold folds over all of ``train`` (e.g. by :func:`compare_recipes`, or the ``paper``
@@ -173,7 +173,7 @@ def development_rows(name: str, recipe, result, grades, mirror_side: str | None)
 
     grades = np.asarray(grades).astype(int)
     rows = []
-    for tta, p in (("plain", result.held_out), ("flip TTA", result.held_out_flip)):
+    for tta, p in result.held_out_tta.items():
         rows.append({"recipe": name, "inference": tta, **cv_metrics(grades, p, result.folds),
                      "n_folds": len(result.models), "n_knees": len(grades), "mirror_side": mirror_side,
                      "train_seconds": round(result.seconds, 1),
@@ -294,7 +294,7 @@ def cached_grader_results(params: dict, cohort: KLCohort, n_boot: int = 1000, se
     """``val`` results of a saved grader (e.g. the ``paper`` one) when its file exists, else None.
 
     The grader is applied exactly as ``grade-kl`` applies it (its saved input size,
-    mirroring, flip TTA, temperature and decoding).
+    mirroring, test-time augmentation, temperature and decoding).
     """
     from kneelib.grade_kl import load_kl_grader
     from kneelib.train.grading import ensemble_kl_probabilities
@@ -305,7 +305,7 @@ def cached_grader_results(params: dict, cohort: KLCohort, n_boot: int = 1000, se
     models, metadata = load_kl_grader(path)
     size = int(metadata["image_size"])
     images = prepare_images(cohort.val, size, metadata.get("mirror_side"), progress=False)
-    probabilities = ensemble_kl_probabilities(models, images, size, tta_flip=bool(metadata.get("tta_flip")),
+    probabilities = ensemble_kl_probabilities(models, images, size, tta=metadata["tta"],
                                               temperature=float(metadata.get("temperature") or 1.0))
     result = val_evaluation(probabilities, cohort, metadata.get("cutpoints"), n_boot, seed)
     result.update(path=path, metadata=metadata, probabilities=probabilities, ood_percent=None)

@@ -284,7 +284,11 @@ class KLFoldModels:
         Fold of every row; ``-1`` rows were never held out (always trained on).
     held_out : ndarray, (n, 5)
         Softmax of each held-out row by the model that did not train on it (NaN for
-        ``-1`` rows); ``held_out_flip``: the same with horizontal-flip TTA.
+        ``-1`` rows), plain central crop.
+    held_out_tta : dict
+        The same under each test-time augmentation option
+        (:data:`kneelib.train.multitask.TTA_OPTIONS`), option name -> ``(n, 5)``; the
+        ``"plain"`` entry is ``held_out``.
     history : DataFrame
         One row per epoch and fold.
     seconds : float
@@ -294,7 +298,7 @@ class KLFoldModels:
     models: list
     folds: np.ndarray
     held_out: np.ndarray
-    held_out_flip: np.ndarray
+    held_out_tta: dict
     history: pd.DataFrame
     seconds: float
 
@@ -316,8 +320,8 @@ def kl_subject_folds(grades, subjects, n_folds: int, seed: int = 0) -> np.ndarra
 
 
 def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecipe(), seed: int = 0,
-                   show_progress: bool = False, checkpoint_dir=None) -> KLFoldModels:
-    """Train one KL network per held-out fold; predict the held-out rows (plain and flip-TTA).
+                   show_progress: bool = False, checkpoint_dir=None, tta_options=None) -> KLFoldModels:
+    """Train one KL network per held-out fold; predict the held-out rows under every TTA option.
 
     With ``folds`` from :func:`kl_subject_folds` this is subject-level K-fold
     cross-validation, and the models form an ensemble whose members never saw their
@@ -344,14 +348,18 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
         (:func:`kl_fold_checkpoint_key`), written by :func:`kneelib.cache.atomic_write`. A rerun
         loads the folds already finished and trains only the others, so a long ensemble
         (the ``paper`` set) that was interrupted resumes where it stopped. ``seconds``
-        counts each fold's original training time.
+        counts each fold's original training time. Held-out predictions of a TTA option
+        that a checkpoint lacks are computed from its weights and added to it.
+    tta_options : sequence of str, optional
+        Test-time augmentation options whose held-out predictions are made
+        (:data:`kneelib.train.multitask.TTA_OPTIONS`; default: all of them).
     """
     import torch
 
     from kneelib.cache import atomic_write
     from kneelib.models.multitask import KL_ONLY, build_multitask_model
-    from kneelib.train.multitask import (FrozenPrefix, RadiographDataset, backbone_prefix, build_learner,
-                                         fit_phases, make_dataloaders, predict_probabilities)
+    from kneelib.train.multitask import (TTA_OPTIONS, FrozenPrefix, RadiographDataset, backbone_prefix,
+                                         build_learner, fit_phases, make_dataloaders, predict_tta_options)
 
     images = np.asarray(images)
     grades = np.asarray(grades).astype(int)
@@ -361,10 +369,10 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
     held = sorted(int(f) for f in np.unique(folds) if f >= 0)
     if not held:
         raise ValueError("folds hold no held-out fold (every value is -1)")
+    options = list(dict.fromkeys(["plain", *(TTA_OPTIONS if tta_options is None else tta_options)]))
     phases = recipe.phases()
     augmentation = recipe.augmentation()
-    held_out = np.full((len(grades), 5), np.nan)
-    held_out_flip = np.full((len(grades), 5), np.nan)
+    held_out_tta = {option: np.full((len(grades), 5), np.nan) for option in options}
     models, histories = [], []
     seconds = 0.0
     for fold in held:
@@ -379,7 +387,15 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
                 saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
                 model.load_state_dict(saved["state_dict"])
                 model.eval()
-                held_out[test], held_out_flip[test] = saved["held_out"], saved["held_out_flip"]
+                saved_tta = _checkpoint_tta(saved)
+                missing = [option for option in options if option not in saved_tta]
+                if missing:
+                    saved_tta.update({option: p["kl"] for option, p in
+                                      predict_tta_options(model, images[test], recipe.image_size, missing).items()})
+                    saved = {**saved, "held_out_tta": saved_tta}
+                    atomic_write(checkpoint, lambda tmp, saved=saved: torch.save(saved, tmp))
+                for option in options:
+                    held_out_tta[option][test] = saved_tta[option]
                 histories.append(saved["history"])
                 seconds += float(saved["seconds"])
                 models.append(model)
@@ -395,16 +411,25 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
         history = fit_phases(learn, phases, restore_best=False, show_progress=show_progress)
         histories.append(history.assign(fold=fold))
         model.eval()
-        held_out[test] = predict_probabilities(model, images[test], recipe.image_size)["kl"]
-        held_out_flip[test] = predict_probabilities(model, images[test], recipe.image_size, tta_flip=True)["kl"]
+        predicted = predict_tta_options(model, images[test], recipe.image_size, options)
+        for option in options:
+            held_out_tta[option][test] = predicted[option]["kl"]
         models.append(model)
         fold_seconds = time.perf_counter() - fold_start
         seconds += fold_seconds
         if checkpoint is not None:
-            saved = {"state_dict": model.state_dict(), "held_out": held_out[test],
-                     "held_out_flip": held_out_flip[test], "history": histories[-1], "seconds": fold_seconds}
+            saved = {"state_dict": model.state_dict(), "held_out_tta": {o: p["kl"] for o, p in predicted.items()},
+                     "history": histories[-1], "seconds": fold_seconds}
             atomic_write(checkpoint, lambda tmp, saved=saved: torch.save(saved, tmp))
-    return KLFoldModels(models, folds, held_out, held_out_flip, pd.concat(histories, ignore_index=True), seconds)
+    return KLFoldModels(models, folds, held_out_tta["plain"], held_out_tta, pd.concat(histories, ignore_index=True),
+                        seconds)
+
+
+def _checkpoint_tta(saved: dict) -> dict:
+    """Held-out predictions of a fold checkpoint by TTA option (older checkpoints: plain and flip only)."""
+    if "held_out_tta" in saved:
+        return dict(saved["held_out_tta"])
+    return {"plain": saved["held_out"], "flip TTA": saved["held_out_flip"]}
 
 
 def kl_fold_checkpoint_key(images, grades, folds, recipe: KLRecipe, seed: int, fold: int) -> str:
@@ -422,15 +447,20 @@ def kl_fold_checkpoint_key(images, grades, folds, recipe: KLRecipe, seed: int, f
                                         "arrays": layout}, *(a.tobytes() for a in arrays), version="kl-fold-1")
 
 
-def ensemble_kl_probabilities(models: list, images: np.ndarray, image_size: int, tta_flip: bool = False,
+def ensemble_kl_probabilities(models: list, images: np.ndarray, image_size: int, tta: str = "plain",
                               temperature: float = 1.0) -> np.ndarray:
-    """Mean KL softmax of the models (optionally flip-TTA), then temperature-scaled."""
+    """Mean KL softmax of the models under a test-time augmentation option, then temperature-scaled.
+
+    ``tta`` names an option of :data:`kneelib.train.multitask.TTA_OPTIONS` (``"plain"``,
+    ``"flip TTA"``, ``"rotation TTA"``, ...).
+    """
     from kneelib.stats.calibration import apply_temperature
-    from kneelib.train.multitask import predict_probabilities
+    from kneelib.train.multitask import predict_probabilities, tta_views
 
     if not models:
         raise ValueError("ensemble_kl_probabilities needs at least one model")
-    mean = np.mean([predict_probabilities(m, images, image_size, tta_flip=tta_flip)["kl"] for m in models], axis=0)
+    views = tta_views(tta)
+    mean = np.mean([predict_probabilities(m, images, image_size, views=views)["kl"] for m in models], axis=0)
     return mean if temperature == 1.0 else apply_temperature(mean, temperature)
 
 
@@ -440,8 +470,9 @@ class KLInferenceChoices:
 
     Attributes
     ----------
-    tta_flip : bool
-        Average the image and its mirror image.
+    tta : str
+        The test-time augmentation option (:data:`kneelib.train.multitask.TTA_OPTIONS`):
+        ``"plain"``, ``"flip TTA"`` (the image and its mirror image), ``"rotation TTA"``...
     temperature : float
         Softmax temperature (1: none).
     cutpoints : tuple or None
@@ -450,7 +481,7 @@ class KLInferenceChoices:
         The evidence: one row per candidate (``choice, option, kappa, nll, ece, chosen``).
     """
 
-    tta_flip: bool
+    tta: str
     temperature: float
     cutpoints: tuple | None
     table: pd.DataFrame
@@ -458,9 +489,12 @@ class KLInferenceChoices:
 
 def choose_kl_inference(fold_models: KLFoldModels, grades, subjects, n_calibration_folds: int = 5,
                         seed: int = 0) -> KLInferenceChoices:
-    """Flip-TTA, temperature and decoding, each decided out of sample on the held-out training rows.
+    """Test-time augmentation, temperature and decoding, each decided out of sample on held-out training rows.
 
-    1. **Flip TTA** is used when its held-out quadratic kappa (arg-max) is higher.
+    1. **Test-time augmentation**: of the options with held-out predictions
+       (``fold_models.held_out_tta``), the one with the highest held-out quadratic kappa
+       (arg-max); an option with more views must beat the others strictly, so ties keep
+       the cheaper one (``plain`` first).
     2. **Temperature scaling** is used when the temperature, fitted by cross-fitting
        (on the other calibration folds), lowers the held-out negative log-likelihood;
        the final temperature is then fitted on every held-out row.
@@ -482,15 +516,21 @@ def choose_kl_inference(fold_models: KLFoldModels, grades, subjects, n_calibrati
     if len(np.unique(folds)) < 2:
         folds = kl_subject_folds(y, subjects, min(n_calibration_folds, len(np.unique(subjects))), seed)
     grade_scale = range(5)
-    plain, flipped = fold_models.held_out[rows_mask], fold_models.held_out_flip[rows_mask]
+    from kneelib.train.multitask import tta_views
+
+    options = sorted(fold_models.held_out_tta, key=lambda option: len(tta_views(option)))
     rows = []
     kappas = {}
-    for option, p in (("plain", plain), ("flip TTA", flipped)):
+    for option in options:
+        p = fold_models.held_out_tta[option][rows_mask]
         kappas[option] = quadratic_kappa(y, p.argmax(axis=1), grades=grade_scale)
         rows.append({"choice": "test-time augmentation", "option": option, "kappa": kappas[option],
                      "nll": negative_log_likelihood(p, y), "ece": expected_calibration_error(p, y)})
-    tta = kappas["flip TTA"] > kappas["plain"]
-    p = flipped if tta else plain
+    tta = options[0]
+    for option in options[1:]:
+        if kappas[option] > kappas[tta]:
+            tta = option
+    p = fold_models.held_out_tta[tta][rows_mask]
     crossed = np.empty_like(p)
     for fold in np.unique(folds):
         test = folds == fold
@@ -509,12 +549,12 @@ def choose_kl_inference(fold_models: KLFoldModels, grades, subjects, n_calibrati
                  "kappa": row["cutpoints_kappa"]})
     table = pd.DataFrame(rows)
     cutpoints = decoding.cutpoints["kl"]
-    table["chosen"] = [tta == (r == "flip TTA") if c == "test-time augmentation" else
+    table["chosen"] = [(r == tta) if c == "test-time augmentation" else
                        use_temperature == (r != "T = 1") if c == "temperature scaling" else
                        (cutpoints is not None) == (r != "arg-max")
                        for c, r in zip(table["choice"], table["option"])]
     table.attrs["temperature"] = temperature
-    return KLInferenceChoices(bool(tta), float(temperature), None if cutpoints is None else tuple(cutpoints), table)
+    return KLInferenceChoices(tta, float(temperature), None if cutpoints is None else tuple(cutpoints), table)
 
 
 def fit_kl_feature_density(fold_models: KLFoldModels, images: np.ndarray, image_size: int,

@@ -42,8 +42,14 @@ __all__ = [
     "build_learner",
     "fit_phases",
     "predict_probabilities",
+    "predict_view_probabilities",
+    "predict_tta_options",
     "resize_for_crop",
     "random_rotate_zoom",
+    "rotate_zoom",
+    "View",
+    "TTA_OPTIONS",
+    "tta_views",
     "pooled_features",
     "layer_features",
     "FrozenPrefix",
@@ -91,25 +97,69 @@ class AugmentationSettings:
         return self.rotation_deg > 0 or tuple(self.scale_range) != (1.0, 1.0)
 
 
-def random_rotate_zoom(image: torch.Tensor, rotation_deg: float, scale_range) -> torch.Tensor:
-    """``image`` (H, W) rotated and zoomed about its centre by a random draw (bilinear, edges repeated).
+def rotate_zoom(image: torch.Tensor, angle_deg: float, zoom: float) -> torch.Tensor:
+    """``image`` (H, W) rotated by ``angle_deg`` degrees and zoomed by ``zoom`` about its centre.
 
-    The angle is uniform in ``[-rotation_deg, rotation_deg]`` degrees and the zoom
-    log-uniform in ``scale_range`` (> 1 enlarges the content); both come from torch's
-    global generator, so a seeded run draws the same transforms. Rotation and zoom are one
-    resampling, which is why this does not chain
-    :func:`kneelib.preprocess.radiograph.rotate` (rotation only) with a separate zoom.
+    One bilinear resampling (``affine_grid``/``grid_sample``), edge pixels repeated outside
+    the image; ``zoom`` > 1 enlarges the content. Rotation and zoom are one resampling, which
+    is why this does not chain :func:`kneelib.preprocess.radiograph.rotate` (rotation only)
+    with a separate zoom. The identity (0 degrees, zoom 1) returns ``image`` unchanged.
     """
-    low, high = (float(v) for v in scale_range)
-    if not 0 < low <= high:
-        raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
-    angle = math.radians(float(torch.empty(1).uniform_(-rotation_deg, rotation_deg))) if rotation_deg > 0 else 0.0
-    zoom = math.exp(float(torch.empty(1).uniform_(math.log(low), math.log(high)))) if high > low else low
+    if zoom <= 0:
+        raise ValueError(f"zoom must be > 0, got {zoom}")
+    if angle_deg == 0 and zoom == 1:
+        return image
+    angle = math.radians(float(angle_deg))
     cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
     theta = torch.tensor([[[cos, -sin, 0.0], [sin, cos, 0.0]]], dtype=image.dtype)
     grid = F.affine_grid(theta, [1, 1, *image.shape], align_corners=False)
     return F.grid_sample(image[None, None], grid, mode="bilinear", padding_mode="border",
                          align_corners=False)[0, 0]
+
+
+def random_rotate_zoom(image: torch.Tensor, rotation_deg: float, scale_range) -> torch.Tensor:
+    """``image`` (H, W) rotated and zoomed about its centre by a random draw (:func:`rotate_zoom`).
+
+    The angle is uniform in ``[-rotation_deg, rotation_deg]`` degrees and the zoom
+    log-uniform in ``scale_range`` (> 1 enlarges the content); both come from torch's
+    global generator, so a seeded run draws the same transforms.
+    """
+    low, high = (float(v) for v in scale_range)
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
+    angle = float(torch.empty(1).uniform_(-rotation_deg, rotation_deg)) if rotation_deg > 0 else 0.0
+    zoom = math.exp(float(torch.empty(1).uniform_(math.log(low), math.log(high)))) if high > low else low
+    return rotate_zoom(image, angle, zoom)
+
+
+@dataclass(frozen=True)
+class View:
+    """One deterministic test-time view of a prepared image: rotation, zoom, left-right mirror.
+
+    Rotation and zoom resample the prepared image before the central crop
+    (:func:`rotate_zoom`, as the training augmentation does before its random crop); the
+    mirror flips the network input. ``View()`` is the plain central crop.
+    """
+
+    rotation_deg: float = 0.0
+    zoom: float = 1.0
+    flip: bool = False
+
+
+#: Test-time augmentation options, by name: the views whose softmax is averaged.
+TTA_OPTIONS: dict[str, tuple[View, ...]] = {
+    "plain": (View(),),
+    "flip TTA": (View(), View(flip=True)),
+    "rotation TTA": (View(), View(-5.0), View(5.0)),
+    "rotation+zoom TTA": (View(), View(-5.0), View(5.0), View(zoom=0.95), View(zoom=1.05)),
+}
+
+
+def tta_views(option: str) -> tuple[View, ...]:
+    """The views of a named test-time augmentation option (:data:`TTA_OPTIONS`)."""
+    if option not in TTA_OPTIONS:
+        raise ValueError(f"unknown test-time augmentation {option!r}; known: {sorted(TTA_OPTIONS)}")
+    return TTA_OPTIONS[option]
 
 
 class RadiographDataset(torch.utils.data.Dataset):
@@ -127,6 +177,10 @@ class RadiographDataset(torch.utils.data.Dataset):
     augment : bool
         Random crop, gamma and noise (training) or a plain central crop.
     augmentation : AugmentationSettings
+    view : View, optional
+        Without augmentation: the deterministic rotation/zoom applied before the central
+        crop (test-time augmentation; the mirror of a :class:`View` is applied by
+        :func:`predict_probabilities`, not here).
 
     Notes
     -----
@@ -136,7 +190,7 @@ class RadiographDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, crop_size: int, augment: bool,
-                 augmentation: AugmentationSettings = AugmentationSettings()):
+                 augmentation: AugmentationSettings = AugmentationSettings(), view: View | None = None):
         images = np.asarray(images)
         targets = np.asarray(targets, dtype=np.int64)
         if targets.ndim == 1:
@@ -151,6 +205,7 @@ class RadiographDataset(torch.utils.data.Dataset):
         self.crop_size = int(crop_size)
         self.augment = bool(augment)
         self.augmentation = augmentation
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.images)
@@ -160,6 +215,8 @@ class RadiographDataset(torch.utils.data.Dataset):
         image = torch.from_numpy(np.asarray(self.images[index], dtype=np.float32) / self.scale)
         if self.augment and self.augmentation.geometric:
             image = random_rotate_zoom(image, self.augmentation.rotation_deg, self.augmentation.scale_range)
+        elif not self.augment and self.view is not None:
+            image = rotate_zoom(image, self.view.rotation_deg, self.view.zoom)
         height, width = image.shape
         size = self.crop_size
         if self.augment:
@@ -559,47 +616,98 @@ def fit_phases(learn, phases: Sequence[Phase], restore_best: bool = True,
 
 
 def _input_batches(images: np.ndarray, crop_size: int, batch_size: int, progress: bool = False,
-                   desc: str = "predicting"):
-    """Central crops of prepared images as network inputs, ``batch_size`` at a time."""
+                   desc: str = "predicting", geometries: Sequence[tuple[float, float]] = ((0.0, 1.0),)):
+    """Central crops of prepared images as network inputs, ``batch_size`` images at a time.
+
+    Yields one list per batch: the batch under each ``(rotation_deg, zoom)`` of
+    ``geometries`` (:func:`rotate_zoom` before the crop).
+    """
     from tqdm.auto import tqdm
 
-    dataset = RadiographDataset(images, np.zeros((len(images), 1), dtype=np.int64), crop_size, augment=False)
-    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=not progress):
-        yield torch.stack([dataset.image_tensor(i) for i in range(start, min(start + batch_size, len(dataset)))])
+    targets = np.zeros((len(images), 1), dtype=np.int64)
+    datasets = [RadiographDataset(images, targets, crop_size, augment=False, view=View(angle, zoom))
+                for angle, zoom in geometries]
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
+        stop = min(start + batch_size, len(images))
+        yield [torch.stack([dataset.image_tensor(i) for i in range(start, stop)]) for dataset in datasets]
 
 
 @torch.no_grad()
+def predict_view_probabilities(model, images: np.ndarray, crop_size: int, views: Sequence[View],
+                               batch_size: int = 64, progress: bool = False) -> list[dict[str, np.ndarray]]:
+    """Softmax probabilities of every head under each view, ``[{head: (n, n_grades)} per view]``.
+
+    Views that share a rotation and zoom share one resampling of each batch; the mirror
+    flips the network input (the central crop).
+    """
+    views = tuple(views)
+    if not views:
+        raise ValueError("at least one view is needed")
+    geometries = list(dict.fromkeys((float(v.rotation_deg), float(v.zoom)) for v in views))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = [{task: [] for task in model.tasks} for _ in views]
+    for batches in _input_batches(images, crop_size, batch_size, progress, geometries=geometries):
+        batches = [batch.to(device) for batch in batches]
+        for view, out in zip(views, outputs):
+            batch = batches[geometries.index((float(view.rotation_deg), float(view.zoom)))]
+            batch = batch.flip(-1) if view.flip else batch
+            for task, logits in model.split_logits(model(batch)).items():
+                out[task].append(logits.softmax(dim=1).cpu().numpy())
+    model.train(was_training)
+    return [{task: np.concatenate(chunks) if chunks else np.zeros((0, model.task_classes[task]), dtype=np.float32)
+             for task, chunks in out.items()} for out in outputs]
+
+
+def _mean_over_views(per_view: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Softmax averaged over views, summed in view order (float32, as the network computes it)."""
+    summed = {task: value.copy() for task, value in per_view[0].items()}
+    for p in per_view[1:]:
+        for task in summed:
+            summed[task] += p[task]
+    return {task: value / np.float32(len(per_view)) for task, value in summed.items()}
+
+
 def predict_probabilities(model, images: np.ndarray, crop_size: int, batch_size: int = 64,
-                          progress: bool = False, tta_flip: bool = False) -> dict[str, np.ndarray]:
+                          progress: bool = False, tta_flip: bool = False,
+                          views: Sequence[View] | None = None) -> dict[str, np.ndarray]:
     """Softmax probabilities of every head on prepared images (central crop, no augmentation).
 
     Parameters
     ----------
     tta_flip : bool
         Test-time augmentation: average the softmax of the image and of its left-right
-        mirror image.
+        mirror image (the views of ``TTA_OPTIONS["flip TTA"]``).
+    views : sequence of View, optional
+        Test-time augmentation by any views (e.g. :func:`tta_views`): the softmax is
+        averaged over them. Overrides ``tta_flip``.
 
     Returns
     -------
     dict
         Head name -> array ``(n, n_grades)``.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = {task: [] for task in model.tasks}
-    for batch in _input_batches(images, crop_size, batch_size, progress):
-        batch = batch.to(device)
-        views = [batch, batch.flip(-1)] if tta_flip else [batch]
-        summed = None
-        for view in views:
-            p = {task: logits.softmax(dim=1) for task, logits in model.split_logits(model(view)).items()}
-            summed = p if summed is None else {task: summed[task] + p[task] for task in p}
-        for task, value in summed.items():
-            outputs[task].append((value / len(views)).cpu().numpy())
-    model.train(was_training)
-    return {task: np.concatenate(chunks) if chunks else np.zeros((0, model.task_classes[task]))
-            for task, chunks in outputs.items()}
+    if views is None:
+        views = TTA_OPTIONS["flip TTA" if tta_flip else "plain"]
+    return _mean_over_views(predict_view_probabilities(model, images, crop_size, views, batch_size, progress))
+
+
+def predict_tta_options(model, images: np.ndarray, crop_size: int, options: Sequence[str],
+                        batch_size: int = 64, progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`predict_probabilities` under several test-time augmentation options at once.
+
+    Every distinct view of the options (:data:`TTA_OPTIONS`) is predicted once, so e.g.
+    ``plain``, ``flip TTA`` and ``rotation TTA`` cost four forward passes, not six.
+
+    Returns
+    -------
+    dict
+        Option -> head name -> array ``(n, n_grades)``.
+    """
+    union = list(dict.fromkeys(view for option in options for view in tta_views(option)))
+    per_view = dict(zip(union, predict_view_probabilities(model, images, crop_size, union, batch_size, progress)))
+    return {option: _mean_over_views([per_view[v] for v in tta_views(option)]) for option in options}
 
 
 @torch.no_grad()
@@ -609,7 +717,7 @@ def pooled_features(model, images: np.ndarray, crop_size: int, batch_size: int =
     model.eval()
     device = next(model.parameters()).device
     chunks = [model.backbone.forward_head(model.forward_features(batch.to(device)), pre_logits=True).cpu().numpy()
-              for batch in _input_batches(images, crop_size, batch_size)]
+              for (batch,) in _input_batches(images, crop_size, batch_size)]
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
 
@@ -633,7 +741,7 @@ def layer_features(model, images: np.ndarray, crop_size: int, batch_size: int = 
                for name in stages]
     chunks: dict[str, list] = {name: [] for name in [*stages, "pooled"]}
     try:
-        for batch in _input_batches(images, crop_size, batch_size):
+        for (batch,) in _input_batches(images, crop_size, batch_size):
             pooled = model.backbone.forward_head(model.forward_features(batch.to(device)), pre_logits=True)
             chunks["pooled"].append(pooled.cpu().numpy())
             for name in stages:
