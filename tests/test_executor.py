@@ -131,14 +131,23 @@ def _killed_while_writing(folder: str, *, cache_dir: str, marker: str) -> str:
     """Series task whose first call kills its worker process (SIGKILL) half-way through writing."""
     from kneelib.data import cache as volume_cache
 
-    if not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
+    import threading
 
-        def half_write(image, filename):
-            Path(filename).write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 4096)  # the start of a gzip file
-            os.kill(os.getpid(), signal.SIGKILL)
+    try:  # exactly one call of all workers and threads creates the marker (O_EXCL), so one writer dies
+        descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return str(volume_cache.cached_series_path(folder, cache_dir=cache_dir))
+    os.write(descriptor, str(os.getpid()).encode())
+    os.close(descriptor)
+    killer, save = threading.get_ident(), volume_cache.nib.save
 
-        volume_cache.nib.save = half_write  # only in this worker, which dies
+    def half_write(image, filename):
+        if threading.get_ident() != killer:  # another thread of this worker writes normally
+            return save(image, filename)
+        Path(filename).write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 4096)  # the start of a gzip file
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    volume_cache.nib.save = half_write  # only in this worker, which dies
     return str(volume_cache.cached_series_path(folder, cache_dir=cache_dir))
 
 
@@ -154,12 +163,14 @@ def test_a_killed_worker_loses_nothing_and_leaves_no_corrupt_entry(smoke_series,
     assert marker.is_file(), "no worker was killed"
     assert len(paths) == len(smoke_series) and all(Path(p).is_file() for p in paths)
     _assert_same_entries(joblib_dir, out)  # every entry complete and equal to the joblib run
-    # the killed writer left its temporary file: listed as partial, removed by prune once stale
+    # the killed worker left its temporary file (and one of its other thread's, if that was writing
+    # too): listed as partial, removed by prune once stale
     entries = cache.list_entries(tmp_path, areas=["volumes"])
     partial = [e for e in entries if e.partial]
-    assert len(partial) == 1 and partial[0].paths[0].name.startswith(".")
-    later = partial[0].modified + 2 * 3600
-    assert cache.select_entries(entries, now=partial[0].modified + 60) == []  # may belong to a live writer
+    killed_pid = marker.read_text()
+    assert partial and all(e.paths[0].name.startswith(".") and f".{killed_pid}." in e.paths[0].name for e in partial)
+    later = max(e.modified for e in partial) + 2 * 3600
+    assert cache.select_entries(entries, now=min(e.modified for e in partial) + 60) == []  # may be a live writer's
     assert cache.select_entries(entries, now=later) == partial
     cache.prune(cache.select_entries(entries, now=later))
     assert not any(e.partial for e in cache.list_entries(tmp_path))

@@ -163,8 +163,8 @@ def test_inference_choices_follow_the_held_out_evidence():
     # the option with the highest held-out kappa wins; a tie keeps the one with fewer views
     sharper = np.exp(5 * logits)
     sharper /= sharper.sum(axis=1, keepdims=True)
-    assert choose_kl_inference(_fold_models(confident, noisy, folds, **{"rotation TTA": 0.5 * (confident + np.eye(5)[y])}),
-                               y, subjects).tta == "rotation TTA"
+    better_rotation = {"rotation TTA": 0.5 * (confident + np.eye(5)[y])}
+    assert choose_kl_inference(_fold_models(confident, noisy, folds, **better_rotation), y, subjects).tta == "rotation TTA"
     tied = choose_kl_inference(_fold_models(confident, noisy, folds, **{"rotation+zoom TTA": sharper}), y, subjects)
     assert tied.tta == "plain" and tied.table.query("chosen")["option"].iloc[0] == "plain"
 
@@ -225,6 +225,10 @@ def test_chapter_folds_single_model_or_subject_level_cv():
     assert augmentation.rotation_deg == paper["rotation_deg"] > 0
     assert augmentation.scale_range == (paper["scale_low"], paper["scale_high"])
     assert f"rotation up to {paper['rotation_deg']:g} degrees" in study.describe_params(paper)
+    described = study.describe_inference("rotation+zoom TTA", 1.3, (0.9005, 1.7649, 2.207, 3.0054))
+    assert described == ("test-time augmentation: rotation+zoom TTA; temperature 1.30; "
+                         "decoding: cut-points 0.90 / 1.76 / 2.21 / 3.01 on the expected grade")
+    assert study.describe_inference("plain", 1.0, None).endswith("decoding: arg-max")
 
 
 def test_frozen_prefix_keeps_the_stem_and_first_blocks_unchanged():

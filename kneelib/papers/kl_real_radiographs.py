@@ -43,7 +43,7 @@ __all__ = [
     "kl_comparisons", "plot_reliability", "load_kl_grader", "KLRecipe", "train_kl_folds", "choose_kl_inference",
     "ensemble_kl_probabilities", "fit_kl_feature_density", "DEVELOPMENT_CV", "training_knees", "cv_metrics",
     "compare_recipes", "development_rows", "append_development_rows", "development_cv", "development_summary",
-    "recipe_from_params",
+    "recipe_from_params", "describe_inference",
     "chapter_folds", "model_file_for", "parameter_set", "fold_checkpoint_dir",
     "val_evaluation", "cached_grader_results", "build_demo_folder", "ood_flag_rate", "describe_params", "paper_summary",
     "apply_temperature",
@@ -397,6 +397,13 @@ def describe_params(params: dict) -> str:
             + (f", {' and '.join(geometric)} in training" if geometric else ""))
 
 
+def describe_inference(tta: str, temperature: float, cutpoints) -> str:
+    """One line saying how a grader turns images into grades (test-time augmentation, temperature, decoding)."""
+    decoding = ("arg-max" if cutpoints is None else
+                "cut-points " + " / ".join(f"{float(c):.2f}" for c in cutpoints) + " on the expected grade")
+    return f"test-time augmentation: {tta}; temperature {float(temperature):.2f}; decoding: {decoding}"
+
+
 def paper_summary(result: dict | None) -> str:
     """A sentence on the cached ``paper`` grader's ``val`` results (or on its absence)."""
     if result is None:
@@ -410,7 +417,8 @@ def paper_summary(result: dict | None) -> str:
         return f"{est['estimate']:.2f} [{est['ci_low']:.2f}, {est['ci_high']:.2f}]"
 
     return (f"The cached `paper` grader ({describe_params(meta['params'])}; trained in "
-            f"{meta['train_seconds'] / 60:.0f} min on this machine's CPU) reaches a quadratic kappa of "
+            f"{meta['train_seconds'] / 60:.0f} min on this machine's CPU; "
+            f"{describe_inference(meta['tta'], meta['temperature'], meta['cutpoints'])}) reaches a quadratic kappa of "
             f"{cell('quadratic_kappa')}, a balanced accuracy of {cell('balanced_accuracy')}, an accuracy of "
             f"{cell('accuracy')} and a mean absolute error of {cell('mae')} on `val`, with an expected "
             f"calibration error of {result['ece']:.3f}." + (
