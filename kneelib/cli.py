@@ -29,6 +29,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     out = generate_cohort(
         preset=args.preset, out_dir=args.out, seed=args.seed,
         n_subjects=args.n_subjects, variant=args.variant, n_workers=args.workers,
+        dicom_compression="none" if args.uncompressed else "jpeg-ls",
     )
     print(out)
     return 0
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--variant", default="oai", choices=["oai", "most"],
                        help="'most': another site's acquisition settings (independent test set)")
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    synth.add_argument("--uncompressed", action="store_true",
+                       help="write uncompressed DICOM as the OAI does (default: lossless JPEG-LS, 2.4x smaller)")
     synth.set_defaults(func=_cmd_synth)
 
     volumes = sub.add_parser("volumes", help="convert a cohort's MRI DICOM series to cached NIfTI volumes "

@@ -48,14 +48,25 @@ def write(folder, side="R", array=None, geometry=None, seed=0, **extra):
     return write_dicom_series(folder, array, geometry, header(side, **extra), uid_seed=seed)
 
 
+@pytest.mark.parametrize("compression", ["none", "jpeg-ls"])
 @pytest.mark.parametrize("n_echoes", [1, 3])
-def test_series_files_are_the_bytes_pydicom_writes(tmp_path, n_echoes):
+def test_series_files_are_the_bytes_pydicom_writes(tmp_path, n_echoes, compression):
     """The series encoder re-encodes only per-file elements; each file must still be
-    exactly what ``pydicom.dcmwrite(..., enforce_file_format=True)`` writes for it."""
+    exactly what ``pydicom.dcmwrite(..., enforce_file_format=True)`` writes for it,
+    uncompressed or with encapsulated JPEG-LS pixel data."""
     shape = (n_echoes, N_SLICES, N_ROWS, N_COLS) if n_echoes > 1 else (N_SLICES, N_ROWS, N_COLS)
     echo = [10.0 * (e + 1) for e in range(n_echoes)] if n_echoes > 1 else 30.0
-    files = write(tmp_path / "s", array=pixels(shape=shape), EchoTime=echo, PatientName="Doe^Jane")
+    array = pixels(shape=shape)
+    geometry = SliceGeometry.from_affine(sagittal_affine("R"), N_SLICES)
+    files = write_dicom_series(tmp_path / "s", array, geometry, header(EchoTime=echo, PatientName="Doe^Jane"),
+                               uid_seed=0, compression=compression)
     assert len(files) == n_echoes * N_SLICES
+    expected_syntax = "1.2.840.10008.1.2.4.80" if compression == "jpeg-ls" else "1.2.840.10008.1.2.1"
+    assert all(pydicom.dcmread(f).file_meta.TransferSyntaxUID == expected_syntax for f in files)
+    volume = read_dicom_series(tmp_path / "s")  # the same pixel values read back
+    for echo in range(n_echoes):
+        np.testing.assert_array_equal(volume.slices(echo) if n_echoes > 1 else volume.slices(),
+                                      array[echo] if n_echoes > 1 else array)
     for path in files:
         dataset = pydicom.dcmread(path)
         for tag in list(dataset.keys()):  # decode every element, so pydicom re-encodes it
@@ -275,6 +286,16 @@ def test_radiograph_round_trip(tmp_path):
     again = write_radiograph(tmp_path / "xr2" / "001", image, 0.14,
                              {"PatientID": "9000001", "StudyDescription": "OAI^XR^ENROLLMENT"}, uid_seed=1)
     assert path.read_bytes() == again.read_bytes()
+    compressed = write_radiograph(tmp_path / "xr3" / "001", image, 0.14,
+                                  {"PatientID": "9000001", "StudyDescription": "OAI^XR^ENROLLMENT"}, uid_seed=1,
+                                  compression="jpeg-ls")
+    assert pydicom.dcmread(compressed).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    np.testing.assert_array_equal(read_radiograph(compressed.parent).pixels, image)
+    assert compressed.read_bytes() == write_radiograph(
+        tmp_path / "xr4" / "001", image, 0.14, {"PatientID": "9000001", "StudyDescription": "OAI^XR^ENROLLMENT"},
+        uid_seed=1, compression="jpeg-ls").read_bytes()
+    with pytest.raises(ValueError, match="compression must be one of"):
+        write_radiograph(tmp_path / "xr5" / "001", image, 0.14, {"PatientID": "1"}, compression="zip")
 
 
 def test_cache_key_follows_content_not_mtime_name_or_place(tmp_path):

@@ -185,6 +185,36 @@ def test_real_smoke_cohort_is_byte_identical_and_readable(tmp_path):
     _check_tables_against_truth(first, n_subjects=2)
 
 
+def test_compressed_and_uncompressed_cohorts_hold_the_same_pixels(tmp_path):
+    """The default JPEG-LS storage is lossless: an uncompressed cohort of the same seed reads back identically."""
+    import pydicom
+
+    from kneelib.data.dicom import read_dicom_series, read_radiograph
+    from kneelib.data.image_index import read_image_index
+    from kneelib.synth.cohort import default_out_dir
+
+    compressed = generate_cohort("smoke", out_dir=tmp_path / "c", seed=0, n_subjects=1, n_workers=1, progress=False)
+    plain = generate_cohort("smoke", out_dir=tmp_path / "u", seed=0, n_subjects=1, n_workers=1, progress=False,
+                            dicom_compression="none")
+    frame = read_image_index(compressed).table
+    assert frame.drop(columns="path").equals(read_image_index(plain).table.drop(columns="path")) and len(frame) > 2
+    for row in frame.itertuples():
+        if "Flexion" in row.SeriesDescription:
+            a, b = read_radiograph(compressed / row.Folder / "001"), read_radiograph(plain / row.Folder / "001")
+            np.testing.assert_array_equal(a.pixels, b.pixels)
+        else:
+            a, b = read_dicom_series(compressed / row.Folder), read_dicom_series(plain / row.Folder)
+            np.testing.assert_array_equal(a.array, b.array)
+            np.testing.assert_array_equal(a.affine, b.affine)
+        first = sorted((compressed / row.Folder).iterdir())[0]
+        assert pydicom.dcmread(first, stop_before_pixels=True).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.80"
+    size = lambda root: sum(f.stat().st_size for f in root.rglob("*") if f.is_file() and f.parent.name != "ground_truth")
+    assert size(compressed) < size(plain)
+    assert default_out_dir("smoke", dicom_compression="none").name.endswith("_uncompressed")
+    with pytest.raises(ValueError, match="dicom_compression"):
+        generate_cohort("smoke", out_dir=tmp_path / "x", n_subjects=1, dicom_compression="zip")
+
+
 def test_cache_key_ignores_docstrings_and_comments():
     from kneelib.synth.cohort import _code_without_docs
 
