@@ -394,10 +394,9 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, 
     from kneelib.data.radiograph import read_radiograph
     from kneelib.preprocess.knee_localisation import load_knee_localiser
 
-    from kneelib.stats.calibration import apply_temperature
     from kneelib.stats.feature_density import density_from_dict
     from kneelib.stats.ordinal import decode_grades
-    from kneelib.train.multitask import predict_probabilities, tta_views
+    from kneelib.train.grading import ensemble_kl_probabilities
 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -441,14 +440,10 @@ def grade_kl_folder(model_path, images_dir, out_csv=None, batch_size: int = 32, 
             rows.append(knee_row)
     if stack:
         images = np.stack(stack)
-        with torch.no_grad():
-            views = tta_views(tta_option(metadata))
-            probabilities = np.mean([predict_probabilities(m, images, image_size, batch_size=batch_size,
-                                                           views=views, progress=progress)["kl"] for m in models],
-                                    axis=0)
-        temperature = float(metadata.get("temperature") or 1.0)
-        if temperature != 1.0:
-            probabilities = apply_temperature(probabilities, temperature)
+        with torch.no_grad():  # metadata["tta"] was checked by load_kl_grader
+            probabilities = ensemble_kl_probabilities(models, images, image_size, tta=metadata["tta"],
+                                                      temperature=float(metadata.get("temperature") or 1.0),
+                                                      batch_size=batch_size, progress=progress)
         grades = decode_grades(probabilities, metadata.get("cutpoints"))
         flagged = np.zeros(len(images), dtype=bool)
         if density is not None:

@@ -139,7 +139,7 @@ def test_rotation_views_rotate_the_prepared_image_before_the_central_crop():
 
 def _fold_models(p_plain, p_flip, folds, **more_options):
     held_out_tta = {"plain": np.asarray(p_plain), "flip TTA": np.asarray(p_flip), **more_options}
-    return KLFoldModels([], np.asarray(folds), np.asarray(p_plain), held_out_tta, pd.DataFrame(), 0.0)
+    return KLFoldModels([], np.asarray(folds), held_out_tta, pd.DataFrame(), 0.0)
 
 
 def test_inference_choices_follow_the_held_out_evidence():
@@ -297,7 +297,7 @@ def test_development_rows_record_out_of_fold_agreement_and_replace_older_rows(tm
     folds = np.tile(np.arange(3), 20)
     perfect = np.eye(5)[grades] * 0.9 + 0.02
     noisy = rng.dirichlet(np.ones(5), len(grades))
-    result = KLFoldModels([None] * 3, folds, perfect, {"plain": perfect, "flip TTA": noisy}, pd.DataFrame(), 12.0)
+    result = KLFoldModels([None] * 3, folds, {"plain": perfect, "flip TTA": noisy}, pd.DataFrame(), 12.0)
     recipe = KLRecipe(rotation_deg=10.0, scale_range=(0.9, 1.1))
     rows = study.development_rows("candidate", recipe, result, grades, "L")
     assert [r["inference"] for r in rows] == ["plain", "flip TTA"]

@@ -282,13 +282,10 @@ class KLFoldModels:
         One per held-out fold (eval mode).
     folds : ndarray of int
         Fold of every row; ``-1`` rows were never held out (always trained on).
-    held_out : ndarray, (n, 5)
-        Softmax of each held-out row by the model that did not train on it (NaN for
-        ``-1`` rows), plain central crop.
     held_out_tta : dict
-        The same under each test-time augmentation option
-        (:data:`kneelib.train.multitask.TTA_OPTIONS`), option name -> ``(n, 5)``; the
-        ``"plain"`` entry is ``held_out``.
+        Option name (:data:`kneelib.train.multitask.TTA_OPTIONS`) -> ``(n, 5)`` softmax of
+        each held-out row by the model that did not train on it under that test-time
+        augmentation (NaN for ``-1`` rows); always holds ``"plain"`` (:attr:`held_out`).
     history : DataFrame
         One row per epoch and fold.
     seconds : float
@@ -297,10 +294,14 @@ class KLFoldModels:
 
     models: list
     folds: np.ndarray
-    held_out: np.ndarray
     held_out_tta: dict
     history: pd.DataFrame
     seconds: float
+
+    @property
+    def held_out(self) -> np.ndarray:
+        """Held-out softmax of the plain central crop (``held_out_tta["plain"]``)."""
+        return self.held_out_tta["plain"]
 
     @property
     def held_out_rows(self) -> np.ndarray:
@@ -392,7 +393,8 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
                 if missing:
                     saved_tta.update({option: p["kl"] for option, p in
                                       predict_tta_options(model, images[test], recipe.image_size, missing).items()})
-                    saved = {**saved, "held_out_tta": saved_tta}
+                    saved = {**{k: v for k, v in saved.items() if k not in ("held_out", "held_out_flip")},
+                             "held_out_tta": saved_tta}
                     atomic_write(checkpoint, lambda tmp, saved=saved: torch.save(saved, tmp))
                 for option in options:
                     held_out_tta[option][test] = saved_tta[option]
@@ -421,8 +423,7 @@ def train_kl_folds(images: np.ndarray, grades, folds, recipe: KLRecipe = KLRecip
             saved = {"state_dict": model.state_dict(), "held_out_tta": {o: p["kl"] for o, p in predicted.items()},
                      "history": histories[-1], "seconds": fold_seconds}
             atomic_write(checkpoint, lambda tmp, saved=saved: torch.save(saved, tmp))
-    return KLFoldModels(models, folds, held_out_tta["plain"], held_out_tta, pd.concat(histories, ignore_index=True),
-                        seconds)
+    return KLFoldModels(models, folds, held_out_tta, pd.concat(histories, ignore_index=True), seconds)
 
 
 def _checkpoint_tta(saved: dict) -> dict:
@@ -448,11 +449,12 @@ def kl_fold_checkpoint_key(images, grades, folds, recipe: KLRecipe, seed: int, f
 
 
 def ensemble_kl_probabilities(models: list, images: np.ndarray, image_size: int, tta: str = "plain",
-                              temperature: float = 1.0) -> np.ndarray:
+                              temperature: float = 1.0, batch_size: int = 64, progress: bool = False) -> np.ndarray:
     """Mean KL softmax of the models under a test-time augmentation option, then temperature-scaled.
 
     ``tta`` names an option of :data:`kneelib.train.multitask.TTA_OPTIONS` (``"plain"``,
-    ``"flip TTA"``, ``"rotation TTA"``, ...).
+    ``"flip TTA"``, ``"rotation TTA"``, ...). The one implementation of a saved grader's
+    probabilities: the chapter and ``grade-kl`` both call it.
     """
     from kneelib.stats.calibration import apply_temperature
     from kneelib.train.multitask import predict_probabilities, tta_views
@@ -460,7 +462,8 @@ def ensemble_kl_probabilities(models: list, images: np.ndarray, image_size: int,
     if not models:
         raise ValueError("ensemble_kl_probabilities needs at least one model")
     views = tta_views(tta)
-    mean = np.mean([predict_probabilities(m, images, image_size, views=views)["kl"] for m in models], axis=0)
+    mean = np.mean([predict_probabilities(m, images, image_size, batch_size=batch_size, progress=progress,
+                                          views=views)["kl"] for m in models], axis=0)
     return mean if temperature == 1.0 else apply_temperature(mean, temperature)
 
 
@@ -508,6 +511,7 @@ def choose_kl_inference(fold_models: KLFoldModels, grades, subjects, n_calibrati
     from kneelib.stats.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
                                            negative_log_likelihood)
     from kneelib.stats.ordinal import choose_decoding
+    from kneelib.train.multitask import tta_views
 
     rows_mask = fold_models.held_out_rows
     y = np.asarray(grades).astype(int)[rows_mask]
@@ -516,8 +520,6 @@ def choose_kl_inference(fold_models: KLFoldModels, grades, subjects, n_calibrati
     if len(np.unique(folds)) < 2:
         folds = kl_subject_folds(y, subjects, min(n_calibration_folds, len(np.unique(subjects))), seed)
     grade_scale = range(5)
-    from kneelib.train.multitask import tta_views
-
     options = sorted(fold_models.held_out_tta, key=lambda option: len(tta_views(option)))
     rows = []
     kappas = {}
