@@ -61,3 +61,27 @@ def test_realism_of_default_cohort(benchmark):
                                  "radiograph_auc": result["radiograph_discriminability"]["auc"],
                                  "mri_auc": result["mri_discriminability"]["auc"]})
     assert -1 <= transfer["kappa"] <= 1
+
+
+def test_realism_development_check(benchmark):
+    """The renderer's development loop (:mod:`kneelib.train.realism_development`): real ``train`` crops only.
+
+    200 participants of the development seed (radiographs only, no files), about 4 minutes on
+    2 cores. Select it with ``-k development``.
+    """
+    from kneelib.train.realism_development import DEVELOPMENT_SEED, development_check
+
+    real = data_root()
+    if not (real / "chen_kl_radiographs").is_dir():
+        pytest.skip(f"Chen KL crops not found under KNEELIB_DATA={real}")
+    result = benchmark.pedantic(development_check, args=(real,), rounds=1, iterations=1)
+    print(f"\nrealism development check (seed {DEVELOPMENT_SEED}, {result['n_synthetic_crops']} synthetic crops; "
+          f"real train crops only), {result['seconds']['total'] / 60:.1f} min\n"
+          f"  discriminator AUC {result['discriminator_auc']:.3f} [{result['discriminator_auc_ci_low']:.3f}, "
+          f"{result['discriminator_auc_ci_high']:.3f}] against {result['n_real_disc']} real crops\n"
+          f"  sim-to-real proxy kappa {result['proxy_kappa']:.3f} [{result['proxy_kappa_ci_low']:.3f}, "
+          f"{result['proxy_kappa_ci_high']:.3f}] on {result['n_real_proxy']} real crops; predicted grades "
+          f"{result['proxy_predicted_counts']} against reference {result['proxy_reference_counts']}; "
+          f"grader on held-out synthetic subjects {result['synthetic_internal_kappa']:.2f}")
+    benchmark.extra_info.update({key: result[key] for key in ("discriminator_auc", "proxy_kappa",
+                                                               "synthetic_internal_kappa")})
