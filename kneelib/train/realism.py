@@ -47,7 +47,7 @@ from kneelib.data.errors import KneelibDataError
 from kneelib.preprocess.knee_crops import CHEN_WIDTH_PER_PLATEAU
 
 __all__ = ["DEFAULT_SETTINGS", "RealImageLeakError", "refuse_real_images", "GroundTruthLocaliser",
-           "plateau_framed_crop_mm", "synthetic_knee_crops", "real_knee_crops", "sim_to_real_transfer", "subject_split",
+           "plateau_framed_crop_mm", "synthetic_knee_crops", "ground_truth_crops", "real_knee_crops", "sim_to_real_transfer", "subject_split",
            "discriminability", "radiograph_discriminability", "dess_slices", "real_dess_slices",
            "mri_discriminability", "measure_realism"]
 
@@ -171,12 +171,24 @@ def synthetic_knee_crops(synthetic_root, image_size: int, crop_mm: float | None 
     """
     from kneelib.data.chen_kl import stratified_subject_subset
     from kneelib.data.knee_radiographs import load_synthetic_knees, read_radiographs
-    from kneelib.preprocess.knee_crops import prepare_knees
 
     knees = load_synthetic_knees(synthetic_root)
     knees = stratified_subject_subset(knees, n_subjects, seed=seed, subject_column="participant_id")
     refuse_real_images(knees["path"], real_root)
     radiographs = read_radiographs(knees, progress=progress)
+    return ground_truth_crops(knees, radiographs, image_size, crop_mm, width_per_plateau, progress=progress)
+
+
+def ground_truth_crops(knees: pd.DataFrame, radiographs: dict, image_size: int, crop_mm: float | None = None,
+                       width_per_plateau: float = CHEN_WIDTH_PER_PLATEAU, progress: bool = False):
+    """Crops of synthetic radiographs at their ground-truth landmarks (the realism measures' crops).
+
+    ``knees`` as :func:`kneelib.data.knee_radiographs.load_synthetic_knees` (``path`` keys
+    ``radiographs``, which maps it to ``(pixels, spacing_mm)``); ``crop_mm`` fixes the
+    crop side, ``None`` frames each knee (:func:`plateau_framed_crop_mm`).
+    """
+    from kneelib.preprocess.knee_crops import prepare_knees
+
     sizes_mm = crop_mm if crop_mm is not None else plateau_framed_crop_mm(knees, radiographs, width_per_plateau)
     return prepare_knees(knees, radiographs, GroundTruthLocaliser(knees, radiographs), image_size,
                          size_mm=sizes_mm, progress=progress)

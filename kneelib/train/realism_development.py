@@ -11,7 +11,11 @@ every change of the renderer. This module is the development loop beside it:
   :func:`~kneelib.synth.radiograph.render_radiograph`) and the generator's per-visit
   random streams, so each film is pixel for pixel the one
   :func:`kneelib.synth.cohort.generate_cohort` writes for that participant (test). No DICOM
-  is written; the participants run on :func:`kneelib.executor.map_tasks`.
+  is written; the participants run on :func:`kneelib.executor.map_tasks`. The few lines
+  that set up a visit's film repeat those of ``kneelib.synth.cohort._render_subject``:
+  moving them into a function both call changes the generator's code hash, which
+  regenerates every cached cohort, so that waits for the next generator change (the
+  test of :func:`render_development_films` holds the two together until then).
 - :func:`development_check` crops them as the realism measures do
   (:func:`kneelib.train.realism.plateau_framed_crop_mm`, ground-truth landmarks) and
   measures two proxies on the Chen ``train`` crops only, split by subject into two
@@ -117,12 +121,9 @@ def render_development_films(n_subjects: int, seed: int = DEVELOPMENT_SEED, pres
 def development_crops(knees: pd.DataFrame, radiographs: dict, image_size: int = 128,
                       width_per_plateau: float = CHEN_WIDTH_PER_PLATEAU):
     """Crops of :func:`render_development_films`, framed and prepared as the realism measures'."""
-    from kneelib.preprocess.knee_crops import prepare_knees
-    from kneelib.train.realism import GroundTruthLocaliser, plateau_framed_crop_mm
+    from kneelib.train.realism import ground_truth_crops
 
-    sizes = plateau_framed_crop_mm(knees, radiographs, width_per_plateau)
-    return prepare_knees(knees, radiographs, GroundTruthLocaliser(knees, radiographs), image_size, size_mm=sizes,
-                         progress=False)
+    return ground_truth_crops(knees, radiographs, image_size, width_per_plateau=width_per_plateau)
 
 
 def development_check(real_root, n_subjects: int = 200, seed: int = DEVELOPMENT_SEED, preset: str = "default",
@@ -166,8 +167,6 @@ def development_check(real_root, n_subjects: int = 200, seed: int = DEVELOPMENT_
                                   image_size=image_size)
     rendered = time.time()
     real_images, real_table = real_knee_crops(real_root, REAL_SPLIT, image_size, n_real_subjects, seed=seed)
-    if set(real_table["split"]) != {REAL_SPLIT}:
-        raise AssertionError(f"development check read splits {sorted(set(real_table['split']))}")
     real_subjects = real_table["oai_id"].astype(str).to_numpy()
     proxy = subject_split(real_subjects, 0.5, seed=seed)
 
