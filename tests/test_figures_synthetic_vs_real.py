@@ -125,3 +125,17 @@ def test_realism_table_says_how_well_the_grader_graded_held_out_synthetic_knees(
     result["transfer"]["history"] = pd.DataFrame({"kl_kappa": [0.12, 0.47, 0.65, 0.61]})
     what = cohort.realism_table(result)["what"].iloc[0]
     assert "held-out synthetic subjects, the epoch it kept: 0.65" in what
+
+
+def test_realism_table_numbers_and_comparisons_carry_the_real_trained_ceiling():
+    result = _fake_realism_result()
+    result["real_reference"] = {"kappa": 0.62, "ci_low": 0.55, "ci_high": 0.69, "unit": "subjects",
+                                "n_train_crops": 1015, "n_train_subjects": 540}
+    table = cohort.realism_table(result)
+    assert list(table["value"]) == [0.41, 0.62, 0.9, 0.99]
+    assert "1,015 real train crops of 540 subjects" in table["what"].iloc[1]
+    numbers = cohort.realism_numbers(result)
+    assert (numbers["realism_reference_kappa"], numbers["realism_reference_kappa_ci_high"]) == (0.62, 0.69)
+    assert np.isnan(cohort.realism_numbers(None)["realism_reference_kappa"])
+    rows = cohort.realism_comparisons(result, "synthetic smoke")
+    assert [r.reproduced for r in rows] == [0.41, 0.62, 0.9, 0.99] and rows[1].published is None

@@ -132,6 +132,7 @@ def test_transfer_trains_and_selects_on_synthetic_crops_only(smoke_cohort, real_
 
     def recording(train_images, train_grades, internal_images, internal_grades, *args, **kwargs):
         seen["train"], seen["internal"] = train_images, internal_images
+        seen["schedule"] = kwargs["transfer_schedule"]
         return original(train_images, train_grades, internal_images, internal_grades, *args, **kwargs)
 
     monkeypatch.setattr(grading, "train_kl_model", recording)
@@ -141,6 +142,7 @@ def test_transfer_trains_and_selects_on_synthetic_crops_only(smoke_cohort, real_
     for part in ("train", "internal"):
         assert all(image.tobytes() in synthetic_rows for image in seen[part]), part
     assert len(seen["train"]) + len(seen["internal"]) == len(crops.images)
+    assert seen["schedule"] == realism.TRANSFER_SCHEDULE  # the schedule chosen on real-to-real learning
     assert result["n_test_crops"] == 186 and result["unit"] == "subjects"
     assert -1 <= result["ci_low"] <= result["kappa"] <= result["ci_high"] <= 1
 
@@ -166,6 +168,10 @@ def test_measure_realism_returns_both_numbers_on_a_smoke_cohort(smoke_cohort, re
         assert result[part]["unit"] == "subjects"
         assert "caveat" in result[part]
     assert "one real DESS exam" in result["mri_discriminability"]["caveat"]
+    reference, transfer = result["real_reference"], result["transfer"]
+    assert reference["n_train_crops"] + reference["n_internal_crops"] >= transfer["n_train_crops"] + transfer[
+        "n_internal_crops"]
+    assert reference["n_test_crops"] == transfer["n_test_crops"] == 186
     assert result["settings"]["image_size"] == 48
     assert result["seconds"]["total"] > 0
 
@@ -188,3 +194,45 @@ def test_dess_slices_pass_over_a_series_the_reader_refuses(smoke_cohort, monkeyp
     assert len(refused) == 1
     assert len(set(subjects)) == 2 and len(images) == 4
     assert images.dtype == np.uint8
+
+
+@pytest.mark.realdata
+def test_real_knee_crops_by_crop_count_takes_whole_subjects_from_one_split(real_data_root):
+    images, table = realism.real_knee_crops(real_data_root, "train", 32, seed=3, n_crops=25)
+    again, table_again = realism.real_knee_crops(real_data_root, "train", 32, seed=3, n_crops=25)
+    assert np.array_equal(images, again) and table["relpath"].tolist() == table_again["relpath"].tolist()
+    assert len(images) == len(table) >= 25 and (table["split"] == "train").all()
+    per_subject = table.groupby("oai_id").size()
+    from kneelib.data.chen_kl import CHEN_KL_FOLDER, read_chen_kl
+    full = read_chen_kl(real_data_root / CHEN_KL_FOLDER)
+    full = full[full["split"] == "train"]
+    assert (full[full["oai_id"].isin(per_subject.index)].groupby("oai_id").size() == per_subject).all()  # whole
+    with pytest.raises(ValueError, match="not both"):
+        realism.real_knee_crops(real_data_root, "train", 32, n_subjects=5, n_crops=25)
+
+
+@pytest.mark.realdata
+def test_real_reference_trains_on_real_train_crops_with_the_measure_recipe(real_data_root, monkeypatch):
+    from kneelib.train import grading
+
+    seen = {}
+    original = grading.train_kl_model
+
+    def recording(train_images, train_grades, internal_images, internal_grades, *args, **kwargs):
+        seen["train"], seen["internal"], seen["schedule"] = train_images, internal_images, kwargs["transfer_schedule"]
+        return original(train_images, train_grades, internal_images, internal_grades, *args, **kwargs)
+
+    monkeypatch.setattr(grading, "train_kl_model", recording)
+    result = realism.real_reference_transfer(real_data_root, 40, image_size=48, max_epochs=1, batch_size=16,
+                                             n_boot=30, seed=2)
+    train_crops, train_table = realism.real_knee_crops(real_data_root, "train", 48, seed=2, n_crops=40)
+    val_crops, _ = realism.real_knee_crops(real_data_root, "val", 48)
+    drawn = {image.tobytes() for image in train_crops}
+    val = {image.tobytes() for image in val_crops}
+    for part in ("train", "internal"):
+        assert all(image.tobytes() in drawn and image.tobytes() not in val for image in seen[part]), part
+    assert len(seen["train"]) + len(seen["internal"]) == len(train_crops) >= 40
+    assert seen["schedule"] == realism.TRANSFER_SCHEDULE
+    assert result["n_test_crops"] == 186 and result["n_train_crops"] == len(seen["train"])
+    assert result["n_train_subjects"] < train_table["oai_id"].nunique()  # the internal subjects are apart
+    assert -1 <= result["ci_low"] <= result["kappa"] <= result["ci_high"] <= 1

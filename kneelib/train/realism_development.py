@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from kneelib.preprocess.knee_crops import CHEN_WIDTH_PER_PLATEAU
+from kneelib.train.realism import TRANSFER_SCHEDULE
 
 __all__ = ["DEVELOPMENT_SEED", "REAL_SPLIT", "render_development_films", "development_crops",
            "development_check"]
@@ -129,7 +130,8 @@ def development_crops(knees: pd.DataFrame, radiographs: dict, image_size: int = 
 def development_check(real_root, n_subjects: int = 200, seed: int = DEVELOPMENT_SEED, preset: str = "default",
                       image_size: int = 128,
                       n_real_subjects: int | None = 600, transfer_epochs: int = 4, disc_epochs: int = 3,
-                      n_boot: int = 200, n_jobs: int | None = None, crops=None, progress: bool = False) -> dict:
+                      n_boot: int = 200, n_jobs: int | None = None, crops=None, progress: bool = False,
+                      transfer_schedule: dict | None = TRANSFER_SCHEDULE) -> dict:
     """Discriminator AUC and sim-to-real proxy kappa of the current renderer, on real ``train`` crops only.
 
     Parameters
@@ -144,6 +146,10 @@ def development_check(real_root, n_subjects: int = 200, seed: int = DEVELOPMENT_
         Chen ``train`` subjects drawn (grade-stratified), then halved by subject.
     crops : PreparedKnees, optional
         Synthetic crops already made (:func:`development_crops`).
+    transfer_schedule : dict or None
+        The grader's schedule: the book measure's by default
+        (:data:`kneelib.train.realism.TRANSFER_SCHEDULE`), so the proxy reads like it;
+        ``None``: paper 004's.
 
     Returns
     -------
@@ -180,7 +186,8 @@ def development_check(real_root, n_subjects: int = 200, seed: int = DEVELOPMENT_
     set_determinism(seed, 1)
     model, history, _ = train_kl_model(crops.images[train["row"]], grades[train["row"]],
                                        crops.images[internal["row"]], grades[internal["row"]], image_size,
-                                       transfer_epochs, show_progress=progress)
+                                       transfer_epochs, show_progress=progress,
+                                       transfer_schedule=transfer_schedule)
     probabilities = predict_probabilities(model, real_images[proxy], image_size)["kl"]
     reference = real_table["kl_grade"].to_numpy()[proxy].astype(int)
     evaluation = evaluate_kl(reference, probabilities, grades[train["row"]], real_subjects[proxy], n_boot=n_boot,
