@@ -109,8 +109,29 @@ def test_discriminator_separates_what_differs_and_reports_subject_level_auc(caps
     assert set(cams["mean_cam"]) == {"real", "synthetic"}
     assert cams["mean_cam"]["real"].shape == (32, 32)
     fig = __import__("kneelib.figures.realism", fromlist=["x"]).plot_discriminator_gradcam(cams, title="t")
-    assert len(fig.axes) == 8
+    assert len(fig.axes) == 10  # per class: mean, SD, mean Grad-CAM, two examples
     plt.close(fig)
+
+
+def test_discriminator_summary_says_how_alike_each_class_is():
+    rng = np.random.default_rng(3)
+    n, size = 36, 40
+    yy, xx = np.mgrid[:size, :size]
+
+    def blob(row, col):
+        return 40 + 180 * np.exp(-((yy - row) ** 2 + (xx - col) ** 2) / 60.0)
+
+    # synthetic: one knee-like blob always in the same place; real: the blob anywhere
+    synthetic = np.stack([blob(20, 20) + rng.normal(0, 3, (size, size)) for _ in range(n)])
+    real = np.stack([blob(*rng.uniform(8, 32, 2)) + rng.normal(0, 3, (size, size)) for _ in range(n)])
+    subjects = np.repeat([f"p{i}" for i in range(n // 2)], 2)
+    result = realism.discriminability(synthetic.clip(0, 255).astype(np.uint8), subjects,
+                                      real.clip(0, 255).astype(np.uint8), subjects.copy(), image_size=32,
+                                      max_epochs=1, batch_size=8, n_boot=20, n_cam=3, seed=0)
+    summary = result["gradcam"]
+    assert summary["sd_image"]["real"].shape == (32, 32)
+    assert summary["spread"]["synthetic"] < 0.5 * summary["spread"]["real"]
+    assert summary["spread"]["real"] == pytest.approx(float(summary["sd_image"]["real"].mean()))
 
 
 def test_discriminator_refuses_a_subject_on_both_sides():

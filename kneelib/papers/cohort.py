@@ -396,6 +396,9 @@ def realism_numbers(result: dict | None) -> dict[str, float]:
         numbers[f"{prefix}_ci_low"] = float(values["ci_low"])
         numbers[f"{prefix}_ci_high"] = float(values["ci_high"])
     numbers["realism_transfer_test_subjects"] = float(result.get("transfer", empty)["n_test_subjects"])
+    spread = result.get("radiograph_discriminability", {}).get("gradcam", {}).get("spread", {})
+    for name in ("real", "synthetic"):
+        numbers[f"realism_radiograph_spread_{name}"] = float(spread.get(name, np.nan))
     reference = result.get("real_reference") or empty
     numbers["realism_reference_kappa"] = float(reference["kappa"])
     numbers["realism_reference_kappa_ci_low"] = float(reference["ci_low"])

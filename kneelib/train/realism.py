@@ -387,11 +387,13 @@ def discriminability(synthetic_images: np.ndarray, synthetic_subjects, real_imag
     -------
     dict
         ``auc``, ``ci_low``, ``ci_high``, ``unit``, ``n_test_real``, ``n_test_synthetic``,
-        ``n_train_real``, ``n_train_synthetic``, ``history``, and ``gradcam``: ``mean_image``
-        / ``mean_cam`` (class -> (image_size, image_size) mean network input and mean
-        Grad-CAM of the predicted class over up to ``n_cam`` test images), ``examples``
-        (class -> (inputs, cams)), ``border_share`` (class -> mean share of the CAM mass
-        in the outer eighth of the image).
+        ``n_train_real``, ``n_train_synthetic``, ``history``, and ``gradcam``:
+        ``mean_image`` / ``sd_image`` (class -> (image_size, image_size) mean and standard
+        deviation of the network input over every test image of the class: how alike its
+        images are, pixel by pixel), ``spread`` (class -> the SD image's mean),
+        ``mean_cam`` (mean Grad-CAM of the predicted class over up to ``n_cam`` test
+        images), ``examples`` (class -> (inputs, cams)), ``border_share`` (class -> mean
+        share of the CAM mass in the outer eighth of the image).
 
     Raises
     ------
@@ -439,10 +441,17 @@ def discriminability(synthetic_images: np.ndarray, synthetic_subjects, real_imag
     score = predict_probabilities(model, images[test_rows], image_size)["real"][:, 1]
     auc = auc_with_ci(labels[test_rows], score, method="bootstrap", n_boot=n_boot, seed=seed,
                       groups=groups[test_rows])
-    summary = {"mean_image": {}, "mean_cam": {}, "examples": {}, "border_share": {}}
+    summary = {"mean_image": {}, "sd_image": {}, "spread": {}, "mean_cam": {}, "examples": {}, "border_share": {}}
     dataset = RadiographDataset(images, labels, image_size, augment=False)
     for c, name in ((1, "real"), (0, "synthetic")):
         rows = test_rows[labels[test_rows] == c]
+        # mean and spread of the network inputs over every test image of the class: how alike
+        # the knees are (anatomy, positioning, framing), pixel by pixel
+        every_input = np.stack([dataset.image_tensor(i)[0].numpy() for i in rows])
+        summary["mean_image"][name] = every_input.mean(axis=0)
+        summary["sd_image"][name] = every_input.std(axis=0)
+        summary["spread"][name] = float(summary["sd_image"][name].mean())
+        del every_input
         rows = np.sort(rng.choice(rows, size=min(n_cam, len(rows)), replace=False))
         batch = torch.stack([dataset.image_tensor(i) for i in rows])
         cams, _ = grad_cam(model, batch, "real")
@@ -453,7 +462,6 @@ def discriminability(synthetic_images: np.ndarray, synthetic_subjects, real_imag
         inner[edge:-edge, edge:-edge] = True
         mass = cams_up.reshape(len(rows), -1).sum(axis=1)
         border = np.where(mass > 0, cams_up[:, ~inner].sum(axis=1) / np.maximum(mass, 1e-12), np.nan)
-        summary["mean_image"][name] = inputs.mean(axis=0)
         summary["mean_cam"][name] = cams_up.mean(axis=0)
         summary["examples"][name] = (inputs[:4], cams_up[:4])
         summary["border_share"][name] = float(np.nanmean(border)) if np.isfinite(border).any() else float("nan")
