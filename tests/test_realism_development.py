@@ -52,9 +52,22 @@ def test_development_check_reads_only_real_train_crops(real_data_root, monkeypat
         return original(root, split, *args, **kwargs)
 
     monkeypatch.setattr(realism, "real_knee_crops", recording)
+    from kneelib.train import grading
+
+    trained = []
+    original_train = grading.train_kl_model
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["transfer_schedule"])
+        return original_train(*args, **kwargs)
+
+    monkeypatch.setattr(grading, "train_kl_model", counting)
+    with pytest.raises(ValueError, match="n_graders"):
+        dev.development_check(real_data_root, crops=crops, n_graders=0)
     result = dev.development_check(real_data_root, seed=0, image_size=40, n_real_subjects=10, transfer_epochs=1,
-                                   disc_epochs=1, n_boot=20, n_jobs=1, crops=crops)
+                                   disc_epochs=1, n_boot=20, n_jobs=1, crops=crops, n_graders=2)
     assert splits == ["train"]
+    assert trained == [realism.TRANSFER_SCHEDULE] * 2 and len(result["proxy_kappa_per_grader"]) == 2
     assert 0 <= result["discriminator_auc"] <= 1 and -1 <= result["proxy_kappa"] <= 1
     assert sum(result["proxy_predicted_counts"]) == sum(result["proxy_reference_counts"]) == result["n_real_proxy"]
     assert result["n_real_proxy"] > 0 and result["n_real_disc"] > 0
