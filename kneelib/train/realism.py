@@ -37,6 +37,12 @@ small knees look small and large ones large, which real crops never do. Left kne
 mirrored in both sets.
 
 The single entry point for the cohort chapter is :func:`measure_realism`.
+
+One module (about 660 lines) because its guarantee is read as a whole: every function that
+lets a crop into a training set (synthetic crops, the ceiling's real ``train`` crops, the
+discriminators' sets) sits beside :func:`refuse_real_images` and the one place that grades
+``val``, so that "no real image in synthetic training, ``val`` tested once" can be checked
+in one file.
 """
 from __future__ import annotations
 
@@ -266,14 +272,14 @@ def _grade_val_after_training(images, grades, subjects, real_root, image_size: i
     probabilities = predict_probabilities(model, real_images, image_size)["kl"]
     evaluation = evaluate_kl(real_table["kl_grade"], probabilities, grades[train_rows], real_table["oai_id"],
                              n_boot=n_boot, seed=seed)
-    table = evaluation["table"]
-    kappa = table[(table["model"] == "model") & (table["metric"] == "quadratic_kappa")].iloc[0]
+    agreement = evaluation["table"]
+    kappa = agreement[(agreement["model"] == "model") & (agreement["metric"] == "quadratic_kappa")].iloc[0]
     return {"kappa": float(kappa["estimate"]), "ci_low": float(kappa["ci_low"]), "ci_high": float(kappa["ci_high"]),
             "unit": str(kappa.get("unit", "subjects")), "n_test_crops": len(real_table),
             "n_test_subjects": int(real_table["oai_id"].nunique()), "n_train_crops": len(train_rows),
             "n_internal_crops": len(internal_rows), "best_epoch": int(best_epoch) if best_epoch else None,
             "n_train_subjects": int(train["subject"].nunique()),
-            "table": table, "history": history, "predicted": evaluation["predicted"]}
+            "table": agreement, "history": history, "predicted": evaluation["predicted"]}
 
 
 def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_mm: float | None = None,
