@@ -56,7 +56,8 @@ from kneelib.data.errors import KneelibDataError
 from kneelib.preprocess.knee_crops import CHEN_WIDTH_PER_PLATEAU
 
 __all__ = ["DEFAULT_SETTINGS", "TRANSFER_SCHEDULE", "RealImageLeakError", "refuse_real_images", "GroundTruthLocaliser",
-           "plateau_framed_crop_mm", "synthetic_knee_crops", "ground_truth_crops", "real_knee_crops", "sim_to_real_transfer", "real_reference_transfer", "subject_split",
+           "plateau_framed_crop_mm", "synthetic_knee_crops", "ground_truth_crops", "real_knee_crops", "sim_to_real_transfer", "real_reference_transfer", "quadratic_kappa_row",
+           "subject_split",
            "discriminability", "radiograph_discriminability", "dess_slices", "real_dess_slices",
            "mri_discriminability", "measure_realism"]
 
@@ -243,6 +244,13 @@ def real_knee_crops(real_root, split: str, image_size: int, n_subjects: int | No
     return prepare_images(table, image_size, mirror_side="L", progress=progress), table
 
 
+def quadratic_kappa_row(evaluation: dict) -> pd.Series:
+    """The model's quadratic-kappa row (``estimate``, ``ci_low``, ``ci_high``, ``unit``) of
+    :func:`kneelib.train.grading_evaluation.evaluate_kl`'s agreement table."""
+    table = evaluation["table"]
+    return table[(table["model"] == "model") & (table["metric"] == "quadratic_kappa")].iloc[0]
+
+
 def _grade_val_after_training(images, grades, subjects, real_root, image_size: int, backbone: str, imagenet: bool,
                               max_epochs: int, internal_fraction: float, batch_size: int,
                               transfer_schedule: dict | None, n_boot: int, seed: int, threads: int,
@@ -272,8 +280,8 @@ def _grade_val_after_training(images, grades, subjects, real_root, image_size: i
     probabilities = predict_probabilities(model, real_images, image_size)["kl"]
     evaluation = evaluate_kl(real_table["kl_grade"], probabilities, grades[train_rows], real_table["oai_id"],
                              n_boot=n_boot, seed=seed)
+    kappa = quadratic_kappa_row(evaluation)
     agreement = evaluation["table"]
-    kappa = agreement[(agreement["model"] == "model") & (agreement["metric"] == "quadratic_kappa")].iloc[0]
     return {"kappa": float(kappa["estimate"]), "ci_low": float(kappa["ci_low"]), "ci_high": float(kappa["ci_high"]),
             "unit": str(kappa.get("unit", "subjects")), "n_test_crops": len(real_table),
             "n_test_subjects": int(real_table["oai_id"].nunique()), "n_train_crops": len(train_rows),
@@ -452,21 +460,23 @@ def discriminability(synthetic_images: np.ndarray, synthetic_subjects, real_imag
     for c, name in ((1, "real"), (0, "synthetic")):
         rows = test_rows[labels[test_rows] == c]
         # mean and spread of the network inputs over every test image of the class: how alike
-        # the knees are (anatomy, positioning, framing), pixel by pixel
-        every_input = np.stack([dataset.image_tensor(i)[0].numpy() for i in rows])
-        summary["mean_image"][name] = every_input.mean(axis=0)
-        summary["sd_image"][name] = every_input.std(axis=0)
+        # the knees are (anatomy, positioning, framing), pixel by pixel; the Grad-CAM batch
+        # is a subset of these inputs, not built again
+        every_input = torch.stack([dataset.image_tensor(i) for i in rows])
+        first_channel = every_input[:, 0].numpy()
+        summary["mean_image"][name] = first_channel.mean(axis=0)
+        summary["sd_image"][name] = first_channel.std(axis=0)
         summary["spread"][name] = float(summary["sd_image"][name].mean())
-        del every_input
-        rows = np.sort(rng.choice(rows, size=min(n_cam, len(rows)), replace=False))
-        batch = torch.stack([dataset.image_tensor(i) for i in rows])
+        chosen = np.sort(rng.choice(rows, size=min(n_cam, len(rows)), replace=False))
+        batch = every_input[np.searchsorted(rows, chosen)]
+        del every_input, first_channel
         cams, _ = grad_cam(model, batch, "real")
         cams_up = upsample_cams(cams, (image_size, image_size))
         inputs = batch[:, 0].numpy()
         edge = max(1, image_size // 8)
         inner = np.zeros((image_size, image_size), bool)
         inner[edge:-edge, edge:-edge] = True
-        mass = cams_up.reshape(len(rows), -1).sum(axis=1)
+        mass = cams_up.reshape(len(chosen), -1).sum(axis=1)
         border = np.where(mass > 0, cams_up[:, ~inner].sum(axis=1) / np.maximum(mass, 1e-12), np.nan)
         summary["mean_cam"][name] = cams_up.mean(axis=0)
         summary["examples"][name] = (inputs[:4], cams_up[:4])

@@ -170,7 +170,7 @@ def development_check(real_root, n_subjects: int = 200, seed: int = DEVELOPMENT_
     from kneelib.train.grading import set_determinism, train_kl_model
     from kneelib.train.grading_evaluation import evaluate_kl
     from kneelib.train.multitask import predict_probabilities
-    from kneelib.train.realism import discriminability, real_knee_crops, subject_split
+    from kneelib.train.realism import discriminability, quadratic_kappa_row, real_knee_crops, subject_split
     from sklearn.metrics import cohen_kappa_score
 
     if n_graders < 1:
@@ -206,8 +206,7 @@ def development_check(real_root, n_subjects: int = 200, seed: int = DEVELOPMENT_
     probabilities = np.mean(each, axis=0)
     evaluation = evaluate_kl(reference, probabilities, grades[train["row"]], real_subjects[proxy], n_boot=n_boot,
                              seed=seed)
-    kappa = evaluation["table"]
-    kappa = kappa[(kappa["model"] == "model") & (kappa["metric"] == "quadratic_kappa")].iloc[0]
+    kappa = quadratic_kappa_row(evaluation)
     internal_kappa = float(np.mean(internal_kappas))
     return {"discriminator_auc": float(disc["auc"]), "discriminator_auc_ci_low": float(disc["ci_low"]),
             "discriminator_auc_ci_high": float(disc["ci_high"]),
