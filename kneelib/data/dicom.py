@@ -51,6 +51,8 @@ from typing import Any, Iterable, Sequence
 import nibabel as nib
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
 from kneelib.data.errors import (
@@ -192,18 +194,40 @@ _NUMERIC_KEYWORDS = (
 )
 
 
+_NUMERIC_TAGS = tuple((keyword, tag_for_keyword(keyword)) for keyword in _NUMERIC_KEYWORDS)
+_TAG_OF = dict(_NUMERIC_TAGS)
+
+
+def _numbers_of(dataset: pydicom.Dataset, keyword: str) -> list[float] | None:
+    """The numbers of a numeric element (``None`` when absent or empty); raises on a non-number.
+
+    A decimal or integer string (VR DS/IS) still in its raw bytes is parsed directly, without
+    converting the element: pydicom's conversion builds a validated ``DSfloat`` per value and
+    was about a fifth of the time to read a small series. Anything else (binary VRs, an element
+    already converted, implicit-VR files whose raw elements carry no VR) takes pydicom's value.
+    """
+    tag = _TAG_OF[keyword]
+    if tag not in dataset:
+        return None
+    element = dataset.get_item(tag)
+    if isinstance(element, RawDataElement) and element.VR in ("DS", "IS") and isinstance(element.value, bytes):
+        text = element.value.decode("ascii").strip(" \x00")
+        return [float(part) for part in text.split("\\")] if text else None
+    value = dataset.get(keyword)
+    if value is None or value == "":
+        return None
+    values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+    return [float(v) for v in values]
+
+
 def _check_numbers(dataset: pydicom.Dataset, path: Path) -> None:
     """Raise :class:`DicomReadError` when a numeric element the readers use is not numbers."""
     for keyword in _NUMERIC_KEYWORDS:
         try:
-            value = dataset.get(keyword)
-            if value is None or value == "":
-                continue
-            values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
-            numbers = [float(v) for v in values]
-        except Exception as error:  # a corrupt raw value: ValueError, TypeError, struct.error...
+            numbers = _numbers_of(dataset, keyword)
+        except Exception as error:  # a corrupt raw value: ValueError, TypeError, UnicodeDecodeError...
             raise DicomReadError(path, f"{keyword} is not a number ({type(error).__name__}: {error})") from error
-        if not np.all(np.isfinite(numbers)):
+        if numbers is not None and not np.all(np.isfinite(numbers)):
             raise DicomReadError(path, f"{keyword} {numbers} is not finite")
 
 
@@ -270,10 +294,10 @@ def _pyjpegls_available() -> bool:
 
 
 def _floats(dataset: pydicom.Dataset, keyword: str, path: Path, count: int) -> np.ndarray:
-    value = dataset.get(keyword)
-    if value is None or (hasattr(value, "__len__") and len(value) != count):
-        raise DicomReadError(path, f"{keyword} missing or malformed ({value!r}); cannot place the slice")
-    return np.asarray([float(v) for v in (value if count > 1 else [value])], dtype=float)
+    numbers = _numbers_of(dataset, keyword)  # checked to parse by _check_numbers
+    if numbers is None or len(numbers) != count:
+        raise DicomReadError(path, f"{keyword} missing or malformed ({numbers!r}); cannot place the slice")
+    return np.asarray(numbers, dtype=float)
 
 
 @dataclass
