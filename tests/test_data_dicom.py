@@ -320,3 +320,35 @@ def test_cache_key_follows_content_not_mtime_name_or_place(tmp_path):
     assert target.stat().st_size == stat.st_size
     assert series_cache_key(tmp_path / "s") != key
     assert series_cache_key(tmp_path / "s", laterality="R") != series_cache_key(tmp_path / "s")
+
+
+@pytest.mark.parametrize("keyword, raw, reason", [
+    ("EchoTime", b"3x.0", r"EchoTime is not a number"),
+    ("ImagePositionPatient", b"1\\nan\\2 ", r"ImagePositionPatient .* is not finite"),
+    ("PixelSpacing", b"0.5\\\xff", r"PixelSpacing is not a number"),
+])
+def test_non_numeric_text_number_names_the_file(tmp_path, keyword, raw, reason):
+    """A DS element is parsed from its raw bytes; garbage there is a typed error naming the file."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    files = write(tmp_path / "s")
+    ds = pydicom.dcmread(files[3])
+    tag = Tag(tag_for_keyword(keyword))
+    ds[tag] = RawDataElement(tag, "DS", len(raw), raw, 0, False, True)
+    ds.save_as(files[3])
+    with pytest.raises(DicomReadError, match=rf"004.*{reason}"):
+        read_dicom_series(tmp_path / "s")
+
+
+def test_text_numbers_read_from_raw_bytes_equal_pydicom_values(tmp_path):
+    from kneelib.data.dicom import _NUMERIC_KEYWORDS, _numbers_of
+
+    files = write(tmp_path / "s")
+    raw, converted = pydicom.dcmread(files[0]), pydicom.dcmread(files[0])
+    for keyword in _NUMERIC_KEYWORDS:
+        value = converted.get(keyword)
+        expected = None if value in (None, "") else [float(v) for v in (value if isinstance(
+            value, pydicom.multival.MultiValue) else [value])]
+        assert _numbers_of(raw, keyword) == expected, keyword
