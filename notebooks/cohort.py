@@ -289,7 +289,15 @@ for name, value in cohort.realism_numbers(realism_result).items():
 # crops reaches {glue:text}`realism_reference_kappa:.2f` ({glue:text}`realism_reference_kappa_ci_low:.2f`
 # to {glue:text}`realism_reference_kappa_ci_high:.2f`) on the same crops: about what a perfectly
 # realistic generator could give at this size; graders trained on all of a large real set
-# reached {glue:text}`realism_real_trained_kappa:.2f` in paper 004 (on another test set). The
+# reached {glue:text}`realism_real_trained_kappa:.2f` in paper 004 (on another test set). Turned
+# round, that real-trained grader grades the synthetic crops against their planted KL grades with a
+# kappa of {glue:text}`realism_real_to_synthetic_kappa:.2f`
+# ({glue:text}`realism_real_to_synthetic_kappa_ci_low:.2f` to
+# {glue:text}`realism_real_to_synthetic_kappa_ci_high:.2f`, resampling synthetic subjects; the
+# "GAN-test" of {cite:t}`shmelkov2018gan`): a synthetic KL 0 knee reads as grade
+# {glue:text}`realism_real_to_synthetic_expected_kl0:.1f` on average and a KL 4 knee as
+# {glue:text}`realism_real_to_synthetic_expected_kl4:.1f`, so a grader that knows real knees sees
+# the planted grades only faintly. The
 # discriminator tells real from synthetic crops with an AUC of
 # {glue:text}`realism_radiograph_auc:.2f` ({glue:text}`realism_radiograph_auc_ci_low:.2f` to
 # {glue:text}`realism_radiograph_auc_ci_high:.2f`; target at most

@@ -139,3 +139,25 @@ def test_realism_table_numbers_and_comparisons_carry_the_real_trained_ceiling():
     assert np.isnan(cohort.realism_numbers(None)["realism_reference_kappa"])
     rows = cohort.realism_comparisons(result, "synthetic smoke")
     assert [r.reproduced for r in rows] == [0.41, 0.62, 0.9, 0.99] and rows[1].published is None
+
+
+def test_realism_table_numbers_and_comparisons_carry_the_real_to_synthetic_grading():
+    result = _fake_realism_result()
+    expected = pd.Series([1.8, 1.9, 2.1, 2.7, 3.4], index=pd.Index(range(5), name="planted KL"))
+    result["real_reference"] = {"kappa": 0.62, "ci_low": 0.55, "ci_high": 0.69, "unit": "subjects",
+                                "n_train_crops": 1015, "n_train_subjects": 540,
+                                "real_to_synthetic": {"kappa": 0.2, "ci_low": 0.14, "ci_high": 0.26,
+                                                      "unit": "subjects", "n_crops": 1196, "n_subjects": 299,
+                                                      "expected_grade": expected}}
+    table = cohort.realism_table(result)
+    assert list(table["value"]) == [0.41, 0.62, 0.2, 0.9, 0.99]
+    assert "1,196 synthetic crops of 299 subjects" in table["what"].iloc[2]
+    numbers = cohort.realism_numbers(result)
+    assert set(numbers) == set(cohort.realism_numbers(None))
+    assert (numbers["realism_real_to_synthetic_kappa"], numbers["realism_real_to_synthetic_kappa_ci_low"]) == (0.2, 0.14)
+    assert (numbers["realism_real_to_synthetic_expected_kl0"], numbers["realism_real_to_synthetic_expected_kl4"]) == (
+        1.8, 3.4)
+    assert np.isnan(cohort.realism_numbers(None)["realism_real_to_synthetic_expected_kl0"])
+    rows = cohort.realism_comparisons(result, "synthetic smoke")
+    assert [r.reproduced for r in rows] == [0.41, 0.62, 0.2, 0.9, 0.99] and rows[2].published is None
+    assert "synthetic smoke" in rows[2].data

@@ -193,6 +193,10 @@ def test_measure_realism_returns_both_numbers_on_a_smoke_cohort(smoke_cohort, re
     assert reference["n_train_crops"] + reference["n_internal_crops"] >= transfer["n_train_crops"] + transfer[
         "n_internal_crops"]
     assert reference["n_test_crops"] == transfer["n_test_crops"] == 186
+    graded = reference["real_to_synthetic"]                 # the real-trained grader on every synthetic crop
+    assert graded["n_crops"] == transfer["n_train_crops"] + transfer["n_internal_crops"]
+    assert int(graded["confusion"].to_numpy().sum()) == graded["n_crops"] and -1 <= graded["kappa"] <= 1
+    assert transfer["real_to_synthetic"] is None             # a synthetic-trained grader does not grade them
     assert result["settings"]["image_size"] == 48
     assert result["seconds"]["total"] > 0
 
@@ -257,3 +261,29 @@ def test_real_reference_trains_on_real_train_crops_with_the_measure_recipe(real_
     assert result["n_test_crops"] == 186 and result["n_train_crops"] == len(seen["train"])
     assert result["n_train_subjects"] < train_table["oai_id"].nunique()  # the internal subjects are apart
     assert -1 <= result["ci_low"] <= result["kappa"] <= result["ci_high"] <= 1
+
+
+def test_grade_synthetic_crops_reads_the_planted_grade_against_the_prediction(monkeypatch):
+    """A stand-in grader whose answers are known: kappa, confusion and expected grade follow them."""
+    import pandas as pd
+    from sklearn.metrics import cohen_kappa_score
+
+    import kneelib.train.multitask as multitask
+    from kneelib.preprocess.knee_crops import PreparedKnees
+
+    planted = np.array([0, 0, 1, 2, 3, 4, 4, 2])
+    shown = np.array([0, 1, 1, 2, 3, 4, 3, 2])               # two knees read one grade off
+    images = np.stack([np.full((36, 36), 40 * g + 20, np.uint8) for g in shown])
+    crops = PreparedKnees(images=images, targets=planted[:, None],
+                          knees=pd.DataFrame({"participant_id": [f"p{i // 2}" for i in range(8)]}), masks=None)
+    # the grader reads the grade written in each image's grey level
+    monkeypatch.setattr(multitask, "predict_probabilities", lambda model, imgs, size, **kw: {
+        "kl": np.eye(5)[((imgs.reshape(len(imgs), -1).max(axis=1).astype(int) - 20) // 40)]})
+    result = realism.grade_synthetic_crops(object(), crops, 32, n_boot=50, seed=0)
+    assert result["kappa"] == pytest.approx(cohen_kappa_score(planted, shown, weights="quadratic"))
+    assert result["ci_low"] <= result["kappa"] <= result["ci_high"] and result["unit"] == "subjects"
+    assert result["confusion"].loc[0, 1] == 1 and result["confusion"].loc[4, 3] == 1
+    assert np.trace(result["confusion"].to_numpy()) == 6
+    assert result["expected_grade"].tolist() == pytest.approx([0.5, 1.0, 2.0, 3.0, 3.5])
+    assert result["planted_counts"] == [2, 1, 2, 1, 2] and result["predicted_counts"] == [1, 2, 2, 2, 1]
+    assert result["n_subjects"] == 4 and result["n_crops"] == 8

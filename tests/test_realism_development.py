@@ -72,3 +72,44 @@ def test_development_check_reads_only_real_train_crops(real_data_root, monkeypat
     assert sum(result["proxy_predicted_counts"]) == sum(result["proxy_reference_counts"]) == result["n_real_proxy"]
     assert result["n_real_proxy"] > 0 and result["n_real_disc"] > 0
     assert result["n_synthetic_crops"] == 8 * 2 * 2
+
+
+@pytest.mark.realdata
+def test_real_grader_trains_once_on_real_train_crops_and_grades_synthetic_knees(real_data_root, monkeypatch, tmp_path):
+    from kneelib.train import grading, realism
+
+    splits, trained = [], []
+    original_crops, original_train = realism.real_knee_crops, grading.train_kl_model
+
+    def recording(root, split, *args, **kwargs):
+        splits.append(split)
+        return original_crops(root, split, *args, **kwargs)
+
+    def counting(*args, **kwargs):
+        trained.append(kwargs["transfer_schedule"])
+        return original_train(*args, **kwargs)
+
+    monkeypatch.setattr(realism, "real_knee_crops", recording)
+    monkeypatch.setattr(grading, "train_kl_model", counting)
+    settings = dict(image_size=40, max_epochs=1, n_crops=60, cache_dir=tmp_path, seed=0)
+    first = dev.real_grader(real_data_root, **settings)
+    again = dev.real_grader(real_data_root, **settings)
+    assert splits == ["train", "train"]                      # val is never read
+    assert trained == [realism.TRANSFER_SCHEDULE]              # the second call loads the cached weights
+    assert again["path"] == first["path"] and first["path"].is_file()
+    assert again["internal_kappa"] == first["internal_kappa"] and first["n_train_crops"] > 0
+    other = dev.real_grader(real_data_root, **{**settings, "n_crops": 70})
+    assert other["path"] != first["path"]                      # other crops, other key
+
+    knees, films = dev.render_development_films(3, seed=0, preset="smoke", n_jobs=1)
+    crops = dev.development_crops(knees, films, image_size=40)
+    result = dev.real_to_synthetic_check(real_data_root, crops=crops, grader=first, image_size=40, n_boot=20, seed=0)
+    reloaded = dev.real_to_synthetic_check(real_data_root, crops=crops, grader=again, image_size=40, n_boot=20, seed=0)
+    assert result["kappa"] == reloaded["kappa"]                # the cached grader is the trained one
+    assert (result["confusion"].to_numpy() == reloaded["confusion"].to_numpy()).all()
+    assert -1 <= result["kappa"] <= 1 and result["ci_low"] <= result["kappa"] <= result["ci_high"]
+    assert result["n_crops"] == 3 * 2 * 2 == int(result["confusion"].to_numpy().sum())
+    assert result["planted_counts"] == np.bincount(crops.targets[:, 0].astype(int), minlength=5).tolist()
+    assert result["confusion"].sum(axis=1).tolist() == result["planted_counts"]
+    assert result["confusion"].sum(axis=0).tolist() == result["predicted_counts"]
+    np.testing.assert_allclose(result["mean_probabilities"].dropna().sum(axis=1), 1.0, atol=1e-5)

@@ -342,7 +342,9 @@ def realism_table(result: dict) -> pd.DataFrame:
     """The realism numbers with their subject-level 95 % CIs, the issue's targets and what they are.
 
     The sim-to-real kappa is followed by its ceiling when measured (``real_reference``: the
-    same recipe trained on as many real crops, tested on the same crops).
+    same recipe trained on as many real crops, tested on the same crops) and by that
+    real-trained grader's kappa on the synthetic crops against their planted grades
+    (real-to-synthetic, :func:`kneelib.train.realism.grade_synthetic_crops`).
     """
     targets = _realism_targets()
     transfer = result["transfer"]
@@ -362,6 +364,12 @@ def realism_table(result: dict) -> pd.DataFrame:
                      "", f"same recipe trained on {reference['n_train_crops']:,} real train crops of "
                          f"{reference['n_train_subjects']:,} subjects (as many crops as the synthetic grader), "
                          f"tested on the same val crops"))
+        graded = reference.get("real_to_synthetic")
+        if graded:
+            rows.append(("real-to-synthetic: that real-trained grader on the synthetic crops", graded, "kappa",
+                         "none set", "higher",
+                         f"planted KL of {graded['n_crops']:,} synthetic crops of {graded['n_subjects']:,} "
+                         f"subjects against the grade it reads; a realistic knee reads near the ceiling"))
     rows += [
         ("real vs synthetic radiograph crops: discriminator AUC", radiograph, "auc",
          f"<= {targets['discriminator_auc_max']:g}", "lower",
@@ -403,6 +411,14 @@ def realism_numbers(result: dict | None) -> dict[str, float]:
     numbers["realism_reference_kappa"] = float(reference["kappa"])
     numbers["realism_reference_kappa_ci_low"] = float(reference["ci_low"])
     numbers["realism_reference_kappa_ci_high"] = float(reference["ci_high"])
+    graded = (result.get("real_reference") or {}).get("real_to_synthetic") or empty
+    numbers["realism_real_to_synthetic_kappa"] = float(graded["kappa"])
+    numbers["realism_real_to_synthetic_kappa_ci_low"] = float(graded["ci_low"])
+    numbers["realism_real_to_synthetic_kappa_ci_high"] = float(graded["ci_high"])
+    expected = graded.get("expected_grade")
+    for grade in (0, 4):
+        numbers[f"realism_real_to_synthetic_expected_kl{grade}"] = (
+            float(expected.loc[grade]) if expected is not None else np.nan)
     return numbers
 
 
@@ -430,6 +446,14 @@ def realism_comparisons(result: dict, cohort_data: str) -> list[Comparison]:
             ci_high=round(float(reference["ci_high"]), 3), source="no published value (a reference)",
             data=f"trained on {reference['n_train_crops']:,} real chen_kl_radiographs train crops; tested on val",
             note=f"CI resamples {reference.get('unit', 'subjects')}"))
+        graded = reference.get("real_to_synthetic")
+        if graded:
+            rows.append(Comparison(
+                "cohort", "real-to-synthetic: the real-trained grader's KL quadratic kappa on the synthetic crops",
+                None, round(float(graded["kappa"]), 3), ci_low=round(float(graded["ci_low"]), 3),
+                ci_high=round(float(graded["ci_high"]), 3), source="no published value (a diagnostic)",
+                data=f"trained on real chen_kl_radiographs train crops; tested on {cohort_data} (planted KL)",
+                note=f"CI resamples synthetic {graded.get('unit', 'subjects')}"))
     for quantity, part, data in (
             ("real-vs-synthetic discriminator AUC, radiograph crops", result["radiograph_discriminability"],
              "real: chen_kl_radiographs train"),

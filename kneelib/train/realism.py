@@ -57,6 +57,7 @@ from kneelib.preprocess.knee_crops import CHEN_WIDTH_PER_PLATEAU
 
 __all__ = ["DEFAULT_SETTINGS", "TRANSFER_SCHEDULE", "RealImageLeakError", "refuse_real_images", "GroundTruthLocaliser",
            "plateau_framed_crop_mm", "synthetic_knee_crops", "ground_truth_crops", "real_knee_crops", "sim_to_real_transfer", "real_reference_transfer", "quadratic_kappa_row",
+           "grade_synthetic_crops",
            "subject_split",
            "discriminability", "radiograph_discriminability", "dess_slices", "real_dess_slices",
            "mri_discriminability", "measure_realism"]
@@ -251,14 +252,69 @@ def quadratic_kappa_row(evaluation: dict) -> pd.Series:
     return table[(table["model"] == "model") & (table["metric"] == "quadratic_kappa")].iloc[0]
 
 
+def grade_synthetic_crops(model, crops, image_size: int, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Real-to-synthetic: a KL grader trained on real crops only grades synthetic crops.
+
+    The reverse of :func:`sim_to_real_transfer`, and the "GAN-test" of Shmelkov et al.
+    (ECCV 2018, "How good is my GAN?"): a classifier trained on real images, applied to
+    generated ones, scores how well they carry the real class signs. Here the class is each
+    synthetic knee's planted KL grade: a knee drawn as KL 3 that looks like a real KL 3
+    knee is graded 3. No network is trained on synthetic images, so the number moves only
+    with the films.
+
+    Parameters
+    ----------
+    model : MultiTaskNet
+        A KL grader trained on real crops (its ``kl`` head).
+    crops : PreparedKnees
+        Synthetic crops (:func:`synthetic_knee_crops`; planted KL in ``targets[:, 0]``).
+    image_size, n_boot, seed
+        Network input; bootstrap resamples (over synthetic subjects) and their seed.
+
+    Returns
+    -------
+    dict
+        ``kappa``, ``ci_low``, ``ci_high`` (quadratic kappa, planted vs predicted KL, CI over
+        synthetic subjects), ``unit``, ``confusion`` (DataFrame, planted x predicted, knee
+        counts), ``mean_probabilities`` (DataFrame, planted grade x predicted grade),
+        ``expected_grade`` (mean predicted grade per planted grade), ``predicted_counts``,
+        ``planted_counts``, ``n_crops``, ``n_subjects``.
+    """
+    from kneelib.stats.agreement import quadratic_kappa
+    from kneelib.stats.bootstrap import bootstrap_ci
+    from kneelib.train.multitask import predict_probabilities
+
+    probabilities = predict_probabilities(model, crops.images, image_size)["kl"]
+    planted = np.asarray(crops.targets[:, 0]).astype(int)
+    predicted = probabilities.argmax(axis=1)
+    subjects = np.asarray(crops.subjects).astype(str)
+    kappa = bootstrap_ci(lambda y, p: quadratic_kappa(y, p, grades=range(5)), planted, predicted, n_boot=n_boot,
+                         seed=seed, groups=subjects)
+    grades = pd.Index(range(5), name="planted KL")
+    confusion = pd.crosstab(pd.Categorical(planted, categories=range(5)),
+                            pd.Categorical(predicted, categories=range(5)), dropna=False)
+    confusion.index, confusion.columns = grades, pd.Index(range(5), name="predicted KL")
+    mean_probabilities = pd.DataFrame([probabilities[planted == g].mean(axis=0) if (planted == g).any()
+                                       else np.full(5, np.nan) for g in range(5)], index=grades,
+                                      columns=pd.Index(range(5), name="predicted KL"))
+    return {"kappa": kappa.estimate, "ci_low": kappa.ci_low, "ci_high": kappa.ci_high, "unit": kappa.unit,
+            "confusion": confusion, "mean_probabilities": mean_probabilities,
+            "expected_grade": (mean_probabilities * np.arange(5)).sum(axis=1, min_count=1),
+            "predicted_counts": np.bincount(predicted, minlength=5).tolist(),
+            "planted_counts": np.bincount(planted, minlength=5).tolist(), "n_crops": int(len(planted)),
+            "n_subjects": int(len(np.unique(subjects)))}
+
+
 def _grade_val_after_training(images, grades, subjects, real_root, image_size: int, backbone: str, imagenet: bool,
                               max_epochs: int, internal_fraction: float, batch_size: int,
                               transfer_schedule: dict | None, n_boot: int, seed: int, threads: int,
-                              progress: bool) -> dict:
+                              progress: bool, synthetic_crops=None) -> dict:
     """Carve a subject-level internal split, train the KL grader, grade the real ``val`` crops once.
 
     The one implementation behind :func:`sim_to_real_transfer` and
-    :func:`real_reference_transfer`: they differ only in the crops they train on.
+    :func:`real_reference_transfer`: they differ only in the crops they train on. With
+    ``synthetic_crops`` the trained grader also grades them (:func:`grade_synthetic_crops`,
+    under ``real_to_synthetic``; for a grader trained on real crops only).
     """
     from kneelib.data.chen_kl import carve_internal_validation
     from kneelib.train.grading import set_determinism, train_kl_model
@@ -287,7 +343,9 @@ def _grade_val_after_training(images, grades, subjects, real_root, image_size: i
             "n_test_subjects": int(real_table["oai_id"].nunique()), "n_train_crops": len(train_rows),
             "n_internal_crops": len(internal_rows), "best_epoch": int(best_epoch) if best_epoch else None,
             "n_train_subjects": int(train["subject"].nunique()),
-            "table": agreement, "history": history, "predicted": evaluation["predicted"]}
+            "table": agreement, "history": history, "predicted": evaluation["predicted"],
+            "real_to_synthetic": (None if synthetic_crops is None else
+                                  grade_synthetic_crops(model, synthetic_crops, image_size, n_boot, seed))}
 
 
 def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_mm: float | None = None,
@@ -340,7 +398,8 @@ def sim_to_real_transfer(synthetic_root, real_root, image_size: int = 128, crop_
 def real_reference_transfer(real_root, n_crops: int, image_size: int = 128, backbone: str = "efficientnet_lite0",
                             imagenet: bool = True, max_epochs: int = 4, internal_fraction: float = 0.15,
                             batch_size: int = 32, transfer_schedule: dict | None = TRANSFER_SCHEDULE,
-                            n_boot: int = 1000, seed: int = 0, threads: int = 1, progress: bool = False) -> dict:
+                            n_boot: int = 1000, seed: int = 0, threads: int = 1, progress: bool = False,
+                            synthetic_crops=None) -> dict:
     """The sim-to-real measure's ceiling: its recipe trained on ``n_crops`` *real* crops, tested on ``val``.
 
     The grader of :func:`sim_to_real_transfer` (same network, schedule, epochs, internal
@@ -348,18 +407,20 @@ def real_reference_transfer(real_root, n_crops: int, image_size: int = 128, back
     of subjects drawn at random, :func:`real_knee_crops` ``n_crops``) instead of synthetic
     ones. A generator whose films were indistinguishable from the OAI's would reach about
     this kappa with as many crops; the sim-to-real kappa reads against it. It chooses
-    nothing: no setting and no generator change is picked by it.
+    nothing: no setting and no generator change is picked by it. With ``synthetic_crops``
+    the same real-trained grader also grades the synthetic knees (``real_to_synthetic``,
+    :func:`grade_synthetic_crops`).
 
     Returns
     -------
     dict
         As :func:`sim_to_real_transfer` (``kappa``, ``ci_low``, ``ci_high``, ``n_train_crops``,
-        ``n_train_subjects``, ...).
+        ``n_train_subjects``, ...), and ``real_to_synthetic`` (``None`` without ``synthetic_crops``).
     """
     images, table = real_knee_crops(real_root, "train", image_size, seed=seed, progress=progress, n_crops=n_crops)
     return _grade_val_after_training(images, table["kl_grade"], table["oai_id"], real_root, image_size, backbone,
                                      imagenet, max_epochs, internal_fraction, batch_size, transfer_schedule, n_boot,
-                                     seed, threads, progress)
+                                     seed, threads, progress, synthetic_crops=synthetic_crops)
 
 
 def subject_split(subjects, test_fraction: float, seed: int = 0) -> np.ndarray:
@@ -633,7 +694,8 @@ def measure_realism(synthetic_root, real_root, settings: dict | None = None, see
     dict
         ``transfer`` (:func:`sim_to_real_transfer`: ``kappa, ci_low, ci_high, ...``),
         ``real_reference`` (:func:`real_reference_transfer` with as many crops as the
-        synthetic grader saw; ``None`` when the ``real_reference`` setting is off),
+        synthetic grader saw, its ``real_to_synthetic`` grading every synthetic crop;
+        ``None`` when the ``real_reference`` setting is off),
         ``radiograph_discriminability`` and ``mri_discriminability``
         (:func:`discriminability`: ``auc, ci_low, ci_high, ..., gradcam`` with the
         figure data of :func:`kneelib.figures.realism.plot_discriminator_gradcam`,
@@ -659,7 +721,8 @@ def measure_realism(synthetic_root, real_root, settings: dict | None = None, see
         reference = real_reference_transfer(
             real_root, transfer["n_train_crops"] + transfer["n_internal_crops"], s["image_size"],
             s["transfer_backbone"], s["transfer_imagenet"], s["transfer_epochs"], s["internal_fraction"],
-            s["batch_size"], s["transfer_schedule"], s["n_boot"], seed, s["threads"], s["progress"])
+            s["batch_size"], s["transfer_schedule"], s["n_boot"], seed, s["threads"], s["progress"],
+            synthetic_crops=crops)
         seconds["real_reference"] = time.perf_counter() - mark
     common = dict(backbone=s["disc_backbone"], imagenet=s["disc_imagenet"], max_epochs=s["disc_epochs"],
                   batch_size=s["batch_size"], test_fraction=s["disc_test_fraction"], n_boot=s["n_boot"],

@@ -38,6 +38,7 @@ minutes of training).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,7 @@ from kneelib.preprocess.knee_crops import CHEN_WIDTH_PER_PLATEAU
 from kneelib.train.realism import TRANSFER_SCHEDULE
 
 __all__ = ["DEVELOPMENT_SEED", "REAL_SPLIT", "render_development_films", "development_crops",
-           "development_check"]
+           "development_check", "real_grader", "real_to_synthetic_check"]
 
 #: Cohort seed of the development films (the book's cohorts use seed 0, 1 and 2).
 DEVELOPMENT_SEED = 7
@@ -219,3 +220,127 @@ def development_check(real_root, n_subjects: int = 200, seed: int = DEVELOPMENT_
             "n_synthetic_crops": int(len(crops.images)), "n_real_disc": int((~proxy).sum()),
             "n_real_proxy": int(proxy.sum()),
             "seconds": {"render": rendered - start, "total": time.time() - start}}
+
+
+# --------------------------------------------------------------------------------------------
+# real-to-synthetic: a grader that knows real knees grades the synthetic ones
+# --------------------------------------------------------------------------------------------
+#: Modules whose source decides the real grader's weights (part of its cache key).
+_REAL_GRADER_CODE = ("kneelib.train.grading", "kneelib.train.multitask", "kneelib.models.multitask",
+                     "kneelib.preprocess.knee_crops", "kneelib.data.chen_kl")
+
+
+def _real_grader_key(settings: dict, table: pd.DataFrame) -> str:
+    import importlib
+    import inspect
+
+    import torch
+
+    from kneelib.cache import content_key
+
+    sources = [inspect.getsource(importlib.import_module(name)) for name in _REAL_GRADER_CODE]
+    files = table[["relpath", "kl_grade"]].astype(str).to_numpy().tolist()
+    return content_key(settings, files, *sources, version=f"real-grader-1 torch {torch.__version__}")
+
+
+def real_grader(real_root, image_size: int = 128, seed: int = DEVELOPMENT_SEED, max_epochs: int = 4,
+                internal_fraction: float = 0.15, transfer_schedule: dict | None = TRANSFER_SCHEDULE,
+                n_crops: int | None = None, cache_dir=None, progress: bool = False) -> dict:
+    """A KL grader trained on the real Chen ``train`` crops only, for :func:`real_to_synthetic_check`.
+
+    The recipe of the sim-to-real measure (:func:`kneelib.train.realism.sim_to_real_transfer`:
+    EfficientNet-Lite0, ``TRANSFER_SCHEDULE``, epoch of best kappa on a subject-level internal
+    split of 15%), trained on every ``train`` crop outside that split. ``val`` is never read.
+    The weights are cached under ``cache_dir`` (default ``<cache>/models``), keyed by the
+    settings, the crops' files and grades, and the source of the training code, so the grader is
+    trained once (about 8 minutes on 2 cores) and every renderer change is graded by the same
+    network. ``n_crops`` trains on a seeded draw of whole subjects instead of every crop (tests).
+
+    Returns
+    -------
+    dict
+        ``model`` (in eval mode), ``internal_kappa`` (quadratic kappa on the held-out real
+        ``train`` subjects at the chosen epoch: what the grader achieves on real knees it did
+        not see), ``n_train_crops``, ``n_internal_crops``, ``best_epoch``, ``path`` (the cached
+        weights).
+    """
+    import torch
+
+    from kneelib import config
+    from kneelib.cache import atomic_write
+    from kneelib.data.chen_kl import carve_internal_validation
+    from kneelib.models.multitask import KL_ONLY, build_multitask_model
+    from kneelib.train.grading import set_determinism, train_kl_model
+    from kneelib.train.realism import real_knee_crops
+
+    images, table = real_knee_crops(real_root, REAL_SPLIT, image_size, seed=seed, progress=progress, n_crops=n_crops)
+    settings = {"image_size": int(image_size), "seed": int(seed), "max_epochs": int(max_epochs),
+                "internal_fraction": float(internal_fraction), "transfer_schedule": transfer_schedule,
+                "backbone": "efficientnet_lite0", "split": REAL_SPLIT}
+    key = _real_grader_key(settings, table)
+    folder = Path(cache_dir) if cache_dir is not None else config.cache_root() / "models"
+    path = folder / f"realism_real_grader_{key[:16]}.pt"
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+        model = build_multitask_model("efficientnet_lite0", KL_ONLY, imagenet=False)
+        model.load_state_dict(stored["state_dict"])
+        model.eval()
+        return {**stored["summary"], "model": model, "path": path}
+    rows = pd.DataFrame({"row": np.arange(len(table)), "kl_grade": table["kl_grade"].to_numpy().astype(int),
+                         "subject": table["oai_id"].astype(str).to_numpy()})
+    train, internal = carve_internal_validation(rows, internal_fraction, seed=seed, grade_column="kl_grade",
+                                                subject_column="subject")
+    grades = rows["kl_grade"].to_numpy()
+    set_determinism(seed, 1)
+    model, history, best_epoch = train_kl_model(
+        images[train["row"]], grades[train["row"]], images[internal["row"]], grades[internal["row"]], image_size,
+        max_epochs, show_progress=progress, transfer_schedule=transfer_schedule)
+    summary = {"internal_kappa": float(history["kl_kappa"].max()), "n_train_crops": int(len(train)),
+               "n_internal_crops": int(len(internal)), "best_epoch": int(best_epoch) if best_epoch else None}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save({"state_dict": model.state_dict(), "summary": summary,
+                                               "settings": settings}, tmp))
+    return {**summary, "model": model, "path": path}
+
+
+def real_to_synthetic_check(real_root, n_subjects: int = 100, seed: int = DEVELOPMENT_SEED,
+                            preset: str = "default", image_size: int = 128, crops=None, grader: dict | None = None,
+                            n_boot: int = 200, n_jobs: int | None = None, progress: bool = False) -> dict:
+    """Grade synthetic development crops with a grader trained on real knees only.
+
+    :func:`kneelib.train.realism.grade_synthetic_crops` (the "GAN-test" of Shmelkov et al.
+    2018) with the cached :func:`real_grader`. Unlike the sim-to-real proxy of
+    :func:`development_check`, no network is trained per renderer change, so the number
+    moves only with the films, and a screen costs the films' rendering plus seconds
+    (session 16: 100 participants, 400 crops, about 45 s on 2 cores).
+
+    Parameters
+    ----------
+    real_root : path
+        Data root holding ``chen_kl_radiographs/`` (``train`` only is read).
+    n_subjects, seed, preset, image_size
+        The development films (:func:`render_development_films`).
+    crops : PreparedKnees, optional
+        Development crops already made (:func:`development_crops`).
+    grader : dict, optional
+        :func:`real_grader`'s result (trained or loaded when not given).
+
+    Returns
+    -------
+    dict
+        :func:`~kneelib.train.realism.grade_synthetic_crops`' result (``kappa`` with CI over
+        synthetic subjects, ``confusion``, ``mean_probabilities``, ``expected_grade``, ...)
+        and ``real_internal_kappa`` (the same grader on held-out real knees: the value a
+        realistic renderer would approach), ``seconds``.
+    """
+    from kneelib.train.realism import grade_synthetic_crops
+
+    start = time.time()
+    if grader is None:
+        grader = real_grader(real_root, image_size, progress=progress)
+    if crops is None:
+        crops = development_crops(*render_development_films(n_subjects, seed, preset, n_jobs=n_jobs,
+                                                             progress=progress),
+                                  image_size=image_size)
+    result = grade_synthetic_crops(grader["model"], crops, image_size, n_boot=n_boot, seed=seed)
+    return {**result, "real_internal_kappa": float(grader["internal_kappa"]), "seconds": time.time() - start}
