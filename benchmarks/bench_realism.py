@@ -100,10 +100,10 @@ def test_realism_development_check(benchmark):
 
 
 def test_realism_real_to_synthetic_check(benchmark):
-    """The renderer's quick screen: a grader trained once on real ``train`` crops grades the development films.
+    """The renderer's quick screen: three graders trained once on real ``train`` crops grade the development films.
 
-    100 participants of the development seed (400 crops); the grader is trained on first use
-    (about 4-8 minutes on 2 cores, then cached), after which a screen takes about 45 s. Select
+    100 participants of the development seed (400 crops); each grader is trained on first use
+    (about 4 minutes on 2 cores, then cached), after which a screen takes about 45 s. Select
     it with ``-k real_to_synthetic``.
     """
     from kneelib.train.realism_development import DEVELOPMENT_SEED, real_to_synthetic_check
@@ -112,9 +112,10 @@ def test_realism_real_to_synthetic_check(benchmark):
     if not (real / "chen_kl_radiographs").is_dir():
         pytest.skip(f"Chen KL crops not found under KNEELIB_DATA={real}")
     result = benchmark.pedantic(real_to_synthetic_check, args=(real,), rounds=1, iterations=1)
-    print(f"\nreal-to-synthetic check (seed {DEVELOPMENT_SEED}, {result['n_crops']} synthetic crops; grader trained "
+    print(f"\nreal-to-synthetic check (seed {DEVELOPMENT_SEED}, {result['n_crops']} synthetic crops; graders trained "
           f"on real train crops only, {result['real_internal_kappa']:.2f} on held-out real subjects)\n"
-          f"  kappa against the planted KL {result['kappa']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}]; "
+          f"  kappa against the planted KL {result['kappa']:.3f} [{result['ci_low']:.3f}, {result['ci_high']:.3f}] "
+          f"(each grader alone: {', '.join(f'{k:.3f}' for k in result['kappa_per_grader'])}); "
           f"mean grade read per planted KL 0-4: {', '.join(f'{g:.2f}' for g in result['expected_grade'])}; "
           f"predicted grades {result['predicted_counts']} against planted {result['planted_counts']}")
     benchmark.extra_info.update({"real_to_synthetic_kappa": result["kappa"]})

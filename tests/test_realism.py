@@ -287,3 +287,10 @@ def test_grade_synthetic_crops_reads_the_planted_grade_against_the_prediction(mo
     assert result["expected_grade"].tolist() == pytest.approx([0.5, 1.0, 2.0, 3.0, 3.5])
     assert result["planted_counts"] == [2, 1, 2, 1, 2] and result["predicted_counts"] == [1, 2, 2, 2, 1]
     assert result["n_subjects"] == 4 and result["n_crops"] == 8
+    assert result["kappa_per_grader"] == pytest.approx([result["kappa"]])
+    # two graders: graded by their mean probabilities, each one's kappa kept
+    answers = iter([np.eye(5)[shown], np.eye(5)[planted]])
+    monkeypatch.setattr(multitask, "predict_probabilities", lambda model, imgs, size, **kw: {"kl": next(answers)})
+    pair = realism.grade_synthetic_crops([object(), object()], crops, 32, n_boot=50, seed=0)
+    assert pair["kappa_per_grader"] == pytest.approx([result["kappa"], 1.0])
+    assert pair["mean_probabilities"].loc[0, 0] == pytest.approx(0.75)   # (1 + 0.5) / 2 over the two KL 0 knees

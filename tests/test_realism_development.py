@@ -103,9 +103,18 @@ def test_real_grader_trains_once_on_real_train_crops_and_grades_synthetic_knees(
 
     knees, films = dev.render_development_films(3, seed=0, preset="smoke", n_jobs=1)
     crops = dev.development_crops(knees, films, image_size=40)
-    result = dev.real_to_synthetic_check(real_data_root, crops=crops, grader=first, image_size=40, n_boot=20, seed=0)
-    reloaded = dev.real_to_synthetic_check(real_data_root, crops=crops, grader=again, image_size=40, n_boot=20, seed=0)
+    with pytest.raises(ValueError, match="n_graders"):
+        dev.real_to_synthetic_check(real_data_root, crops=crops, n_graders=0)
+    result = dev.real_to_synthetic_check(real_data_root, crops=crops, graders=[first], image_size=40, n_boot=20,
+                                         seed=0)
+    reloaded = dev.real_to_synthetic_check(real_data_root, crops=crops, graders=[again], image_size=40, n_boot=20,
+                                           seed=0)
     assert result["kappa"] == reloaded["kappa"]                # the cached grader is the trained one
+    assert result["kappa_per_grader"] == [result["kappa"]]     # one grader: its own kappa
+    both = dev.real_to_synthetic_check(real_data_root, crops=crops, graders=[first, other], image_size=40,
+                                       n_boot=20, seed=0)
+    assert len(both["kappa_per_grader"]) == 2 and both["kappa_per_grader"][0] == result["kappa"]
+    assert both["real_internal_kappa"] == pytest.approx((first["internal_kappa"] + other["internal_kappa"]) / 2)
     assert (result["confusion"].to_numpy() == reloaded["confusion"].to_numpy()).all()
     assert -1 <= result["kappa"] <= 1 and result["ci_low"] <= result["kappa"] <= result["ci_high"]
     assert result["n_crops"] == 3 * 2 * 2 == int(result["confusion"].to_numpy().sum())

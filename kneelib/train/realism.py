@@ -264,8 +264,9 @@ def grade_synthetic_crops(model, crops, image_size: int, n_boot: int = 1000, see
 
     Parameters
     ----------
-    model : MultiTaskNet
-        A KL grader trained on real crops (its ``kl`` head).
+    model : MultiTaskNet or list of MultiTaskNet
+        A KL grader trained on real crops (its ``kl`` head), or several: their mean
+        probabilities grade, and ``kappa_per_grader`` holds each one's kappa.
     crops : PreparedKnees
         Synthetic crops (:func:`synthetic_knee_crops`; planted KL in ``targets[:, 0]``).
     image_size, n_boot, seed
@@ -278,13 +279,15 @@ def grade_synthetic_crops(model, crops, image_size: int, n_boot: int = 1000, see
         synthetic subjects), ``unit``, ``confusion`` (DataFrame, planted x predicted, knee
         counts), ``mean_probabilities`` (DataFrame, planted grade x predicted grade),
         ``expected_grade`` (mean predicted grade per planted grade), ``predicted_counts``,
-        ``planted_counts``, ``n_crops``, ``n_subjects``.
+        ``planted_counts``, ``n_crops``, ``n_subjects``, ``kappa_per_grader``.
     """
     from kneelib.stats.agreement import quadratic_kappa
     from kneelib.stats.bootstrap import bootstrap_ci
     from kneelib.train.multitask import predict_probabilities
 
-    probabilities = predict_probabilities(model, crops.images, image_size)["kl"]
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    each = [predict_probabilities(m, crops.images, image_size)["kl"] for m in models]
+    probabilities = np.mean(each, axis=0)
     planted = np.asarray(crops.targets[:, 0]).astype(int)
     predicted = probabilities.argmax(axis=1)
     subjects = np.asarray(crops.subjects).astype(str)
@@ -302,7 +305,8 @@ def grade_synthetic_crops(model, crops, image_size: int, n_boot: int = 1000, see
             "expected_grade": (mean_probabilities * np.arange(5)).sum(axis=1, min_count=1),
             "predicted_counts": np.bincount(predicted, minlength=5).tolist(),
             "planted_counts": np.bincount(planted, minlength=5).tolist(), "n_crops": int(len(planted)),
-            "n_subjects": int(len(np.unique(subjects)))}
+            "n_subjects": int(len(np.unique(subjects))),
+            "kappa_per_grader": [float(quadratic_kappa(planted, p.argmax(axis=1), grades=range(5))) for p in each]}
 
 
 def _grade_val_after_training(images, grades, subjects, real_root, image_size: int, backbone: str, imagenet: bool,

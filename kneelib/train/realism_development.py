@@ -304,43 +304,54 @@ def real_grader(real_root, image_size: int = 128, seed: int = DEVELOPMENT_SEED, 
 
 
 def real_to_synthetic_check(real_root, n_subjects: int = 100, seed: int = DEVELOPMENT_SEED,
-                            preset: str = "default", image_size: int = 128, crops=None, grader: dict | None = None,
-                            n_boot: int = 200, n_jobs: int | None = None, progress: bool = False) -> dict:
-    """Grade synthetic development crops with a grader trained on real knees only.
+                            preset: str = "default", image_size: int = 128, crops=None,
+                            graders: list[dict] | None = None, n_graders: int = 3, n_boot: int = 200,
+                            n_jobs: int | None = None, progress: bool = False) -> dict:
+    """Grade synthetic development crops with graders trained on real knees only.
 
     :func:`kneelib.train.realism.grade_synthetic_crops` (the "GAN-test" of Shmelkov et al.
-    2018) with the cached :func:`real_grader`. Unlike the sim-to-real proxy of
-    :func:`development_check`, no network is trained per renderer change, so the number
-    moves only with the films, and a screen costs the films' rendering plus seconds
-    (session 16: 100 participants, 400 crops, about 45 s on 2 cores).
+    2018) with ``n_graders`` cached :func:`real_grader` networks (seeds ``seed, seed + 1,
+    ...``), grading with their mean probabilities. No network is trained per renderer change,
+    so the number moves only with the films, and a screen costs the films' rendering plus
+    seconds (session 16: 100 participants, 400 crops, about 45 s on 2 cores). One grader is
+    not enough: on the same films two real graders gave 0.20 and 0.08, and a combination of
+    renderer settings that gained 0.11 with the first lost 0.02 with the second (session 16).
 
     Parameters
     ----------
     real_root : path
         Data root holding ``chen_kl_radiographs/`` (``train`` only is read).
     n_subjects, seed, preset, image_size
-        The development films (:func:`render_development_films`).
+        The development films (:func:`render_development_films`); ``seed`` also seeds the
+        first grader.
     crops : PreparedKnees, optional
         Development crops already made (:func:`development_crops`).
-    grader : dict, optional
-        :func:`real_grader`'s result (trained or loaded when not given).
+    graders : list of dict, optional
+        :func:`real_grader` results (trained or loaded when not given).
+    n_graders : int
+        Graders loaded or trained when ``graders`` is not given.
 
     Returns
     -------
     dict
-        :func:`~kneelib.train.realism.grade_synthetic_crops`' result (``kappa`` with CI over
-        synthetic subjects, ``confusion``, ``mean_probabilities``, ``expected_grade``, ...)
-        and ``real_internal_kappa`` (the same grader on held-out real knees: the value a
-        realistic renderer would approach), ``seconds``.
+        :func:`~kneelib.train.realism.grade_synthetic_crops`' result (``kappa`` of the graders'
+        mean with a CI over synthetic subjects, ``kappa_per_grader``, ``confusion``,
+        ``mean_probabilities``, ``expected_grade``, ...) and ``real_internal_kappa`` (the
+        graders' mean kappa on held-out real knees: the value a realistic renderer would
+        approach), ``seconds``.
     """
     from kneelib.train.realism import grade_synthetic_crops
 
+    if graders is None and n_graders < 1:
+        raise ValueError(f"n_graders must be >= 1, got {n_graders}")
     start = time.time()
-    if grader is None:
-        grader = real_grader(real_root, image_size, progress=progress)
+    if graders is None:
+        graders = [real_grader(real_root, image_size, seed=grader_seed, progress=progress)
+                   for grader_seed in range(seed, seed + n_graders)]
     if crops is None:
         crops = development_crops(*render_development_films(n_subjects, seed, preset, n_jobs=n_jobs,
                                                              progress=progress),
                                   image_size=image_size)
-    result = grade_synthetic_crops(grader["model"], crops, image_size, n_boot=n_boot, seed=seed)
-    return {**result, "real_internal_kappa": float(grader["internal_kappa"]), "seconds": time.time() - start}
+    result = grade_synthetic_crops([g["model"] for g in graders], crops, image_size, n_boot=n_boot, seed=seed)
+    return {**result, "real_internal_kappa": float(np.mean([g["internal_kappa"] for g in graders])),
+            "seconds": time.time() - start}
