@@ -294,7 +294,7 @@ for name, value in cohort.realism_numbers(realism_result).items():
 # kappa of {glue:text}`realism_real_to_synthetic_kappa:.2f`
 # ({glue:text}`realism_real_to_synthetic_kappa_ci_low:.2f` to
 # {glue:text}`realism_real_to_synthetic_kappa_ci_high:.2f`, resampling synthetic subjects; the
-# "GAN-test" of {cite:t}`shmelkov2018gan`): a synthetic KL 0 knee reads as grade
+# "GAN-test" of Shmelkov et al. {footcite}`shmelkov2018gan`): a synthetic KL 0 knee reads as grade
 # {glue:text}`realism_real_to_synthetic_expected_kl0:.1f` on average and a KL 4 knee as
 # {glue:text}`realism_real_to_synthetic_expected_kl4:.1f`, so a grader that knows real knees sees
 # the planted grades only faintly. The
