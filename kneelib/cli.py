@@ -30,6 +30,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         preset=args.preset, out_dir=args.out, seed=args.seed,
         n_subjects=args.n_subjects, variant=args.variant, n_workers=args.workers,
         dicom_compression="none" if args.uncompressed else "jpeg-ls",
+        mr_series="all" if args.all_series else None,
     )
     print(out)
     return 0
@@ -142,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     synth.add_argument("--uncompressed", action="store_true",
                        help="write uncompressed DICOM as the OAI does (default: lossless JPEG-LS, 2.4x smaller)")
+    synth.add_argument("--all-series", action="store_true",
+                       help="write every MR series of the OAI knee protocol at both visits (default for "
+                            "'smoke' and 'default': only the series the book's chapters read)")
     synth.set_defaults(func=_cmd_synth)
 
     volumes = sub.add_parser("volumes", help="convert a cohort's MRI DICOM series to cached NIfTI volumes "

@@ -71,12 +71,16 @@ inventory
 #
 # ### The synthetic OAI-format cohort
 #
-# `kneelib.synth.cohort.generate_cohort` writes, per participant, SAG IW TSE, COR IW TSE and
-# SAG 3D DESS series of both knees, the right knee's MSME T2 map (7 echoes) and a bilateral
-# PA fixed-flexion radiograph, at baseline and 12 months, plus the OAI clinical tables
-# (`Enrollees`, `AllClinical00/01`, `kXR_SQ_BU00/01`, `kXR_QJSW_Duryea00/01`) and
-# `contents.csv`. The folder `ground_truth/` holds what the causal model planted. Everything
-# below is read back with `kneelib.data`, as a real OAI download would be.
+# `kneelib.synth.cohort.generate_cohort` writes, per participant, a bilateral PA
+# fixed-flexion radiograph at baseline and 12 months and the MRI series the book's chapters
+# read: at baseline the SAG IW TSE and COR IW TSE of both knees and the right knee's SAG 3D
+# DESS and MSME T2 map (7 echoes), at 12 months the right knee's DESS and T2 map
+# (`python -m kneelib synth --all-series` writes the whole OAI knee protocol, every series of
+# both knees at both visits, the same bytes for the series both write). Beside them are the
+# OAI clinical tables (`Enrollees`, `AllClinical00/01`, `kXR_SQ_BU00/01`,
+# `kXR_QJSW_Duryea00/01`) and `contents.csv`. The folder `ground_truth/` holds what the causal
+# model planted. Everything below is read back with `kneelib.data`, as a real OAI download
+# would be.
 #
 # Every knee is built from one real knee: the segmentation of a right knee at OAI DESS
 # geometry that pymskt ships (bones, cartilage plates, menisci), kept in the package as a
@@ -313,11 +317,11 @@ for name, value in cohort.realism_numbers(realism_result).items():
 # %% [markdown]
 # ### Quality control: every series loaded
 #
-# Every expected series of every participant is loaded through
-# `kneelib.data.iter_series_volumes`: what does not load is excluded and recorded with its
-# reason, and loading carries on. The inventory shows what loaded; the QC table what did
-# not (each reason up to its first clause); the last table puts each artefact the generator
-# planted next to what the QC caught.
+# Every expected series of every participant (those the cohort was written with) is loaded
+# through `kneelib.data.iter_series_volumes`: what does not load is excluded and recorded
+# with its reason, and loading carries on. The inventory shows what loaded; the QC table what
+# did not (each reason up to its first clause); the last table puts each artefact the
+# generator planted in a knee visit with MRI next to what the QC caught.
 
 # %%
 qc_table, series_inventory = cohort.load_every_series(cohort_root, n_participants=qc_n_subjects,

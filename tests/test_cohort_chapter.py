@@ -106,8 +106,8 @@ def test_whole_cohort_qc_is_the_same_on_one_or_two_workers(tmp_path):
     contents = pd.read_csv(root / "contents.csv", dtype=str, keep_default_na=False)
     first_series = contents[contents["SeriesDescription"].str.startswith("SAG_IW_TSE")]["Folder"].iloc[0]
     shutil.rmtree(root / first_series)  # an excluded series, recorded with its reason
-    one, inventory_one = qc.load_every_series(root, progress=False, n_jobs=1)
-    two, inventory_two = qc.load_every_series(root, progress=False, n_jobs=2)
+    one, inventory_one = cohort.load_every_series(root, progress=False, n_jobs=1)  # the series it was written with
+    two, inventory_two = cohort.load_every_series(root, progress=False, n_jobs=2)
     pd.testing.assert_frame_equal(one, two)
     pd.testing.assert_frame_equal(inventory_one, inventory_two)
     assert len(one) == 1 and one.loc[0, "series"].startswith("SAG_IW_TSE") and str(tmp_path) not in one.loc[0, "path"]

@@ -48,7 +48,7 @@ def smoke_series(smoke_root) -> list[Path]:
     index = read_image_index(smoke_root)
     baseline = {Path(p) for p in index.table.loc[index.table["VISIT"] == 0, "path"]}
     folders = [f for f in mri_series_folders(index) if f in baseline]
-    assert len(folders) == 14  # 2 subjects x 7 MRI series at baseline; the radiographs are left out
+    assert len(folders) == 12  # 2 subjects x 6 MRI series at baseline (the book's series set); no radiographs
     return folders
 
 
@@ -213,8 +213,8 @@ def test_cli_volumes_command(smoke_root, tmp_path, capsys):
 
     assert main(["volumes", str(smoke_root), "--series", "SAG_3D_DESS_.*", "--workers", "1",
                  "--cache-dir", str(tmp_path), "--scheduler", "local"]) == 0
-    assert "8 of 8 series cached" in capsys.readouterr().out  # 2 subjects x 2 visits x right and left DESS
-    assert len(list(tmp_path.glob("*/*.nii.gz"))) == 8
+    assert "4 of 4 series cached" in capsys.readouterr().out  # 2 subjects x 2 visits x right DESS (book's set)
+    assert len(list(tmp_path.glob("*/*.nii.gz"))) == 4
 
 
 def _tree_digests(root: Path) -> dict[str, str]:

@@ -152,11 +152,16 @@ def test_planted_artefacts_are_joined_with_the_qc_table(tmp_path):
               "artefact"] = "motion"
     knees.loc[(knees["participant_id"] == "9000002") & (knees["side"] == "L") & (knees["visit_month"] == 12),
               "artefact"] = "missing_slices"
+    knees.loc[(knees["participant_id"] == "9000001") & (knees["side"] == "L") & (knees["visit_month"] == 12),
+              "artefact"] = "foreign_object"  # a knee visit whose MR series the cohort does not write
     (tmp_path / "ground_truth").mkdir()
     knees.to_csv(tmp_path / "ground_truth" / "knees.csv", index=False)
+    imaged = knees[~((knees["side"] == "L") & (knees["visit_month"] == 12) & (knees["participant_id"] == "9000001"))]
+    imaged[["participant_id", "side", "visit_month"]].to_csv(tmp_path / "ground_truth" / "series.csv", index=False)
     qc = pd.DataFrame([{"participant_id": "9000002", "side": "L", "visit_month": 12, "series": "SAG_IW_TSE_LEFT",
                         "reason": "gap", "error_type": "SliceGapError", "path": ""}])
     joined = cohort.planted_artefacts_vs_qc(tmp_path, qc).set_index("planted artefact")
+    assert "foreign_object" not in joined.index and len(joined) == 2
     assert joined.loc["motion", "QC reason"] == "loaded: not caught by the reader"
     assert joined.loc["missing_slices", "QC reason"] == "SliceGapError"
     assert joined.loc["missing_slices", "series excluded"] == "SAG_IW_TSE_LEFT"

@@ -121,9 +121,13 @@ def test_orchestration_layout_tables_and_truth(fake_renderers, tmp_path):
     from kneelib.data.image_index import read_image_index
 
     frame = read_image_index(root).table
-    assert len(frame) == 3 * 2 * (7 + 1)  # 3 subjects x 2 visits x (7 MR series + 1 radiograph)
+    # the book's series set: baseline 6 MR series + radiograph, 12 months right DESS and T2 map + radiograph
+    assert len(frame) == 3 * ((6 + 1) + (2 + 1))
     assert set(frame.SeriesDescription) >= {"SAG_IW_TSE_RIGHT", "SAG_IW_TSE_LEFT", "COR_IW_TSE_LEFT",
                                             "SAG_3D_DESS_RIGHT", "SAG_T2_MAP_RIGHT"}
+    assert "SAG_3D_DESS_LEFT" not in set(frame.SeriesDescription)
+    assert set(frame[frame.VISIT == 12].SeriesDescription) == {"SAG_3D_DESS_RIGHT", "SAG_T2_MAP_RIGHT",
+                                                               "Bilateral PA Fixed Flexion Knee"}
     for folder in frame.Folder:
         assert (root / folder / "001").is_file(), folder
     _check_tables_against_truth(root, n_subjects=3)
@@ -159,6 +163,34 @@ def test_orchestration_is_deterministic_reused_and_resumes(fake_renderers, tmp_p
         generate_cohort("smoke", out_dir=first, seed=2, n_subjects=2, n_workers=1, progress=False)
     with pytest.raises(ValueError, match="preset"):
         generate_cohort("huge", out_dir=tmp_path / "x")
+
+
+def test_book_series_set_writes_the_same_bytes_as_the_whole_protocol(fake_renderers, tmp_path):
+    """Leaving out the series no chapter reads changes no byte of the series that are written."""
+    from kneelib.data.image_index import read_image_index
+    from kneelib.synth.cohort import expected_mr_descriptions_by_visit
+
+    book = generate_cohort("smoke", out_dir=tmp_path / "book", seed=2, n_subjects=2, n_workers=1, progress=False)
+    full = generate_cohort("smoke", out_dir=tmp_path / "all", seed=2, n_subjects=2, n_workers=1, progress=False,
+                           mr_series="all")
+    assert len(read_image_index(full).table) == 2 * 2 * (7 + 1)  # 2 subjects x 2 visits x (7 MR + radiograph)
+    book_files, full_files = _tree_digest(book), _tree_digest(full)
+    images = {name for name in book_files if name[:1].isdigit() or name.startswith("ground_truth/series/")}
+    assert len(images) > 0 and images < set(full_files)
+    assert all(book_files[name] == full_files[name] for name in images)
+    assert expected_mr_descriptions_by_visit(book) == {
+        0: ["SAG_IW_TSE_RIGHT", "SAG_IW_TSE_LEFT", "COR_IW_TSE_RIGHT", "COR_IW_TSE_LEFT", "SAG_3D_DESS_RIGHT",
+            "SAG_T2_MAP_RIGHT"], 12: ["SAG_3D_DESS_RIGHT", "SAG_T2_MAP_RIGHT"]}
+    assert len(expected_mr_descriptions_by_visit(full)[12]) == 7
+    assert expected_mr_descriptions_by_visit(tmp_path) is None  # not a synthetic cohort: the whole protocol
+    most = generate_cohort("smoke", out_dir=tmp_path / "most", seed=2, n_subjects=1, n_workers=1, progress=False,
+                           variant="most")
+    assert set(read_image_index(most).table.SeriesDescription) == {"Bilateral PA Fixed Flexion Knee"}
+    assert pd.read_csv(most / "ground_truth" / "series.csv").empty
+    assert cohort_module.default_out_dir("smoke", mr_series="all").name == "oai_smoke_seed0_allseries"
+    assert cohort_module.default_out_dir("paper", mr_series="all").name == "oai_paper_seed0"
+    with pytest.raises(ValueError, match="mr_series"):
+        generate_cohort("smoke", out_dir=tmp_path / "x", n_subjects=1, mr_series="some")
 
 
 # ------------------------------------------------------------------ the real smoke cohort

@@ -99,14 +99,14 @@ def _participant_series(job: tuple) -> tuple[list[dict], list[dict], list[tuple]
     Counts are ``(series description, (field, value))`` pairs of what loaded. A pure function
     of one participant, run by :func:`kneelib.executor.map_tasks`; one volume is held at a time.
     """
-    from kneelib.data import QCLog, iter_series_volumes, read_dicom_series, read_radiograph, requests_for
+    from kneelib.data import QCLog, SeriesRequest, iter_series_volumes, read_dicom_series, read_radiograph, requests_for
 
-    cohort_root, participant, visits = job
+    cohort_root, participant, visits, expected_mr = job
     index = _index(cohort_root)
     counts: list[tuple] = []
     mr_qc, xr_qc = QCLog(), QCLog()
-    for request, volume in iter_series_volumes(index, requests_for([participant], visits, expected_mr_descriptions()),
-                                               qc=mr_qc, loader=read_dicom_series):
+    mr_requests = [SeriesRequest(str(participant), int(v), s) for v in visits for s in expected_mr[v]]
+    for request, volume in iter_series_volumes(index, mr_requests, qc=mr_qc, loader=read_dicom_series):
         cols, rows, slices = volume.shape[:3]
         spacing = volume.spacing_mm
         counts += [(request.series_description, key) for key in (
@@ -125,7 +125,7 @@ def _participant_series(job: tuple) -> tuple[list[dict], list[dict], list[tuple]
 
 def load_every_series(cohort_root: str | Path, n_participants: int | None = None, visits=(0, 12),
                       progress: bool = True, n_jobs: int | None = None,
-                      scheduler=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                      scheduler=None, expected_mr: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Load every expected series of every participant; return the QC table and an inventory.
 
     MR series go through :func:`kneelib.data.iter_series_volumes` with
@@ -151,6 +151,11 @@ def load_every_series(cohort_root: str | Path, n_participants: int | None = None
     scheduler : str or dask Client, optional
         A dask.distributed scheduler (default ``$KNEELIB_DASK_SCHEDULER``, see
         :mod:`kneelib.executor`).
+    expected_mr : dict, optional
+        MR series descriptions expected at each visit month (e.g. a synthetic cohort
+        written with only the series the book reads,
+        :func:`kneelib.synth.cohort.expected_mr_descriptions_by_visit`); default every
+        series of the OAI knee-exam protocol (:func:`expected_mr_descriptions`) at every visit.
 
     Returns
     -------
@@ -169,7 +174,10 @@ def load_every_series(cohort_root: str | Path, n_participants: int | None = None
     if n_participants is not None:
         participants = participants[:int(n_participants)]
     visits = tuple(int(v) for v in visits)
-    outcomes = map_tasks(_participant_series, [(str(index.root), p, visits) for p in participants], n_jobs=n_jobs,
+    expected_mr = {v: list(expected_mr[v]) if expected_mr is not None and v in expected_mr
+                   else expected_mr_descriptions() for v in visits}
+    outcomes = map_tasks(_participant_series, [(str(index.root), p, visits, expected_mr) for p in participants],
+                         n_jobs=n_jobs,
                          scheduler=scheduler, progress=progress, desc="QC: every series", unit="participant")
     qc = QCLog()
     counts = defaultdict(Counter)
@@ -179,7 +187,7 @@ def load_every_series(cohort_root: str | Path, n_participants: int | None = None
         qc.rows += xr_rows
         for description, key in loaded:
             counts[description][key] += 1
-    mr_requests = requests_for(participants, visits, expected_mr_descriptions())
+    mr_requests = [r for v in visits for r in requests_for(participants, [v], expected_mr[v])]
     xr_requests = requests_for(participants, visits, [RADIOGRAPH_DESCRIPTION])
     qc_frame = relative_to_root(qc.to_frame(), index.root)
     requested = Counter(r.series_description for r in mr_requests + xr_requests)

@@ -43,7 +43,7 @@ from kneelib.data.inventory import (  # noqa: F401  (the notebook calls these th
     resolve_root,
     sample_kl_images,
 )
-from kneelib.data.qc import load_every_series, qc_display_table
+from kneelib.data.qc import qc_display_table
 from kneelib.figures.causal_dag import plot_causal_dag
 from kneelib.figures.cohort_distributions import plot_kl_distribution, plot_label_prevalences, plot_thickness_by_pain
 from kneelib.figures.mri_sequences import (
@@ -137,11 +137,34 @@ def cohort_knee_table(cohort_root: str | Path) -> pd.DataFrame:
     return table.merge(truth_knee_table(cohort_root), on=["ID", "SIDE", "VISIT"], how="left")
 
 
-def planted_artefacts_vs_qc(cohort_root: str | Path, qc: pd.DataFrame, participants=None) -> pd.DataFrame:
-    """:func:`kneelib.data.qc.planted_artefacts_vs_qc` with the cohort's ground-truth knee table."""
-    from kneelib.data.qc import planted_artefacts_vs_qc as join
+def load_every_series(cohort_root: str | Path, **options) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`kneelib.data.qc.load_every_series`, expecting the MR series the cohort was asked to write.
 
-    return join(truth_knee_table(cohort_root), qc, participants=participants)
+    A synthetic cohort written with the book's series set (``mr_series="book"``) is checked
+    against that set (:func:`kneelib.synth.cohort.expected_mr_descriptions_by_visit`); any
+    other folder against the whole OAI knee protocol.
+    """
+    from kneelib.data.qc import load_every_series as load
+    from kneelib.synth.cohort import expected_mr_descriptions_by_visit
+
+    return load(cohort_root, expected_mr=expected_mr_descriptions_by_visit(cohort_root), **options)
+
+
+def planted_artefacts_vs_qc(cohort_root: str | Path, qc: pd.DataFrame, participants=None) -> pd.DataFrame:
+    """:func:`kneelib.data.qc.planted_artefacts_vs_qc` with the cohort's ground-truth knee table.
+
+    Only knee visits with an MR series written are listed (an artefact planted in a knee
+    visit whose series the cohort does not write has nothing to catch).
+    """
+    from kneelib.data.qc import planted_artefacts_vs_qc as join
+    from kneelib.synth.ground_truth import series_truth_table
+
+    knees = truth_knee_table(cohort_root)
+    series = series_truth_table(cohort_root)
+    imaged = set(zip(series["participant_id"].astype(str), series["side"].map({"R": 1, "L": 2}),
+                     series["visit_month"].astype(int)))
+    keep = [(str(i), int(s), int(v)) in imaged for i, s, v in zip(knees["ID"], knees["SIDE"], knees["VISIT"])]
+    return join(knees[keep], qc, participants=participants)
 
 
 # --------------------------------------------------------------------------- demographics and labels

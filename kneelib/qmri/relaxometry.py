@@ -467,6 +467,27 @@ def _check_masks(cartilage_mask, bone_mask, spacing_mm, slice_axis):
     return cartilage, bone, spacing
 
 
+def _distance_at(nonzero: np.ndarray, where: np.ndarray, sampling, margin_voxels: int = 12) -> np.ndarray:
+    """``ndimage.distance_transform_edt(nonzero, sampling)[where]``, transformed on a box around ``where``.
+
+    The box is the bounding box of ``where`` widened by ``margin_voxels`` per side. The result
+    is exact: a voxel whose distance within the box is at most ``margin_voxels`` times the
+    smallest spacing has its nearest zero voxel inside the box (no coordinate differs by more
+    than the margin); when some distance exceeds that, or the box holds no zero voxel, the
+    whole array is transformed. Cartilage plates fill a small part of a knee volume, so this
+    is several times faster for :func:`cartilage_depth`.
+    """
+    coords = np.nonzero(where)
+    box = tuple(slice(max(int(c.min()) - margin_voxels, 0), min(int(c.max()) + margin_voxels + 1, n))
+                for c, n in zip(coords, where.shape))
+    inside = nonzero[box]
+    if not inside.all():
+        distance = ndimage.distance_transform_edt(inside, sampling=sampling)[where[box]]
+        if distance.max() <= margin_voxels * float(np.min(sampling)):
+            return distance
+    return ndimage.distance_transform_edt(nonzero, sampling=sampling)[where]
+
+
 def cartilage_depth(cartilage_mask: np.ndarray, bone_mask: np.ndarray, spacing_mm: Sequence[float], *,
                     slice_axis: int | None = None) -> np.ndarray:
     """Normalised depth of each cartilage voxel: 0 next to the bone, 1 next to the joint.
@@ -517,10 +538,10 @@ def cartilage_depth(cartilage_mask: np.ndarray, bone_mask: np.ndarray, spacing_m
             continue
         if not bn.any():  # a 2-D slice with cartilage but no bone: depth undefined there
             continue
-        d_bone = ndimage.distance_transform_edt(~bn, sampling=sampling)
-        d_joint = ndimage.distance_transform_edt(cart | bn, sampling=sampling)
+        d_bone = _distance_at(~bn, cart, sampling)  # to the nearest bone voxel
+        d_joint = _distance_at(cart | bn, cart, sampling)  # to the nearest voxel that is neither
         local = np.full(cart.shape, np.nan)
-        local[cart] = d_bone[cart] / (d_bone[cart] + d_joint[cart])
+        local[cart] = d_bone / (d_bone + d_joint)
         depth[index] = local
     return depth
 

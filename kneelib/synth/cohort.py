@@ -13,7 +13,8 @@ renders the OAI MRI series and the bilateral PA fixed-flexion radiograph
                                          past-12-month pain and its months), widespread-pain items
       kXR_SQ_BU00.txt, kXR_SQ_BU01.txt   per knee (ID, SIDE): KL, OARSI osteophytes, JSN, sclerosis
       kXR_QJSW_Duryea00.txt, ...01.txt   per knee: minimum medial JSW (V00MCMJSW, V01MCMJSW)
-      0.C.2/<ID>/<StudyDate>/<series folder>/001 ...   baseline MRI series (DICOM)
+      0.C.2/<ID>/<StudyDate>/<series folder>/001 ...   baseline MRI series (DICOM; which
+                                         series: ``mr_series``, see :data:`BOOK_MR_SERIES`)
       1.C.2/<ID>/...                     12-month MRI
       0.E.1/<ID>/<StudyDate>/<series folder>/001      baseline radiograph
       1.E.1/<ID>/...                     12-month radiograph
@@ -57,7 +58,8 @@ from kneelib.synth import causal
 from kneelib.synth.spec import LESION_MASKS, OSTEOPHYTE_SITES, TISSUE_LABELS, KneeSpec, SubjectSpec
 
 __all__ = ["CohortPreset", "PRESETS", "generate_cohort", "cohort_parameters", "default_out_dir",
-           "GENERATOR_VERSION"]
+           "GENERATOR_VERSION", "MR_SERIES_SETS", "BOOK_MR_SERIES", "default_mr_series", "written_mr_series",
+           "expected_mr_descriptions_by_visit"]
 
 #: Bump when the files a given parameter set produces change (invalidates cached cohorts).
 GENERATOR_VERSION = "1"
@@ -75,6 +77,23 @@ _VISITS = (0, 12)
 _SIDE_WORD = {"R": "RIGHT", "L": "LEFT"}
 #: MRI series of each knee, in acquisition order (the T2 map exists for the right knee only).
 _MR_SERIES_KEYS = ("sag_iw_tse", "cor_iw_tse", "sag_dess", "sag_t2_map")
+
+#: Which MR series a cohort writes: ``"all"`` (the OAI knee protocol at both visits) or
+#: ``"book"`` (what the book's chapters read at ``smoke`` and ``default``, issue 15: disk).
+MR_SERIES_SETS = ("book", "all")
+#: The ``"book"`` set, by variant and visit month: (series key, side) pairs. Who reads them:
+#: baseline SAG IW TSE of both knees (Siamese pain, paper 000; the cohort chapter's gallery),
+#: baseline COR IW TSE of both knees (JSN progression slice features, paper 002), the right
+#: knee's SAG 3D DESS and MSME T2 map at both visits (qMRI chapters, paper 001; the cohort
+#: chapter's synthetic-vs-real figures and MRI realism). The left DESS and the 12-month IW
+#: TSE series are read by no chapter at these parameters; the independent 'most' cohort is
+#: read for its radiographs only (OARSI grading, paper 004). Radiographs are always written.
+BOOK_MR_SERIES: dict[str, dict[int, tuple[tuple[str, str], ...]]] = {
+    "oai": {0: (("sag_iw_tse", "R"), ("sag_iw_tse", "L"), ("cor_iw_tse", "R"), ("cor_iw_tse", "L"),
+                ("sag_dess", "R"), ("sag_t2_map", "R")),
+            12: (("sag_dess", "R"), ("sag_t2_map", "R"))},
+    "most": {0: (), 12: ()},
+}
 
 
 @dataclass(frozen=True)
@@ -111,9 +130,49 @@ _YES_NO = {0: "No", 1: "Yes"}
 # --------------------------------------------------------------------------------------------
 # parameters, paths, markers
 # --------------------------------------------------------------------------------------------
+def default_mr_series(preset: str) -> str:
+    """The MR series set a preset writes unless told: ``"all"`` for ``paper``, else ``"book"``."""
+    return "all" if preset == "paper" else "book"
+
+
+def written_mr_series(mr_series: str, variant: str = "oai") -> dict[int, tuple[tuple[str, str], ...]]:
+    """(series key, side) pairs written at each visit month for an MR series set.
+
+    ``"all"``: every series of :data:`_MR_SERIES_KEYS` for both knees (the MSME T2 map for
+    the right knee only, as in the OAI); ``"book"``: :data:`BOOK_MR_SERIES` of ``variant``.
+    """
+    if mr_series not in MR_SERIES_SETS:
+        raise ValueError(f"unknown mr_series {mr_series!r}; expected one of {list(MR_SERIES_SETS)}")
+    if mr_series == "book":
+        return dict(BOOK_MR_SERIES[variant])
+    every = tuple((key, side) for side in ("R", "L") for key in _MR_SERIES_KEYS
+                  if not (key == "sag_t2_map" and side != "R"))
+    return {visit: every for visit in _VISITS}
+
+
+def expected_mr_descriptions_by_visit(cohort_root: str | Path) -> dict[int, list[str]] | None:
+    """The MR series descriptions a synthetic cohort was asked to write, per visit month.
+
+    Read from the cohort's parameter file; ``None`` for a folder that is not a kneelib
+    synthetic cohort (a real OAI download: every series of the protocol is expected).
+    Cohorts made before the series sets existed wrote every series.
+    """
+    params_file = Path(cohort_root) / PARAMS_FILE
+    if not params_file.is_file():
+        return None
+    parameters = json.loads(params_file.read_text())["parameters"]
+    written = written_mr_series(parameters.get("mr_series", "all"), parameters.get("variant", "oai"))
+    return {visit: [SERIES_DESCRIPTIONS[key].format(side=_SIDE_WORD[side]) for key, side in pairs]
+            for visit, pairs in written.items()}
+
+
 def cohort_parameters(preset: str = "default", seed: int = 0, n_subjects: int | None = None,
-                      variant: str = "oai", dicom_compression: str = "jpeg-ls") -> dict[str, Any]:
-    """Everything that determines the files of a cohort (hashed into the completion marker)."""
+                      variant: str = "oai", dicom_compression: str = "jpeg-ls",
+                      mr_series: str | None = None) -> dict[str, Any]:
+    """Everything that determines the files of a cohort (hashed into the completion marker).
+
+    ``mr_series``: :data:`MR_SERIES_SETS` (default :func:`default_mr_series` of the preset).
+    """
     from kneelib.synth.oai_writer import DICOM_COMPRESSIONS
 
     if dicom_compression not in DICOM_COMPRESSIONS:
@@ -123,6 +182,8 @@ def cohort_parameters(preset: str = "default", seed: int = 0, n_subjects: int | 
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     if variant not in causal.VARIANT_SEED_OFFSET:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(causal.VARIANT_SEED_OFFSET)}")
+    mr_series = default_mr_series(preset) if mr_series is None else mr_series
+    written_mr_series(mr_series, variant)  # validates
     chosen = PRESETS[preset]
     n = chosen.n_subjects if n_subjects is None else int(n_subjects)
     if n < 1:
@@ -135,6 +196,7 @@ def cohort_parameters(preset: str = "default", seed: int = 0, n_subjects: int | 
         "seed": int(seed),
         "n_subjects": n,
         "dicom_compression": dicom_compression,
+        "mr_series": mr_series,
         "effects": {name: value for name, value, _ in causal.DEFAULT_EFFECTS.documented()},
     }
 
@@ -182,13 +244,18 @@ def _parameters_hash(parameters: dict[str, Any]) -> str:
 
 
 def default_out_dir(preset: str = "default", seed: int = 0, n_subjects: int | None = None,
-                    variant: str = "oai", dicom_compression: str = "jpeg-ls") -> Path:
-    """``cache_root()/synthetic/<variant>_<preset>_seed<seed>[_n<n_subjects>][_uncompressed]``."""
+                    variant: str = "oai", dicom_compression: str = "jpeg-ls", mr_series: str | None = None) -> Path:
+    """``cache_root()/synthetic/<variant>_<preset>_seed<seed>[_n<n_subjects>][_uncompressed][_<mr_series>]``.
+
+    The MR series set is named only when it is not the preset's default.
+    """
     name = f"{variant}_{preset}_seed{int(seed)}"
     if n_subjects is not None and n_subjects != PRESETS[preset].n_subjects:
         name += f"_n{int(n_subjects)}"
     if dicom_compression == "none":
         name += "_uncompressed"
+    if mr_series is not None and mr_series != default_mr_series(preset):
+        name += f"_{mr_series}series"
     return cache_root() / "synthetic" / name
 
 
@@ -317,7 +384,7 @@ def _subject_task(args: tuple) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     record = _render_subject(index, subject, knees, work, preset, variant,
-                             parameters.get("dicom_compression", "none"))
+                             parameters.get("dicom_compression", "none"), parameters.get("mr_series", "all"))
     for relative in targets:
         source = work / relative
         if source.exists():
@@ -329,16 +396,21 @@ def _subject_task(args: tuple) -> dict:
 
 
 def _render_subject(index: int, subject: SubjectSpec, knees: list[KneeSpec], work: Path,
-                    preset: CohortPreset, variant: str, dicom_compression: str = "none") -> dict:
-    """Render every series of one subject into ``work`` (root-relative layout); return its record.
+                    preset: CohortPreset, variant: str, dicom_compression: str = "none",
+                    mr_series: str = "all") -> dict:
+    """Render the series of one subject into ``work`` (root-relative layout); return its record.
 
     ``dicom_compression``: pixel storage of every DICOM file
-    (:data:`kneelib.synth.oai_writer.DICOM_COMPRESSIONS`).
+    (:data:`kneelib.synth.oai_writer.DICOM_COMPRESSIONS`). ``mr_series``: which MR series
+    (:func:`written_mr_series`); a series left out is not rendered, and every written file
+    is byte-identical to the one the full protocol writes (series numbers, folder names,
+    UIDs and random streams do not depend on what else is written).
     """
     from kneelib.synth import anatomy, mri, protocols, radiograph
     from kneelib.synth.oai_writer import write_dicom_series, write_radiograph
 
     by_key = {(k.side, k.visit_month): k for k in knees}
+    written = {visit: set(pairs) for visit, pairs in written_mr_series(mr_series, variant).items()}
     contents: list[dict] = []
     series_rows: list[dict] = []
     landmark_rows: list[dict] = []
@@ -359,6 +431,8 @@ def _render_subject(index: int, subject: SubjectSpec, knees: list[KneeSpec], wor
                 if protocol.right_only and side != "R":
                     continue
                 series_number += 1
+                if (key, side) not in written[visit_month]:
+                    continue
                 description = SERIES_DESCRIPTIONS[key].format(side=_SIDE_WORD[side])
                 rng = np.random.default_rng(np.random.SeedSequence(knee.seed, spawn_key=(key_number,)))
                 rendered = mri.render_series(model, protocol, rng)
@@ -412,6 +486,12 @@ def _render_subject(index: int, subject: SubjectSpec, knees: list[KneeSpec], wor
         "series": series_rows,
         "landmarks": landmark_rows,
     }
+
+
+#: Columns of ``ground_truth/series.csv`` (one row per written MR series).
+SERIES_TRUTH_COLUMNS = ("participant_id", "side", "visit_month", "series_key", "series_description", "folder",
+                        "labels_path", "lesion_masks", "pcl_center_slice", "pcl_most_voxels_slice", "n_slices",
+                        "artefact")
 
 
 def _write_series_truth(work: Path, subject: SubjectSpec, knee: KneeSpec, key: str, description: str,
@@ -567,7 +647,7 @@ def _write_tables_and_truth(root: Path, records: list[dict], parameters: dict) -
     knees = pd.DataFrame([k for r in ordered for k in r["knees"]])
     knees = knees.sort_values(["participant_id", "visit_month", "side"], ascending=[True, True, False], kind="stable")
     knees.to_csv(truth / "knees.csv", index=False, lineterminator="\n")
-    series = pd.DataFrame([s for r in ordered for s in r["series"]])
+    series = pd.DataFrame([s for r in ordered for s in r["series"]], columns=SERIES_TRUTH_COLUMNS)
     if len(series):
         series = series.sort_values(["folder"], kind="stable")
     series.to_csv(truth / "series.csv", index=False, lineterminator="\n")
@@ -584,7 +664,8 @@ def _ground_truth_readme(parameters: dict) -> str:
 
 Made by `kneelib.synth.cohort.generate_cohort` (generator version {parameters['generator_version']},
 preset `{parameters['preset']['name']}`, variant `{parameters['variant']}`, seed {parameters['seed']},
-{parameters['n_subjects']} participants). Everything here is what the causal model
+{parameters['n_subjects']} participants, MR series set `{parameters.get('mr_series', 'all')}`).
+Everything here is what the causal model
 (`kneelib.synth.causal`) planted; the OAI-format files beside this folder were rendered from it.
 Nothing here exists in a real OAI download: a chapter uses it only to check methods
 (saliency maps against lesion masks, segmentation against tissue labels).
@@ -602,7 +683,8 @@ Nothing here exists in a real OAI download: a chapter uses it only to check meth
   `womac_pain`, `any_pain_past_12m`, `pain_months_past_12m`, `chronic_pain` = more than 6 months,
   latent `pain_liability`), pose, and the planted scan `artefact` (motion, missing_slices,
   foreign_object or empty).
-- `series.csv`: one row per MRI series: its `folder` (as in `contents.csv`), knee and visit,
+- `series.csv`: one row per MRI series written (series set `book`: what the book's chapters read;
+  `all`: the OAI knee protocol at both visits): its `folder` (as in `contents.csv`), knee and visit,
   `labels_path`, the lesion masks present, `pcl_center_slice` (sagittal series: the slice nearest
   the PCL plane as planned by the renderer, paper 000's centre slice; -1 otherwise),
   `pcl_most_voxels_slice` (the slice with the most PCL label voxels), slice count and artefact.
@@ -626,7 +708,7 @@ preset, variant and seed gives byte-identical files.
 # --------------------------------------------------------------------------------------------
 def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, seed: int = 0,
                     n_subjects: int | None = None, variant: str = "oai", n_workers: int | None = None,
-                    progress: bool = True, dicom_compression: str = "jpeg-ls") -> Path:
+                    progress: bool = True, dicom_compression: str = "jpeg-ls", mr_series: str | None = None) -> Path:
     """Generate (or reuse) a synthetic OAI-format cohort and return its root folder.
 
     Parameters
@@ -653,6 +735,13 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
         the same pixel values from about 2.4 times fewer bytes) or uncompressed Explicit
         VR Little Endian, as the OAI distributes its images (a cohort of its own, in
         ``..._uncompressed`` by default).
+    mr_series : {"book", "all"}, optional
+        Which MR series to write (:data:`MR_SERIES_SETS`): ``"book"`` writes what the book's
+        chapters read (:data:`BOOK_MR_SERIES`: at baseline the SAG and COR IW TSE of both
+        knees and the right knee's DESS and T2 map, at 12 months the right knee's DESS and T2
+        map; radiographs only for the 'most' variant), ``"all"`` the OAI knee protocol at
+        both visits (about 1.6 times the images). Default :func:`default_mr_series`: ``"all"``
+        for ``paper``, ``"book"`` otherwise. The files written are the same bytes either way.
 
     Returns
     -------
@@ -673,11 +762,11 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
     """
     from tqdm.auto import tqdm
 
-    parameters = cohort_parameters(preset, seed, n_subjects, variant, dicom_compression)
+    parameters = cohort_parameters(preset, seed, n_subjects, variant, dicom_compression, mr_series)
     digest = _parameters_hash(parameters)
     in_cache = out_dir is None
     root = Path(out_dir) if out_dir is not None else default_out_dir(preset, seed, n_subjects, variant,
-                                                                     dicom_compression)
+                                                                     dicom_compression, parameters["mr_series"])
     root = root.expanduser().resolve()
     marker, params_file = root / COMPLETE_MARKER, root / PARAMS_FILE
     if marker.is_file() and json.loads(marker.read_text()).get("parameters_hash") == digest:
