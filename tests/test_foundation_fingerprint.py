@@ -1,8 +1,11 @@
 """kneelib.fingerprint: a chapter is re-executed only when what it depends on changed."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import nbformat
 
+import kneelib
 from kneelib.fingerprint import (chapter_fingerprint, is_up_to_date, kneelib_import_closure, notebook_sources,
                                  read_record)
 from kneelib.runner import execution_table, run_notebook
@@ -22,7 +25,9 @@ def _notebook(path, code="x = factor * 2\nprint(x)", extra_markdown=None):
 
 
 def _relative(paths):
-    return {"/".join(p.parts[p.parts.index("kneelib"):]) for p in paths}
+    """Paths relative to the folder holding the package (a checkout may itself be named kneelib)."""
+    root = Path(kneelib.__file__).resolve().parent.parent
+    return {Path(p).resolve().relative_to(root).as_posix() for p in paths}
 
 
 def test_closure_follows_imports_inside_functions_and_adds_packages_and_data():
