@@ -30,7 +30,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         preset=args.preset, out_dir=args.out, seed=args.seed,
         n_subjects=args.n_subjects, variant=args.variant, n_workers=args.workers,
         dicom_compression="none" if args.uncompressed else "jpeg-ls",
-        mr_series="all" if args.all_series else None,
+        mr_series="all" if args.all_series else None, scheduler=args.scheduler,
     )
     print(out)
     return 0
@@ -140,12 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n-subjects", type=int, default=None, help="override the preset")
     synth.add_argument("--variant", default="oai", choices=["oai", "most"],
                        help="'most': another site's acquisition settings (independent test set)")
-    synth.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     synth.add_argument("--uncompressed", action="store_true",
                        help="write uncompressed DICOM as the OAI does (default: lossless JPEG-LS, 2.4x smaller)")
     synth.add_argument("--all-series", action="store_true",
                        help="write every MR series of the OAI knee protocol at both visits (default for "
                             "'smoke' and 'default': only the series the book's chapters read)")
+    _add_executor_options(synth)
     synth.set_defaults(func=_cmd_synth)
 
     volumes = sub.add_parser("volumes", help="convert a cohort's MRI DICOM series to cached NIfTI volumes "

@@ -26,8 +26,9 @@ series of one knee exam.
 
 Streaming and determinism
 -------------------------
-Subjects are rendered by a :class:`multiprocessing.Pool` (one subject per task, written
-and freed before the next), so memory does not grow with the cohort. Each subject is
+Subjects are rendered by :func:`kneelib.executor.map_tasks` (one subject per task, written
+and freed before the next: joblib processes on this machine, or the workers of a
+dask.distributed cluster), so memory does not grow with the cohort. Each subject is
 written into ``<root>/.work/<ID>`` and moved into place, then a per-subject record is
 saved under ``<root>/.done/``; an interrupted run resumes at the first subject without
 a record. The tables and the image index are written at the end from the records,
@@ -41,7 +42,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -708,7 +708,8 @@ preset, variant and seed gives byte-identical files.
 # --------------------------------------------------------------------------------------------
 def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, seed: int = 0,
                     n_subjects: int | None = None, variant: str = "oai", n_workers: int | None = None,
-                    progress: bool = True, dicom_compression: str = "jpeg-ls", mr_series: str | None = None) -> Path:
+                    progress: bool = True, dicom_compression: str = "jpeg-ls", mr_series: str | None = None,
+                    scheduler: Any = None) -> Path:
     """Generate (or reuse) a synthetic OAI-format cohort and return its root folder.
 
     Parameters
@@ -727,7 +728,7 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
         ``most``: an independent cohort with other seeds, IDs and the MOST-like acquisition
         settings of the renderers (paper 004's independent test set).
     n_workers : int, optional
-        Processes; default all cores.
+        Local processes; default all cores (1: in this process). Ignored with a scheduler.
     progress : bool
         Show a tqdm bar.
     dicom_compression : {"jpeg-ls", "none"}
@@ -742,6 +743,12 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
         map; radiographs only for the 'most' variant), ``"all"`` the OAI knee protocol at
         both visits (about 1.6 times the images). Default :func:`default_mr_series`: ``"all"``
         for ``paper``, ``"book"`` otherwise. The files written are the same bytes either way.
+    scheduler : str, distributed.Client or cluster, optional
+        Render the participants on a dask.distributed cluster (an address such as
+        ``"tcp://host:8786"``, a ``Client``, a ``LocalCluster`` or a ``dask_jobqueue`` cluster);
+        default ``$KNEELIB_DASK_SCHEDULER``, else joblib processes on this machine
+        (:func:`kneelib.executor.map_tasks`). The workers must see ``out_dir`` (a shared file
+        system). The files are the same bytes whoever renders them.
 
     Returns
     -------
@@ -756,11 +763,12 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
 
     Notes
     -----
-    Workers are started with the ``spawn`` method, which re-imports the calling module: call
-    this from a script only under ``if __name__ == "__main__":`` (notebooks and
-    ``python -m kneelib synth`` need nothing).
+    One participant is one task (:func:`_subject_task`): it renders into a work folder,
+    moves the finished folders into place and leaves a ``.done`` record, so a killed worker
+    or an interrupted run loses nothing and a rerun renders only the participants that are
+    missing. Memory is one participant per worker, whatever the cohort size.
     """
-    from tqdm.auto import tqdm
+    from kneelib.executor import map_tasks
 
     parameters = cohort_parameters(preset, seed, n_subjects, variant, dicom_compression, mr_series)
     digest = _parameters_hash(parameters)
@@ -785,22 +793,10 @@ def generate_cohort(preset: str = "default", out_dir: str | Path | None = None, 
     (root / ".done").mkdir(exist_ok=True)
 
     n = parameters["n_subjects"]
-    workers = max(1, min(int(n_workers or os.cpu_count() or 1), n))
     tasks = [(i, str(root), parameters) for i in range(n)]
-    records: list[dict] = []
-    bar = tqdm(total=n, desc=f"synth {variant}/{preset}", unit="subject", disable=not progress)
-    if workers == 1:
-        for task in tasks:
-            records.append(_slim(_subject_task(task)))
-            bar.update()
-    else:
-        # spawn: workers are direct children (their peak memory shows in RUSAGE_CHILDREN) and start clean
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, maxtasksperchild=50) as pool:
-            for record in pool.imap_unordered(_subject_task, tasks, chunksize=1):
-                records.append(_slim(record))
-                bar.update()
-    bar.close()
+    records = [_slim(record) for record in map_tasks(_subject_task, tasks, n_jobs=n_workers, scheduler=scheduler,
+                                                     progress=progress, desc=f"synth {variant}/{preset}",
+                                                     unit="subject")]
     _write_tables_and_truth(root, records, parameters)
     shutil.rmtree(root / ".work", ignore_errors=True)
     shutil.rmtree(root / ".done", ignore_errors=True)
