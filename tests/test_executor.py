@@ -144,6 +144,24 @@ def test_synthetic_cohort_rendered_on_a_local_cluster_is_the_same_bytes(smoke_ro
     assert len(digest(on_cluster)) > 20
 
 
+def test_spherical_maps_computed_on_a_local_cluster_equal_the_in_process_ones(smoke_root, local_cluster, tmp_path):
+    import pandas as pd
+
+    from kneelib.qmri.cohort_maps import cohort_spherical_maps
+
+    truth = pd.read_csv(smoke_root / "ground_truth" / "knees.csv", dtype={"participant_id": str})
+    knees = truth[(truth.side == "R") & (truth.visit_month == 0)][["participant_id", "visit_month"]].head(1)
+    here, here_failures = cohort_spherical_maps(smoke_root, knees, cache_dir=tmp_path / "here", t2=False)
+    there, there_failures = cohort_spherical_maps(smoke_root, knees, cache_dir=tmp_path / "there", t2=False,
+                                                  scheduler=local_cluster)
+    assert here_failures == there_failures == [] and list(here) == list(there) and len(here) == 1
+    one, other = next(iter(here.values())), next(iter(there.values()))
+    assert other.seconds > 0  # computed by a worker, then read from the cache here
+    for bone, maps in one.biomarkers.bones.items():
+        for name, values in maps.maps.items():
+            np.testing.assert_array_equal(values, other.biomarkers.bones[bone].maps[name])
+
+
 def _killed_while_writing(folder: str, *, cache_dir: str, marker: str) -> str:
     """Series task whose first call kills its worker process (SIGKILL) half-way through writing."""
     from kneelib.data import cache as volume_cache

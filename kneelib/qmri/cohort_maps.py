@@ -7,7 +7,8 @@ T2 series aligned onto the DESS through the patient coordinates
 (:func:`kneelib.qmri.alignment.align_msme_to_dess`), and
 :func:`kneelib.qmri.biomarkers.extract_knee_biomarkers` (thickness, bone shape, T2, surfaces,
 224 x 224 maps). :func:`knee_spherical_maps` does it for ONE knee (a pure function of its files),
-so :func:`cohort_spherical_maps` hands knees to :func:`kneelib.executor.map_tasks` (joblib processes).
+so :func:`cohort_spherical_maps` hands knees to :func:`kneelib.executor.map_tasks` (joblib processes,
+or a dask.distributed cluster).
 
 Cache. The key is a SHA-256 over the bytes of the knee's input files (every DESS and MSME
 DICOM file, the label and lesion-mask NIfTI files), the options and :data:`CODE_VERSION`:
@@ -163,10 +164,7 @@ def knee_spherical_maps(root, participant_id: str, visit_month: int, *, cache_di
     key = knee_maps_key(files, options, t2, memo_dir=cache_dir)
     path, extra_path = _entry_files(cache_dir, key)
     if path.is_file() and extra_path.is_file():
-        with np.load(extra_path) as extra:
-            distances = {k.split("/", 1)[1]: extra[k] for k in extra.files if k.startswith("distance/")}
-            right = extra["right"]
-        return CohortKnee(str(participant_id), int(visit_month), load_biomarkers(path), right, distances)
+        return CohortKnee(str(participant_id), int(visit_month), *_read_entry(path, extra_path))
     start = time.perf_counter()
     dess = read_dicom_series(files["dess"])
     # the labels in Volume axis order (columns, rows, slices), as extract_knee_biomarkers takes them
@@ -186,8 +184,17 @@ def knee_spherical_maps(root, participant_id: str, visit_month: int, *, cache_di
     extra_path.parent.mkdir(parents=True, exist_ok=True)
     _save_extra(extra_path, right, distances)
     save_biomarkers(result, path)
-    return CohortKnee(str(participant_id), int(visit_month), result, right, distances,
+    # what the cache holds (stored precision), so a knee computed now equals the same knee read later
+    return CohortKnee(str(participant_id), int(visit_month), *_read_entry(path, extra_path),
                       time.perf_counter() - start)
+
+
+def _read_entry(path: Path, extra_path: Path) -> tuple[KneeBiomarkers, np.ndarray, dict]:
+    """The biomarkers, right direction and driver distances of a cache entry."""
+    with np.load(extra_path) as extra:
+        distances = {k.split("/", 1)[1]: extra[k] for k in extra.files if k.startswith("distance/")}
+        right = extra["right"]
+    return load_biomarkers(path), right, distances
 
 
 def _entry_files(cache_dir, key: str) -> tuple[Path, Path]:
@@ -225,12 +232,15 @@ def _is_cached(root, row, cache_dir, t2, options, index, truth) -> bool:
 
 
 def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_jobs: int = 1,
-                          options: BiomarkerOptions = BiomarkerOptions(), progress: bool = False):
+                          options: BiomarkerOptions = BiomarkerOptions(), progress: bool = False,
+                          scheduler=None):
     """:func:`knee_spherical_maps` for every row (``participant_id``, ``visit_month``) of ``knees``.
 
-    The cohort's image index and ground-truth table are read once. With ``n_jobs > 1`` the knees
-    not yet cached are computed by the executor's workers first (they return only their time,
-    not the arrays); then every knee is read from the cache in this process.
+    The cohort's image index and ground-truth table are read once. With ``n_jobs > 1``, or a
+    dask.distributed ``scheduler`` (an address, ``Client`` or cluster; default
+    ``$KNEELIB_DASK_SCHEDULER``), the knees not yet cached are computed by the executor's
+    workers first (they return only their time, not the arrays; on a cluster the workers must
+    see ``root`` and ``cache_dir``); then every knee is read from the cache in this process.
 
     Returns
     -------
@@ -242,18 +252,19 @@ def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_job
     """
     from kneelib.config import cache_root
     from kneelib.data import read_image_index
-    from kneelib.executor import map_tasks
+    from kneelib.executor import map_tasks, scheduler_from
     from kneelib.synth.ground_truth import series_truth_table
 
     cache_dir = str(cache_dir if cache_dir is not None else cache_root() / "qmri_pain_maps")
     index, truth = read_image_index(root), series_truth_table(root)
     rows = [(str(p), int(v)) for p, v in zip(knees["participant_id"], knees["visit_month"])]
     computed = {}
-    if n_jobs != 1:
+    scheduler = scheduler_from(scheduler)
+    if n_jobs != 1 or scheduler is not None:
         missing = [row for row in rows if not _is_cached(root, row, cache_dir, t2, options, index, truth)]
         jobs = [(str(root), p, v, cache_dir, t2, options) for p, v in missing]
-        computed = dict(zip(missing, map_tasks(_compute_only, jobs, n_jobs=n_jobs, progress=progress,
-                                               desc="spherical maps", unit="knee")))
+        computed = dict(zip(missing, map_tasks(_compute_only, jobs, n_jobs=n_jobs, scheduler=scheduler,
+                                               progress=progress, desc="spherical maps", unit="knee")))
     maps, failures = {}, []
     for row in rows:
         if isinstance(computed.get(row), str):
@@ -273,8 +284,8 @@ def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_job
 def main(argv: Sequence[str] | None = None) -> None:
     """Fill the spherical-map cache ahead of a chapter run (every right knee with DESS, MSME and KL).
 
-    ``python -m kneelib.qmri.cohort_maps [ROOT | --preset default --seed 0] [--jobs N] [--no-t2]``;
-    without ROOT the synthetic cohort of ``--preset`` / ``--seed`` (generated if absent).
+    ``python -m kneelib.qmri.cohort_maps [ROOT | --preset default --seed 0] [--jobs N] [--scheduler ADDRESS]
+    [--no-t2]``; without ROOT the synthetic cohort of ``--preset`` / ``--seed`` (generated if absent).
     """
     import argparse
 
@@ -285,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--preset", default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--scheduler", default=None,
+                        help="dask.distributed scheduler address (tcp://host:8786); default $KNEELIB_DASK_SCHEDULER; "
+                             "'local' forces joblib")
     parser.add_argument("--no-t2", action="store_true")
     args = parser.parse_args(argv)
     root = args.root
@@ -295,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         root = oai_root() or generate_cohort(preset=args.preset, seed=args.seed, progress=False)
     start = time.perf_counter()
     maps, failures = cohort_spherical_maps(root, qmri_knee_table(root), t2=not args.no_t2, n_jobs=args.jobs,
-                                           progress=True)
+                                           progress=True, scheduler=args.scheduler)
     computed = [m.seconds for m in maps.values() if m.seconds > 0]
     print(json.dumps({"knees": len(maps), "failures": failures, "computed": len(computed),
                       "seconds_per_computed_knee": float(np.mean(computed)) if computed else None,
