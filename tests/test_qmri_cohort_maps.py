@@ -40,3 +40,20 @@ def test_one_knee_is_computed_once_then_read_and_carries_its_planted_loss(smoke_
         cache_dir=tmp_path, t2=False, n_jobs=2)
     assert list(parallel) == list(maps) and parallel_failures == failures
     assert next(iter(parallel.values())).seconds == 0  # read from the cache, not recomputed
+
+
+def test_filling_the_cache_computes_only_what_is_missing_and_records_failures(smoke_root, tmp_path):
+    from kneelib.qmri.cohort_maps import cohort_spherical_maps, fill_cohort_maps_cache
+
+    truth = pd.read_csv(smoke_root / "ground_truth" / "knees.csv", dtype={"participant_id": str})
+    first = truth[(truth.side == "R") & (truth.visit_month == 0)].iloc[0]
+    knees = pd.DataFrame({"participant_id": [first.participant_id, "0"], "visit_month": [0, 0]})
+    summary = fill_cohort_maps_cache(smoke_root, knees, cache_dir=tmp_path, t2=False, n_jobs=1)
+    assert summary["knees"] == 2 and summary["cached"] == 0 and summary["computed"] == 1
+    assert summary["seconds_per_computed_knee"] > 0
+    assert len(summary["failures"]) == 1 and summary["failures"][0].startswith("0/0")
+    again = fill_cohort_maps_cache(smoke_root, knees, cache_dir=tmp_path, t2=False, n_jobs=1)
+    # the cached knee is not recomputed; the failing one is tried again (and fails again)
+    assert again["cached"] == 1 and again["computed"] == 0 and len(again["failures"]) == 1
+    maps, _ = cohort_spherical_maps(smoke_root, knees, cache_dir=tmp_path, t2=False)
+    assert [m.seconds for m in maps.values()] == [0]  # the chapter reads what the fill wrote

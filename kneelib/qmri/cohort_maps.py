@@ -37,7 +37,7 @@ from kneelib.qmri.biomarkers import (BONES, BiomarkerOptions, KneeBiomarkers, an
                                      extract_knee_biomarkers, load_biomarkers, save_biomarkers, structure_masks)
 
 __all__ = ["CODE_VERSION", "DESS_SERIES", "MSME_SERIES", "CohortKnee", "knee_input_files", "knee_maps_key",
-           "knee_spherical_maps", "cohort_spherical_maps"]
+           "knee_spherical_maps", "cohort_spherical_maps", "fill_cohort_maps_cache"]
 
 #: Bump when the entry for the same files changes.
 CODE_VERSION = "cohort-maps-1"
@@ -250,21 +250,13 @@ def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_job
         ``"<participant>/<visit>: <ErrorType>: <reason>"`` per knee that could not be measured,
         paths relative to the cohort root.
     """
-    from kneelib.config import cache_root
-    from kneelib.data import read_image_index
-    from kneelib.executor import map_tasks, scheduler_from
-    from kneelib.synth.ground_truth import series_truth_table
+    from kneelib.executor import scheduler_from
 
-    cache_dir = str(cache_dir if cache_dir is not None else cache_root() / "qmri_pain_maps")
-    index, truth = read_image_index(root), series_truth_table(root)
-    rows = [(str(p), int(v)) for p, v in zip(knees["participant_id"], knees["visit_month"])]
+    cache_dir, index, truth, rows = _cohort_inputs(root, knees, cache_dir)
     computed = {}
     scheduler = scheduler_from(scheduler)
     if n_jobs != 1 or scheduler is not None:
-        missing = [row for row in rows if not _is_cached(root, row, cache_dir, t2, options, index, truth)]
-        jobs = [(str(root), p, v, cache_dir, t2, options) for p, v in missing]
-        computed = dict(zip(missing, map_tasks(_compute_only, jobs, n_jobs=n_jobs, scheduler=scheduler,
-                                               progress=progress, desc="spherical maps", unit="knee")))
+        computed = _compute_missing(root, rows, cache_dir, t2, options, index, truth, n_jobs, scheduler, progress)
     maps, failures = {}, []
     for row in rows:
         if isinstance(computed.get(row), str):
@@ -279,6 +271,54 @@ def cohort_spherical_maps(root, knees, *, cache_dir=None, t2: bool = True, n_job
                               knee.driver_distance_mm, computed[row])
         maps[row] = knee
     return maps, failures
+
+
+def _cohort_inputs(root, knees, cache_dir):
+    """The cache folder, the cohort's image index and truth table, and the (participant, visit) rows."""
+    from kneelib.config import cache_root
+    from kneelib.data import read_image_index
+    from kneelib.synth.ground_truth import series_truth_table
+
+    cache_dir = str(cache_dir if cache_dir is not None else cache_root() / "qmri_pain_maps")
+    rows = [(str(p), int(v)) for p, v in zip(knees["participant_id"], knees["visit_month"])]
+    return cache_dir, read_image_index(root), series_truth_table(root), rows
+
+
+def _compute_missing(root, rows, cache_dir, t2, options, index, truth, n_jobs, scheduler, progress) -> dict:
+    """Compute the knees of ``rows`` not yet cached on the executor; row -> seconds or failure text."""
+    from kneelib.executor import map_tasks
+
+    missing = [row for row in rows if not _is_cached(root, row, cache_dir, t2, options, index, truth)]
+    jobs = [(str(root), p, v, cache_dir, t2, options) for p, v in missing]
+    return dict(zip(missing, map_tasks(_compute_only, jobs, n_jobs=n_jobs, scheduler=scheduler, progress=progress,
+                                       desc="spherical maps", unit="knee")))
+
+
+def fill_cohort_maps_cache(root, knees, *, cache_dir=None, t2: bool = True, n_jobs: int | None = None,
+                           options: BiomarkerOptions = BiomarkerOptions(), progress: bool = False,
+                           scheduler=None) -> dict:
+    """Compute and cache the maps of every knee of ``knees`` not yet cached, holding none in memory.
+
+    What ``python -m kneelib.qmri.cohort_maps`` runs ahead of the chronic-pain chapter: the
+    workers write the cache entries and return only their time, so memory stays that of one
+    knee per worker whatever the cohort size (:func:`cohort_spherical_maps` then reads them).
+
+    Returns
+    -------
+    dict
+        ``knees`` (rows asked), ``cached`` (already in the cache), ``computed`` (by this call),
+        ``seconds_per_computed_knee`` (mean worker time, None if none) and ``failures``
+        (``"<participant>/<visit>: <ErrorType>: <reason>"``).
+    """
+    from kneelib.executor import scheduler_from
+
+    cache_dir, index, truth, rows = _cohort_inputs(root, knees, cache_dir)
+    computed = _compute_missing(root, rows, cache_dir, t2, options, index, truth, n_jobs, scheduler_from(scheduler),
+                                progress)
+    seconds = [v for v in computed.values() if isinstance(v, float)]
+    return {"knees": len(rows), "cached": len(rows) - len(computed), "computed": len(seconds),
+            "seconds_per_computed_knee": float(np.mean(seconds)) if seconds else None,
+            "failures": [v for v in computed.values() if isinstance(v, str)]}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -308,12 +348,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         root = oai_root() or generate_cohort(preset=args.preset, seed=args.seed, progress=False)
     start = time.perf_counter()
-    maps, failures = cohort_spherical_maps(root, qmri_knee_table(root), t2=not args.no_t2, n_jobs=args.jobs,
-                                           progress=True, scheduler=args.scheduler)
-    computed = [m.seconds for m in maps.values() if m.seconds > 0]
-    print(json.dumps({"knees": len(maps), "failures": failures, "computed": len(computed),
-                      "seconds_per_computed_knee": float(np.mean(computed)) if computed else None,
-                      "wall_s": time.perf_counter() - start}))
+    summary = fill_cohort_maps_cache(root, qmri_knee_table(root), t2=not args.no_t2, n_jobs=args.jobs,
+                                     progress=True, scheduler=args.scheduler)
+    print(json.dumps({**summary, "wall_s": time.perf_counter() - start}))
 
 
 if __name__ == "__main__":
