@@ -20,7 +20,7 @@ import pytest
 
 from kneelib.qmri import QmriInputError
 from kneelib.qmri.spherical import (PAPER_GRID, SphericalGrid, frame_from_axes, spherical_coordinates,
-                                    spherical_map, surface_values_from_map, vertices_in_pixel)
+                                    spherical_map, spherical_maps, surface_values_from_map, vertices_in_pixel)
 
 CENTRE = np.array([3.0, -2.0, 5.0])
 
@@ -94,6 +94,25 @@ def test_vertices_without_value_stay_out_of_the_map(sphere):
     clear = (np.abs(np.sin(theta)) > 0.1) & (phi > -np.pi / 2 + 0.15)
     assert np.allclose(image[clear & (theta < 0)], 2.0)
     assert np.all(image[clear & (theta > 0)] == 0.0)
+
+
+def test_maps_of_several_values_equal_each_map_alone(sphere):
+    # a knee's bone: bone shape on every vertex, two cartilage values sharing their NaNs (one
+    # triangulation), a T2 with NaNs of its own; each must come out as if mapped alone
+    theta, phi = sphere["theta"], sphere["phi"]
+    field = _field(theta, phi)
+    cartilage = phi < -0.3
+    t2_valued = cartilage & (theta < 1.0)
+    values = {"bone_shape": 10 * field, "thickness": np.where(cartilage, 2 + field, np.nan),
+              "thickness_normal": np.where(cartilage, 3 - 5 * field, np.nan),
+              "t2": np.where(t2_valued, 40 + 8 * field, np.nan)}
+    together = spherical_maps(theta, phi, values)
+    assert list(together) == list(values)
+    for name, v in values.items():
+        np.testing.assert_array_equal(together[name], spherical_map(theta, phi, v))
+    assert np.isfinite(together["t2"]).sum() < np.isfinite(together["thickness"]).sum()
+    with pytest.raises(QmriInputError, match="at least 4"):
+        spherical_maps(theta, phi, {"bone_shape": field, "empty": np.full(theta.size, np.nan)})
 
 
 def _gaussian_spot(row0, column0, sigma):

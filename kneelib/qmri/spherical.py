@@ -34,6 +34,7 @@ values and the inverse gives them the same value, as in the paper's transformati
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 from scipy import ndimage
@@ -48,6 +49,7 @@ __all__ = [
     "frame_from_axes",
     "spherical_coordinates",
     "spherical_map",
+    "spherical_maps",
     "surface_values_from_map",
     "vertices_in_pixel",
 ]
@@ -204,35 +206,39 @@ def _check_angles_values(theta, phi, values, what):
     return theta, phi, values
 
 
-def _pad_angles(theta, phi, values, grid: SphericalGrid, margin_pixels: float):
-    """Copies of the vertices across the poles and the theta seam, so interpolation reaches the edges."""
+def _pad_angles(theta, phi, grid: SphericalGrid, margin_pixels: float):
+    """Copies of the vertices across the poles and the theta seam, so interpolation reaches the edges.
+
+    Returns the padded angles and, per padded point, the index of the vertex it copies.
+    """
     # at least three typical vertex spacings (a sphere's vertices spread evenly), so the copies
     # surround the edge pixels even for a coarse mesh
     spacing = float(np.sqrt(4 * np.pi / max(theta.size, 1)))
     margin_phi = max(margin_pixels * grid.d_phi, 3 * spacing)
     margin_theta = max(margin_pixels * grid.d_theta, 3 * spacing)
-    theta_all, phi_all, values_all = [theta], [phi], [values]
+    source = np.arange(theta.size)
+    theta_all, phi_all, source_all = [theta], [phi], [source]
     for pole, sign in ((-np.pi / 2, -1.0), (np.pi / 2, 1.0)):
         edge = grid.phi_min if sign < 0 else grid.phi_max
         if abs(edge - pole) <= margin_phi:  # the grid reaches the pole: mirror over it
             near = np.abs(phi - pole) <= margin_phi
             theta_all.append(np.mod(theta[near] + 2 * np.pi, 2 * np.pi) - np.pi)  # theta + pi, wrapped
             phi_all.append(2 * pole - phi[near])
-            values_all.append(values[near])
-    theta, phi, values = (np.concatenate(a) for a in (theta_all, phi_all, values_all))
+            source_all.append(source[near])
+    theta, phi, source = (np.concatenate(a) for a in (theta_all, phi_all, source_all))
     if grid.wraps:
         theta = grid.theta_min + np.mod(theta - grid.theta_min, 2 * np.pi)
         low = theta < grid.theta_min + margin_theta
         high = theta > grid.theta_max - margin_theta
         theta = np.concatenate([theta, theta[low] + 2 * np.pi, theta[high] - 2 * np.pi])
         phi = np.concatenate([phi, phi[low], phi[high]])
-        values = np.concatenate([values, values[low], values[high]])
+        source = np.concatenate([source, source[low], source[high]])
     keep = (phi >= grid.phi_min - margin_phi) & (phi <= grid.phi_max + margin_phi)
-    return theta[keep], phi[keep], values[keep]
+    return theta[keep], phi[keep], source[keep]
 
 
 def _bin_means(theta, phi, values, grid: SphericalGrid, oversample: int):
-    """Mean angles and value of the points in each bin of ``1 / oversample`` grid pixel."""
+    """Mean angles and values (``values``: (n, k)) of the points in each bin of ``1 / oversample`` grid pixel."""
     if int(oversample) < 1:
         raise QmriInputError(f"oversample must be a positive integer, got {oversample}", what="spherical map")
     column = np.floor((theta - grid.theta_min) / grid.d_theta * oversample).astype(np.int64)
@@ -243,7 +249,7 @@ def _bin_means(theta, phi, values, grid: SphericalGrid, oversample: int):
     unique, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
     def mean(a):
         return np.bincount(inverse, weights=a, minlength=unique.size) / counts
-    return mean(theta), mean(phi), mean(values)
+    return mean(theta), mean(phi), np.stack([mean(v) for v in values.T], axis=1)
 
 
 def spherical_map(theta, phi, values, grid: SphericalGrid = PAPER_GRID, *, method: str = "cubic",
@@ -255,7 +261,7 @@ def spherical_map(theta, phi, values, grid: SphericalGrid = PAPER_GRID, *, metho
     values): a surface that a ray from the centre meets more than once puts vertices with
     different values at almost the same (theta, phi), and the cubic interpolant through such
     near-duplicates swings far beyond the data (a bone shape of -50 mm). The map is then
-    clipped to the range of the vertex values.
+    clipped to the range of the vertex values. One map of :func:`spherical_maps`.
 
     Parameters
     ----------
@@ -289,25 +295,73 @@ def spherical_map(theta, phi, values, grid: SphericalGrid = PAPER_GRID, *, metho
         Lengths differ, non-finite angles, unknown method, fewer than 4 valued vertices.
     """
     theta, phi, values = _check_angles_values(theta, phi, values, "spherical map")
+    return spherical_maps(theta, phi, {"map": values}, grid, method=method, fill_value=fill_value,
+                          margin_pixels=margin_pixels, wrap=wrap, oversample=oversample)["map"]
+
+
+def spherical_maps(theta, phi, values: Mapping[str, np.ndarray], grid: SphericalGrid = PAPER_GRID, *,
+                   method: str = "cubic", fill_value: float = np.nan, margin_pixels: float = 8.0,
+                   wrap: bool = True, oversample: int = 2) -> dict[str, np.ndarray]:
+    """:func:`spherical_map` of several per-vertex values of one surface, sharing the work.
+
+    The padding over the seam and poles and the nearest-vertex lookup are done once, and the
+    values with the same valued vertices share one triangulation (``griddata`` of a (n, k)
+    array interpolates each column as on its own): the same maps as one call per value, in
+    a fraction of the time (a knee's 18 maps, paper 001 "Spherical transformation").
+
+    Parameters
+    ----------
+    theta, phi : ndarray, (n,)
+    values : mapping of str to ndarray (n,)
+    grid, method, fill_value, margin_pixels, wrap, oversample
+        As :func:`spherical_map`.
+
+    Returns
+    -------
+    dict of str to ndarray, :attr:`SphericalGrid.shape`
+        Same keys as ``values``.
+
+    Raises
+    ------
+    QmriInputError
+        As :func:`spherical_map`, for any of the values.
+    """
+    theta, phi, _ = _check_angles_values(theta, phi, None, "spherical map")
+    values = {name: _check_angles_values(theta, phi, v, "spherical map")[2] for name, v in values.items()}
     if method not in ("cubic", "linear", "nearest"):
         raise QmriInputError(f"method must be 'cubic', 'linear' or 'nearest', got {method!r}", what="spherical map")
+    source = np.arange(theta.size)
     if wrap:
-        theta, phi, values = _pad_angles(theta, phi, values, grid, margin_pixels)
-    valued = np.isfinite(values)
-    if valued.sum() < 4:
-        raise QmriInputError(f"{int(valued.sum())} vertices with a value in the map's range; needs at least 4",
-                             what="spherical map")
+        theta, phi, source = _pad_angles(theta, phi, grid, margin_pixels)
     grid_theta, grid_phi = grid.angles()
-    bin_theta, bin_phi, bin_values = _bin_means(theta[valued], phi[valued], values[valued], grid, oversample)
-    image = griddata((bin_theta, bin_phi), bin_values, (grid_theta, grid_phi), method=method, fill_value=np.nan)
-    # the cubic interpolant overshoots next to steep changes; no pixel leaves the values' range
-    image = np.clip(image, values[valued].min(), values[valued].max())
-    if not valued.all():
-        # pixels whose nearest vertex has no value lie outside the valued region
-        scale = np.array([1.0 / grid.d_theta, 1.0 / grid.d_phi])
-        _, nearest = cKDTree(np.c_[theta, phi] * scale).query(np.c_[grid_theta.ravel(), grid_phi.ravel()] * scale)
-        image[~valued[nearest].reshape(image.shape)] = np.nan
-    return np.where(np.isfinite(image), image, fill_value)
+    groups: dict[bytes, list[str]] = {}
+    valued_of = {}
+    for name, v in values.items():
+        valued = np.isfinite(v[source])
+        if valued.sum() < 4:
+            raise QmriInputError(f"{int(valued.sum())} vertices with a value in the map's range; needs at least 4",
+                                 what="spherical map")
+        valued_of[name] = valued
+        groups.setdefault(np.packbits(valued).tobytes(), []).append(name)
+    nearest = None
+    out = {}
+    for names in groups.values():
+        valued = valued_of[names[0]]
+        stacked = np.stack([values[n][source][valued] for n in names], axis=1)
+        bin_theta, bin_phi, bin_values = _bin_means(theta[valued], phi[valued], stacked, grid, oversample)
+        images = griddata((bin_theta, bin_phi), bin_values, (grid_theta, grid_phi), method=method,
+                          fill_value=np.nan)
+        if not valued.all() and nearest is None:
+            # pixels whose nearest vertex has no value lie outside the valued region
+            scale = np.array([1.0 / grid.d_theta, 1.0 / grid.d_phi])
+            _, nearest = cKDTree(np.c_[theta, phi] * scale).query(np.c_[grid_theta.ravel(), grid_phi.ravel()] * scale)
+        for k, name in enumerate(names):
+            # the cubic interpolant overshoots next to steep changes; no pixel leaves the values' range
+            image = np.clip(images[..., k], stacked[:, k].min(), stacked[:, k].max())
+            if not valued.all():
+                image[~valued[nearest].reshape(image.shape)] = np.nan
+            out[name] = np.where(np.isfinite(image), image, fill_value)
+    return {name: out[name] for name in values}
 
 
 def surface_values_from_map(image, theta, phi, grid: SphericalGrid = PAPER_GRID, *, order: int = 3,
