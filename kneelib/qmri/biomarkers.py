@@ -10,8 +10,8 @@ parallel through :func:`kneelib.executor.map_tasks` (joblib, or a dask cluster);
 :func:`cached_knee_biomarkers` keeps each knee's result as one ``.npz`` under a key of the input
 bytes, the parameters and :data:`CODE_VERSION` (written to a temporary name, then renamed), for the
 chronic-pain chapter. The entry stores what the chapters need at the precision they need it
-(:data:`STORED_DTYPES`: spherical maps and vertex normals as float16, vertex angles as float32,
-about 1.7 MB a knee instead of 3.0; a map keeps ~3.5 significant digits, 0.016 mm of a 50 mm bone
+(:data:`STORED_DTYPES`: spherical maps and vertex normals as float16, faces as 16-bit indices, no
+vertex angles, which are derived again from the vertices; about 1.4 MB a knee instead of 3.0; a map keeps ~3.5 significant digits, 0.016 mm of a 50 mm bone
 shape, 0.03 ms of a 90 ms T2, far below the measurements' own error) and is read back as float32;
 a knee just computed is returned as read back, so it equals the same knee from the cache.
 
@@ -62,10 +62,12 @@ __all__ = [
 ]
 
 #: Bump when the output for the same input changes (part of the cache key).
-CODE_VERSION = "qmri-biomarkers-3"
+CODE_VERSION = "qmri-biomarkers-4"
 #: Precision of what a cache entry stores (read back as float32); fields not named keep theirs.
-STORED_DTYPES: dict[str, type] = {"maps": np.float16, "normals": np.float16, "theta": np.float32,
-                                  "phi": np.float32, "rho": np.float32, "values": np.float32}
+STORED_DTYPES: dict[str, type] = {"maps": np.float16, "normals": np.float16, "values": np.float32}
+#: Fields a cache entry does not store: derived again from the float32 vertices, the centroid and
+#: the frame on reading (:func:`spherical_coordinates`), exactly as :func:`extract_knee_biomarkers` does.
+DERIVED_FIELDS: tuple[str, ...] = ("theta", "phi", "rho")
 
 BONES: tuple[str, ...] = ("femur", "tibia", "patella")
 CARTILAGE_OF: dict[str, str] = {"femur": "femoral_cartilage", "tibia": "tibial_cartilage",
@@ -381,14 +383,16 @@ def extract_knee_biomarkers(labels, spacing_mm: Sequence[float], *, codes="tissu
                   "t2_deep": cart.values.get("t2_deep", nan) if cart else nan,
                   "t2_superficial": cart.values.get("t2_superficial", nan) if cart else nan,
                   "t2_total": cart.values.get("t2", nan) if cart else nan}
-        theta, phi, rho = spherical_coordinates(mesh.vertices, projection.centroid_mm, frames[bone])
+        # the angles of the vertices as stored (float32), so a cache entry derives them again exactly
+        vertices = mesh.vertices.astype(np.float32)
+        theta, phi, rho = spherical_coordinates(vertices.astype(float), projection.centroid_mm, frames[bone])
         near_grid = (phi >= options.grid.phi_min - 0.2) & (phi <= options.grid.phi_max + 0.2)
         mapped = {name: v for name, v in values.items() if (np.isfinite(v) & near_grid).sum() >= 4}
         spherical = spherical_maps(theta, phi, mapped, options.grid, method=options.map_method)
         spherical = {name: spherical[name] if name in spherical else np.full(options.grid.shape, np.nan)
                      for name in values}
         bones[bone] = BoneBiomarkers(
-            bone=bone, vertices=mesh.vertices.astype(np.float32), faces=mesh.faces.astype(np.int32),
+            bone=bone, vertices=vertices, faces=mesh.faces.astype(np.int32),
             normals=mesh.normals.astype(np.float32), centroid_mm=projection.centroid_mm, frame=frames[bone],
             theta=theta, phi=phi, rho=rho, articular=cart.articular if cart else np.zeros(n, bool),
             vertex_values=values, maps=spherical, slice_thickness_mean_mm=per_slice.mean_mm,
@@ -433,6 +437,10 @@ def save_biomarkers(result: KneeBiomarkers, path: str | Path) -> Path:
     for bone, b in result.bones.items():
         for name in _ARRAY_FIELDS:
             value = getattr(b, name)
+            if name in DERIVED_FIELDS:
+                continue
+            if name == "faces" and len(b.vertices) <= np.iinfo(np.uint16).max + 1:
+                value = value.astype(np.uint16)  # vertex indices of a bone fit in 16 bits (lossless)
             arrays[f"{bone}/{name}"] = value.astype(STORED_DTYPES[name]) if name in STORED_DTYPES else value
         for name, v in b.vertex_values.items():
             arrays[f"{bone}/values/{name}"] = v.astype(STORED_DTYPES["values"])
@@ -452,7 +460,10 @@ def load_biomarkers(path: str | Path) -> KneeBiomarkers:
         if f"{bone}/vertices" not in items:
             continue
         pick = lambda prefix: {k[len(prefix):]: v for k, v in items.items() if k.startswith(prefix)}
-        fields = {name: items[f"{bone}/{name}"] for name in _ARRAY_FIELDS}
+        fields = {name: items[f"{bone}/{name}"] for name in _ARRAY_FIELDS if name not in DERIVED_FIELDS}
+        fields["faces"] = fields["faces"].astype(np.int32)
+        fields.update(zip(DERIVED_FIELDS, spherical_coordinates(fields["vertices"].astype(float), fields["centroid_mm"],
+                                                                 fields["frame"])))
         bones[bone] = BoneBiomarkers(bone=bone, vertex_values=pick(f"{bone}/values/"),
                                      maps=pick(f"{bone}/maps/"),
                                      summary={k: float(v) for k, v in pick(f"{bone}/summary/").items()}, **fields)
