@@ -87,3 +87,17 @@ def test_frozen_stages_keep_weights_and_batch_norm_statistics():
     after = learner.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # running means included
     assert not torch.equal(after["stages.2.0.bn1.running_mean"], torch.zeros_like(after["stages.2.0.bn1.running_mean"]))
+
+
+def test_early_stopping_is_recorded_not_printed(capsys):
+    # learning rate 0 and no batch norm: the validation loss stays that of epoch 0, never lower
+    images, labels = _images(24)
+    x = prepare_images(images)
+    frozen = lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), 2))
+    learner = train_spherical(frozen(), x, labels, np.arange(16), np.arange(16, 24),
+                              SphericalTrainConfig(epochs=6, batch_size=8, patience=2, lr=0.0))
+    assert learner.stopped_after_epoch == 2 and learner.best_epoch == 0
+    assert "early stopping" not in capsys.readouterr().out
+    ran_out = train_spherical(frozen(), x, labels, np.arange(16), np.arange(16, 24),
+                              SphericalTrainConfig(epochs=2, batch_size=8, patience=3, lr=0.0))
+    assert ran_out.stopped_after_epoch is None

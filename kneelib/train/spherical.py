@@ -19,7 +19,9 @@ of layer freezing"; "the test performance was evaluated just once for the optima
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import itertools
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
@@ -40,7 +42,7 @@ from fastai.optimizer import Adam
 from fastai.torch_core import set_seed
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SphericalTrainConfig", "prepare_images", "class_weights",
-           "KeepBestValidLoss", "train_spherical", "predict_probability", "validation_scores", "grid_configurations", "grid_search"]
+           "KeepBestValidLoss", "QuietEarlyStopping", "train_spherical", "predict_probability", "validation_scores", "grid_configurations", "grid_search"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -119,13 +121,31 @@ class KeepBestValidLoss(Callback):
             self.learn.model.load_state_dict(self.state)
 
 
+class QuietEarlyStopping(EarlyStoppingCallback):
+    """fastai's early stopping without its printed line (a chapter page showed one per fit).
+
+    ``stopped_after_epoch`` records the epoch the fit stopped after (None: ran to the end).
+    """
+
+    stopped_after_epoch = None
+
+    def after_epoch(self):
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            try:
+                super().after_epoch()
+            finally:
+                if said.getvalue():
+                    self.stopped_after_epoch = int(self.epoch)
+
+
 def train_spherical(model: torch.nn.Module, images: torch.Tensor, labels, train_rows, valid_rows,
                     config: SphericalTrainConfig = SphericalTrainConfig(), show_progress: bool = False) -> Learner:
     """Train ``model`` on ``train_rows`` of ``images`` (:func:`prepare_images`), monitored on ``valid_rows``.
 
     Class-weighted cross-entropy (:func:`class_weights` of the training rows), Adam, constant
     learning rate, early stopping after ``config.patience`` epochs without a lower validation
-    loss; the best validation-loss weights are restored. ``learner.best_epoch`` records which.
+    loss; the best validation-loss weights are restored. ``learner.best_epoch`` records which,
+    ``learner.stopped_after_epoch`` the epoch early stopping ended the fit after (None: all epochs).
     """
     labels = np.asarray(labels, int)
     train_rows, valid_rows = np.asarray(train_rows, int), np.asarray(valid_rows, int)
@@ -139,7 +159,7 @@ def train_spherical(model: torch.nn.Module, images: torch.Tensor, labels, train_
     keep = KeepBestValidLoss()
     learner = Learner(dls, model, loss_func=CrossEntropyLossFlat(weight=class_weights(labels[train_rows])),
                       opt_func=Adam, wd=config.weight_decay, cbs=[keep])
-    stop = EarlyStoppingCallback(monitor="valid_loss", patience=config.patience)
+    stop = QuietEarlyStopping(monitor="valid_loss", patience=config.patience)
     if show_progress:  # fastai's progress bar, without the per-epoch table
         with learner.no_logging():
             learner.fit(config.epochs, config.lr, cbs=[stop])
@@ -147,6 +167,7 @@ def train_spherical(model: torch.nn.Module, images: torch.Tensor, labels, train_
         with learner.no_bar(), learner.no_logging():
             learner.fit(config.epochs, config.lr, cbs=[stop])
     learner.best_epoch = keep.best_epoch
+    learner.stopped_after_epoch = stop.stopped_after_epoch
     learner.opt = None  # Adam's moments are not needed after the fit (and cycles would keep them alive)
     return learner
 
