@@ -10,8 +10,9 @@ parallel through :func:`kneelib.executor.map_tasks` (joblib, or a dask cluster);
 :func:`cached_knee_biomarkers` keeps each knee's result as one ``.npz`` under a key of the input
 bytes, the parameters and :data:`CODE_VERSION` (written to a temporary name, then renamed), for the
 chronic-pain chapter. The entry stores what the chapters need at the precision they need it
-(:data:`STORED_DTYPES`: spherical maps and vertex normals as float16, faces as 16-bit indices, no
-vertex angles, which are derived again from the vertices; about 1.4 MB a knee instead of 3.0; a map keeps ~3.5 significant digits, 0.016 mm of a 50 mm bone
+(:data:`STORED_DTYPES`: spherical maps, per-vertex values and vertex normals as float16, faces as
+16-bit indices, no vertex angles, which are derived again from the vertices; about 1.2 MB a knee
+instead of 3.0; a value keeps ~3.5 significant digits, 0.016 mm of a 50 mm bone
 shape, 0.03 ms of a 90 ms T2, far below the measurements' own error) and is read back as float32;
 a knee just computed is returned as read back, so it equals the same knee from the cache.
 
@@ -62,9 +63,9 @@ __all__ = [
 ]
 
 #: Bump when the output for the same input changes (part of the cache key).
-CODE_VERSION = "qmri-biomarkers-4"
+CODE_VERSION = "qmri-biomarkers-5"
 #: Precision of what a cache entry stores (read back as float32); fields not named keep theirs.
-STORED_DTYPES: dict[str, type] = {"maps": np.float16, "normals": np.float16, "values": np.float32}
+STORED_DTYPES: dict[str, type] = {"maps": np.float16, "normals": np.float16, "values": np.float16}
 #: Fields a cache entry does not store: derived again from the float32 vertices, the centroid and
 #: the frame on reading (:func:`spherical_coordinates`), exactly as :func:`extract_knee_biomarkers` does.
 DERIVED_FIELDS: tuple[str, ...] = ("theta", "phi", "rho")

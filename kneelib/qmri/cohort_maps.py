@@ -40,7 +40,7 @@ __all__ = ["CODE_VERSION", "DESS_SERIES", "MSME_SERIES", "CohortKnee", "knee_inp
            "knee_spherical_maps", "cohort_spherical_maps", "fill_cohort_maps_cache"]
 
 #: Bump when the entry for the same files changes.
-CODE_VERSION = "cohort-maps-3"
+CODE_VERSION = "cohort-maps-4"
 DESS_SERIES = "SAG_3D_DESS_RIGHT"
 MSME_SERIES = "SAG_T2_MAP_RIGHT"
 
