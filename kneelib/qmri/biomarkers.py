@@ -437,9 +437,9 @@ def save_biomarkers(result: KneeBiomarkers, path: str | Path) -> Path:
               "key": np.array(result.key), "code_version": np.array(result.code_version)}
     for bone, b in result.bones.items():
         for name in _ARRAY_FIELDS:
-            value = getattr(b, name)
             if name in DERIVED_FIELDS:
                 continue
+            value = getattr(b, name)
             if name == "faces" and len(b.vertices) <= np.iinfo(np.uint16).max + 1:
                 value = value.astype(np.uint16)  # vertex indices of a bone fit in 16 bits (lossless)
             arrays[f"{bone}/{name}"] = value.astype(STORED_DTYPES[name]) if name in STORED_DTYPES else value
@@ -455,7 +455,8 @@ def save_biomarkers(result: KneeBiomarkers, path: str | Path) -> Path:
 def load_biomarkers(path: str | Path) -> KneeBiomarkers:
     """Read a file of :func:`save_biomarkers` (float16 arrays come back as float32)."""
     with np.load(path, allow_pickle=False) as data:
-        items = {k: data[k].astype(np.float32) if data[k].dtype == np.float16 else data[k] for k in data.files}
+        items = {k: data[k] for k in data.files}  # each data[k] decompresses its member: read once
+    items = {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in items.items()}
     bones = {}
     for bone in BONES:
         if f"{bone}/vertices" not in items:

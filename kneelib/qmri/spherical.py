@@ -294,7 +294,6 @@ def spherical_map(theta, phi, values, grid: SphericalGrid = PAPER_GRID, *, metho
     QmriInputError
         Lengths differ, non-finite angles, unknown method, fewer than 4 valued vertices.
     """
-    theta, phi, values = _check_angles_values(theta, phi, values, "spherical map")
     return spherical_maps(theta, phi, {"map": values}, grid, method=method, fill_value=fill_value,
                           margin_pixels=margin_pixels, wrap=wrap, oversample=oversample)["map"]
 
@@ -334,10 +333,11 @@ def spherical_maps(theta, phi, values: Mapping[str, np.ndarray], grid: Spherical
     if wrap:
         theta, phi, source = _pad_angles(theta, phi, grid, margin_pixels)
     grid_theta, grid_phi = grid.angles()
+    values = {name: v[source] for name, v in values.items()}  # the padded copies carry their vertex's value
     groups: dict[bytes, list[str]] = {}
     valued_of = {}
     for name, v in values.items():
-        valued = np.isfinite(v[source])
+        valued = np.isfinite(v)
         if valued.sum() < 4:
             raise QmriInputError(f"{int(valued.sum())} vertices with a value in the map's range; needs at least 4",
                                  what="spherical map")
@@ -347,7 +347,7 @@ def spherical_maps(theta, phi, values: Mapping[str, np.ndarray], grid: Spherical
     out = {}
     for names in groups.values():
         valued = valued_of[names[0]]
-        stacked = np.stack([values[n][source][valued] for n in names], axis=1)
+        stacked = np.stack([values[n][valued] for n in names], axis=1)
         bin_theta, bin_phi, bin_values = _bin_means(theta[valued], phi[valued], stacked, grid, oversample)
         images = griddata((bin_theta, bin_phi), bin_values, (grid_theta, grid_phi), method=method,
                           fill_value=np.nan)
