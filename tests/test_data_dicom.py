@@ -267,12 +267,31 @@ def test_cache_returns_equal_volume_and_invalidates(tmp_path, monkeypatch):
     assert entry.is_file() and not list(entry.parent.glob(".*tmp*"))
     second = load_series_cached(tmp_path / "s")
     np.testing.assert_array_equal(first.array, second.array)
-    np.testing.assert_allclose(first.affine, second.affine)
+    np.testing.assert_array_equal(first.affine, second.affine)
     assert (second.laterality, second.echo_times_ms, second.array.dtype) == ("R", (30.0,), first.array.dtype)
     shutil.rmtree(tmp_path / "s")
     write(tmp_path / "s", seed=7)
     third = load_series_cached(tmp_path / "s")
     np.testing.assert_array_equal(third.slices(), pixels(7))
+
+
+def test_cache_hit_returns_the_exact_affine_of_the_first_read(tmp_path, monkeypatch):
+    """A 144-pixel field of 160 mm has 1.1111... mm pixels, which NIfTI's float32 header rounds;
+    a cache hit must give the reader's float64 affine, or a registration of the same knee differs
+    between the first run and later ones (the Siamese chapter did)."""
+    from kneelib.preprocess.registration import sagittal_slices
+
+    monkeypatch.setenv("KNEELIB_CACHE", str(tmp_path / "cache"))
+    affine = sagittal_affine("R")
+    affine[1, 0], affine[2, 1] = -1 / 0.9, -1 / 0.9
+    assert float(np.float32(1 / 0.9)) != 1 / 0.9
+    write(tmp_path / "s", geometry=SliceGeometry.from_affine(affine, N_SLICES))
+    fresh = read_dicom_series(tmp_path / "s")
+    first, second = load_series_cached(tmp_path / "s"), load_series_cached(tmp_path / "s")  # a miss, then a hit
+    for volume in (first, second):
+        np.testing.assert_array_equal(volume.affine, fresh.affine)
+        assert volume.spacing_mm == fresh.spacing_mm
+        assert sagittal_slices(volume)[1] == sagittal_slices(fresh)[1]
 
 
 def test_radiograph_round_trip(tmp_path):

@@ -39,8 +39,10 @@ __all__ = ["READER_VERSION", "file_content_digest", "series_cache_key", "save_vo
            "cached_series_path", "load_series_cached", "cache_series_volumes", "mri_series_folders",
            "MRI_SERIES_PATTERN"]
 
-#: Bump when the reader's output for the same files changes.
-READER_VERSION = "2"
+#: Bump when the reader's output for the same files changes. 3: the sidecar keeps the exact
+#: (float64) affine, which NIfTI's float32 header rounds (a cached 1/0.9 mm pixel read back as
+#: 1.1111111640930176 mm, so a registration differed between the first read and later ones).
+READER_VERSION = "3"
 
 
 def file_content_digest(path: str | Path) -> str:
@@ -82,6 +84,7 @@ def save_volume(volume: Volume, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sidecar = path.with_name(path.name.replace(".nii.gz", "").replace(".nii", "") + ".json")
     meta = {
+        "affine": np.asarray(volume.affine, dtype=float).tolist(),  # exact: the NIfTI header rounds to float32
         "echo_times_ms": list(volume.echo_times_ms),
         "laterality": volume.laterality,
         "laterality_source": volume.laterality_source,
@@ -97,14 +100,18 @@ def save_volume(volume: Volume, path: str | Path) -> Path:
 
 
 def load_volume(path: str | Path) -> Volume:
-    """Load a volume saved by :func:`save_volume` (array dtype and affine preserved)."""
+    """Load a volume saved by :func:`save_volume` (array dtype and affine preserved).
+
+    The affine comes from the sidecar, exactly as the DICOM reader computed it; the NIfTI
+    header's (float32) is the fallback for a file without one.
+    """
     path = Path(path)
     sidecar = path.with_name(path.name.replace(".nii.gz", "").replace(".nii", "") + ".json")
     image = nib.load(str(path))
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     return Volume(
         array=np.asarray(image.dataobj),
-        affine=np.asarray(image.affine, dtype=float),
+        affine=np.asarray(meta["affine"] if "affine" in meta else image.affine, dtype=float),
         echo_times_ms=tuple(meta.get("echo_times_ms", ())),
         laterality=meta.get("laterality"),
         laterality_source=meta.get("laterality_source", "unknown"),
