@@ -107,6 +107,33 @@ def test_preprocess_smoke_cohort_is_cached_and_carries_lesions(tmp_path):
                                 cache_dir=tmp_path / "other", progress=False)
 
 
+def test_preprocessing_in_worker_processes_and_on_a_local_cluster_equals_the_in_process_run(tmp_path):
+    """Issue 15, part 3: the per-knee registration and crops are executor tasks; the result does not
+    depend on who computes them (this process, joblib processes, dask workers)."""
+    distributed = pytest.importorskip("distributed")
+    from kneelib.synth.cohort import generate_cohort
+
+    root = generate_cohort(preset="smoke", seed=3, n_subjects=24, progress=False)  # shared with the smoke chapter
+    cohort = study.unilateral_pain_cohort(root).head(3)
+    config = study.PreprocessConfig(image_size=24, n_each_side=1, step=2, center_slice="middle")
+    here = study.preprocess_cohort(root, cohort, config, cache_dir=tmp_path / "here", progress=False, n_jobs=1)
+    processes = study.preprocess_cohort(root, cohort, config, cache_dir=tmp_path / "processes", progress=False,
+                                        n_jobs=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        there = study.preprocess_cohort(root, cohort, config, cache_dir=tmp_path / "there", progress=False,
+                                        scheduler=cluster)
+    assert here.images.shape[0] == 3 and here.images.any()
+    for other in (processes, there):
+        np.testing.assert_array_equal(here.images, other.images)
+        np.testing.assert_array_equal(here.lesions, other.lesions)
+        pd.testing.assert_frame_equal(here.knees, other.knees)
+        pd.testing.assert_frame_equal(here.exclusions, other.exclusions)
+        pd.testing.assert_frame_equal(here.cohort, other.cohort)
+    for folder in ("here", "processes", "there"):  # each computed its six knee entries itself, atomically
+        assert len(list((tmp_path / folder).rglob("*.npz"))) == 6 and not list((tmp_path / folder).rglob("*.tmp*"))
+
+
 def test_out_of_fold_hot_spots_explain_each_subject_once_with_the_model_that_did_not_see_it():
     from kneelib.train.siamese import TrainConfig
 

@@ -169,7 +169,8 @@ def joint_centre_mm(slices: np.ndarray, spacing_mm, center_index: int) -> tuple[
 
 
 def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: PreprocessConfig = PreprocessConfig(),
-                      cache_dir: str | Path | None = None, progress: bool = True) -> PreprocessedCohort:
+                      cache_dir: str | Path | None = None, progress: bool = True, n_jobs: int | None = None,
+                      scheduler=None) -> PreprocessedCohort:
     """Centre slice, mirroring, rigid registration, crop, resize and QC of both knees of every subject.
 
     Paper 000, Methods "Image pre-processing" and Fig. 1: the centre slice (most complete
@@ -189,9 +190,13 @@ def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: Preprocess
     (:func:`kneelib.data.labels.exclude_missing_covariates`, step ``"covariates"``): the
     stratified cross-validation needs all three.
 
-    Each knee is cached as a content-addressed ``.npz`` under
-    ``cache_root()/siamese_pain/knees`` (DICOM file stats, truth files, settings and the
-    template; written to a temporary name and renamed), so a run resumes where it stopped.
+    Each knee is one task of :func:`kneelib.executor.map_tasks` (joblib processes here, or
+    the workers of a dask.distributed cluster; issue 15, part 3) and is cached as a
+    content-addressed ``.npz`` under ``cache_root()/siamese_pain/knees`` (DICOM file stats,
+    truth files, settings and the template; written to a temporary name and renamed), so a
+    run resumes where it stopped and the entries are the same whoever computes them: the
+    registration runs on one thread with a fixed seed
+    (:func:`kneelib.preprocess.registration.register_slice`).
 
     Parameters
     ----------
@@ -202,31 +207,33 @@ def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: Preprocess
     config : PreprocessConfig
     cache_dir : path or None
     progress : bool
-        tqdm bar over subjects.
+        tqdm bar over knees.
+    n_jobs : int, optional
+        Local worker processes (None: every core; 1: in this process).
+    scheduler : str, distributed.Client or cluster, optional
+        A dask.distributed scheduler (default ``$KNEELIB_DASK_SCHEDULER``; none: joblib). The
+        workers must see ``root`` and the cache folder.
 
     Returns
     -------
     PreprocessedCohort
     """
-    from tqdm.auto import tqdm
-
     from kneelib.config import cache_root
-    from kneelib.data import read_image_index
     from kneelib.data.labels import exclude_missing_covariates
     from kneelib.data.cohort import QCLog
+    from kneelib.executor import map_tasks
     from kneelib.preprocess.center_slice import CenterSliceNotFoundError, detect_pcl_center_slice
-    from kneelib.preprocess.registration import preprocess_knee, sagittal_slices
+    from kneelib.preprocess.registration import sagittal_slices
 
     if config.center_slice not in ("auto", "middle"):
         raise ValueError(f"center_slice must be 'auto' or 'middle', got {config.center_slice!r}")
     root = Path(root)
-    index = read_image_index(root / "contents.csv") if (root / "contents.csv").is_file() else read_image_index(root)
+    index = _image_index(str(root))
     truth_path = root / "ground_truth" / "series.csv"
     truth = pd.read_csv(truth_path, dtype={"participant_id": str}) if truth_path.is_file() else None
     if truth is not None:
         truth = truth[(truth["series_key"] == "sag_iw_tse") & (truth["visit_month"] == 0)]
     cache = Path(cache_dir) if cache_dir is not None else cache_root() / _CACHE_FOLDER / "knees"
-    qc = QCLog()
     cohort, missing_covariates = exclude_missing_covariates(cohort)
     exclusions: list[dict] = missing_covariates.to_dict("records")
 
@@ -249,43 +256,35 @@ def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: Preprocess
     if template is None:
         raise ValueError(f"no knee in {root} could serve as registration template (no loadable SAG IW TSE with a PCL)")
 
-    knee_rows, results = [], {}
-    for participant_id in tqdm(cohort["participant_id"], desc="preprocess knees", unit="subject", disable=not progress):
+    template_ref = {k: template[k] for k in ("participant_id", "centre", "centre_mm", "key")}
+    _TEMPLATE_SLICES.clear()  # this process's tasks (n_jobs=1) need not read the template again
+    _TEMPLATE_SLICES[(str(root), template["key"])] = (template["slices"], template["spacing"])
+    tasks = []
+    for participant_id in cohort["participant_id"]:
         for side in ("L", "R"):
-            row = {"participant_id": participant_id, "side": side}
-            loaded = _load_knee(index, participant_id, side, qc)
-            if loaded is None:
-                exclusions.append({**row, "step": "load", "reason": qc.rows[-1]["reason"]})
-                continue
-            volume, folder = loaded
-            truth_row = None
-            if truth is not None:
-                relative = Path(folder).resolve().relative_to(root.resolve()).as_posix()
-                match = truth[truth["folder"] == relative]
-                truth_row = match.iloc[0] if len(match) else None
-            truth_files = [] if truth_row is None else [root / truth_row["labels_path"]]
-            key = _cache_key(Path(folder), truth_files, config, template["key"])
-            path = cache / key[:2] / f"{key}.npz"
-            if path.is_file():
-                with np.load(path) as stored:
-                    entry = {k: stored[k] for k in stored.files}
-            else:
-                entry = _process_knee(volume, root, truth_row, config, template, detect_pcl_center_slice,
-                                      CenterSliceNotFoundError, preprocess_knee, sagittal_slices)
-                _save_npz_atomic(path, **entry)
-            reason = str(entry["reason"])
-            row.update(detected_center=int(entry["detected_center"]), true_center=int(entry["true_center"]),
-                       n_slices_in_series=int(entry["n_slices_in_series"]),
-                       planted_artefact=("" if truth_row is None or not isinstance(truth_row["artefact"], str)
-                                         else truth_row["artefact"]))
-            if reason:
-                exclusions.append({**row, "step": "preprocess", "reason": reason})
-            else:
-                empty = float((entry["images"] <= 0).mean())
-                row.update(empty_fraction=empty, worst_metric=float(entry["metric"].max()),
-                           contrast=float(np.percentile(entry["images"], 99.9) / max(np.median(entry["images"]), 1e-6)))
-                results[(participant_id, side)] = entry
-            knee_rows.append(row)
+            tasks.append({"root": str(root), "participant_id": participant_id, "side": side,
+                          "config": config, "template": template_ref, "cache": str(cache),
+                          "truth": None if truth is None else
+                          truth[truth["participant_id"] == str(participant_id)].to_dict("records")})
+    outcomes = map_tasks(_knee_task, tasks, n_jobs=n_jobs, scheduler=scheduler, progress=progress,
+                         desc="preprocess knees", unit="knee")
+    knee_rows, results = [], {}
+    for task, outcome in zip(tasks, outcomes):
+        row = {"participant_id": task["participant_id"], "side": task["side"]}
+        if outcome["load_reason"] is not None:
+            exclusions.append({**row, "step": "load", "reason": outcome["load_reason"]})
+            continue
+        row.update(outcome["row"])
+        if outcome["reason"]:
+            exclusions.append({**row, "step": "preprocess", "reason": outcome["reason"]})
+        else:
+            with np.load(outcome["path"]) as stored:
+                entry = {k: stored[k] for k in ("images", "lesions", "metric")}
+            empty = float((entry["images"] <= 0).mean())
+            row.update(empty_fraction=empty, worst_metric=float(entry["metric"].max()),
+                       contrast=float(np.percentile(entry["images"], 99.9) / max(np.median(entry["images"]), 1e-6)))
+            results[(task["participant_id"], task["side"])] = entry
+        knee_rows.append(row)
     knees = pd.DataFrame(knee_rows)
     # artefact QC on the cohort's distribution of each measure (Fig. 1C)
     measured = knees.dropna(subset=["worst_metric"]) if "worst_metric" in knees else knees.iloc[:0]
@@ -315,6 +314,82 @@ def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: Preprocess
     images = np.stack([np.stack([results[(p, s)]["images"] for s in ("L", "R")]) for p in kept["participant_id"]])
     lesions = np.stack([np.stack([results[(p, s)]["lesions"] for s in ("L", "R")]) for p in kept["participant_id"]])
     return PreprocessedCohort(images.astype(np.float32), lesions.astype(np.uint8), kept, exclusions, knees)
+
+
+#: Per worker process: the template knee's slices, keyed by (cohort root, template key).
+_TEMPLATE_SLICES: dict[tuple[str, str], tuple[np.ndarray, tuple]] = {}
+
+
+def _template_slices(root: str, template: dict):
+    """The template knee's (slices, spacing), read once per worker process."""
+    from kneelib.data.cohort import QCLog
+    from kneelib.preprocess.registration import sagittal_slices
+
+    key = (root, template["key"])
+    if key not in _TEMPLATE_SLICES:
+        loaded = _load_knee(_image_index(root), template["participant_id"], "R", QCLog())
+        if loaded is None:
+            raise ValueError(f"the registration template {template['key']} no longer loads from {root}")
+        _TEMPLATE_SLICES.clear()
+        _TEMPLATE_SLICES[key] = sagittal_slices(loaded[0])
+    return _TEMPLATE_SLICES[key]
+
+
+_IMAGE_INDEX: dict[str, object] = {}
+
+
+def _image_index(root: str):
+    """The cohort's image index, read once per worker process."""
+    from kneelib.data import read_image_index
+
+    if root not in _IMAGE_INDEX:
+        path = Path(root)
+        _IMAGE_INDEX.clear()
+        _IMAGE_INDEX[root] = (read_image_index(path / "contents.csv") if (path / "contents.csv").is_file()
+                              else read_image_index(path))
+    return _IMAGE_INDEX[root]
+
+
+def _knee_task(task: dict) -> dict:
+    """One knee of :func:`preprocess_cohort` (a :func:`kneelib.executor.map_tasks` task).
+
+    Loads the SAG IW TSE series, computes the knee's entry unless its content-addressed
+    cache file exists, and returns only what the cohort step needs: the load failure's
+    reason, or the entry's path, its exclusion reason and the knee's row fields (the
+    images stay in the cache file, so a cluster worker sends back kilobytes).
+    """
+    from kneelib.data.cohort import QCLog
+    from kneelib.preprocess.center_slice import CenterSliceNotFoundError, detect_pcl_center_slice
+    from kneelib.preprocess.registration import preprocess_knee, sagittal_slices
+
+    root, config = Path(task["root"]), task["config"]
+    qc = QCLog()
+    loaded = _load_knee(_image_index(task["root"]), task["participant_id"], task["side"], qc)
+    if loaded is None:
+        return {"load_reason": qc.rows[-1]["reason"]}
+    volume, folder = loaded
+    truth_row = None
+    if task["truth"] is not None:
+        relative = Path(folder).resolve().relative_to(root.resolve()).as_posix()
+        match = [row for row in task["truth"] if row["folder"] == relative]
+        truth_row = match[0] if match else None
+    truth_files = [] if truth_row is None else [root / truth_row["labels_path"]]
+    key = _cache_key(Path(folder), truth_files, config, task["template"]["key"])
+    path = Path(task["cache"]) / key[:2] / f"{key}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            entry = {k: stored[k] for k in ("reason", "detected_center", "true_center", "n_slices_in_series")}
+    else:
+        slices, spacing = _template_slices(task["root"], task["template"])
+        template = {**task["template"], "slices": slices, "spacing": spacing}
+        entry = _process_knee(volume, root, truth_row, config, template, detect_pcl_center_slice,
+                              CenterSliceNotFoundError, preprocess_knee, sagittal_slices)
+        _save_npz_atomic(path, **entry)
+    artefact = None if truth_row is None else truth_row["artefact"]
+    return {"load_reason": None, "path": str(path), "reason": str(entry["reason"]),
+            "row": {"detected_center": int(entry["detected_center"]), "true_center": int(entry["true_center"]),
+                    "n_slices_in_series": int(entry["n_slices_in_series"]),
+                    "planted_artefact": artefact if isinstance(artefact, str) else ""}}
 
 
 def _process_knee(volume, root, truth_row, config, template, detect, not_found_error, preprocess_knee,
