@@ -251,3 +251,33 @@ def test_qc_sentence_counts_knees_and_sides():
     assert qc_sentence(qc.assign(excluded=False, z_femur=0.0, z_femoral_cartilage=0.0)) == \
         "3 of 3 segmented test knees pass the 3-SD volume rule."
     assert "No segmentation goes on to the biomarkers" in qc_sentence(qc.assign(excluded=True))
+
+
+def test_segmentation_in_worker_processes_and_on_a_local_cluster_equals_the_in_process_run():
+    """Issue 15, part 3: segmentation inference is an executor task, one thread per volume, so the
+    labels do not depend on who computes them."""
+    import torch
+
+    from kneelib.models.segmentation import build_segmentation_network
+
+    distributed = pytest.importorskip("distributed")
+    torch.manual_seed(0)
+    ensembles = {task: [build_segmentation_network(task, "unet").eval() for _ in range(2)]
+                 for task in ("bone", "cartilage")}
+    rng = np.random.default_rng(0)
+    images = [rng.normal(1.0, 0.3, (16, 20, 20)).astype(np.float32) + 1 for _ in range(3)]
+    settings = study.SegmentationSettings(grid_mm={"bone": 2.0, "cartilage": None}, keep_components=False)
+    threads = torch.get_num_threads()
+    here, seconds = study.segment_knees(ensembles, images, (1.0, 1.0, 1.0), settings, n_jobs=1)
+    assert torch.get_num_threads() == threads  # one thread inside each task, restored after
+    processes, _ = study.segment_knees(ensembles, images, (1.0, 1.0, 1.0), settings, n_jobs=2)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as cluster:
+        there, _ = study.segment_knees(ensembles, images, (1.0, 1.0, 1.0), settings, scheduler=cluster)
+    assert seconds > 0 and len(here) == 3
+    assert all(labels["bone"].shape == image.shape for labels, image in zip(here, images))
+    assert len({labels["cartilage"].tobytes() for labels in here}) == 3  # the volumes differ, so do the labels
+    for other in (processes, there):
+        for mine, theirs in zip(here, other):
+            for task in ("bone", "cartilage"):
+                np.testing.assert_array_equal(mine[task], theirs[task])

@@ -38,7 +38,7 @@ from kneelib.data.qmri_cohort import (DESS_SERIES, MSME_SERIES, DessVolumes, loa
 
 __all__ = [
     "STUDY", "published", "cohort_root", "qmri_knee_table", "segmentation_splits", "table4",
-    "load_dess_volumes", "DessVolumes", "SegmentationSettings", "train_segmenters", "segment_knee",
+    "load_dess_volumes", "DessVolumes", "SegmentationSettings", "train_segmenters", "segment_knee", "segment_knees",
     "evaluate_segmentation", "table_s1", "knee_biomarkers", "biomarker_inputs", "read_volume_slices",
     "read_pymskt_segmentation", "real_relaxation_map", "roi_statistics", "comparisons", "biomarker_summary",
     "segment_real_dess", "real_label_fractions", "validation_tables", "spherical_vs_surface", "strategy_images", "pymskt_biomarkers", "mese_regions", "femoral_cartilage_on_slab",
@@ -180,9 +180,45 @@ def segment_knee(ensembles: dict, image: np.ndarray, spacing_mm: Sequence[float]
     return out
 
 
+def _segment_task(image: np.ndarray, ensembles: dict, spacing_mm: Sequence[float],
+                  settings: SegmentationSettings) -> tuple[dict, float]:
+    """:func:`segment_knee` of one volume on one thread (a :func:`kneelib.executor.map_tasks` task)."""
+    from kneelib.executor import single_threaded
+
+    start = time.perf_counter()
+    with single_threaded():
+        labels = segment_knee(ensembles, image, spacing_mm, settings)
+    return labels, time.perf_counter() - start
+
+
+def segment_knees(ensembles: dict, images: Sequence[np.ndarray], spacing_mm: Sequence[float],
+                  settings: SegmentationSettings, n_jobs: int | None = None, scheduler=None,
+                  progress: bool = False) -> tuple[list[dict], float]:
+    """:func:`segment_knee` of every volume, one volume per task (issue 15, part 3).
+
+    Each volume runs on one thread wherever it runs (this process, joblib processes, or the
+    workers of a dask.distributed cluster: ``scheduler`` or ``$KNEELIB_DASK_SCHEDULER``), so the
+    labels do not depend on the number of workers. Returns the label dicts in the order of
+    ``images`` and the mean seconds one worker spent per volume.
+    """
+    import functools
+
+    from kneelib.executor import map_tasks
+
+    outcomes = map_tasks(functools.partial(_segment_task, ensembles=ensembles, spacing_mm=tuple(spacing_mm),
+                                           settings=settings), list(images), n_jobs=n_jobs, scheduler=scheduler,
+                         progress=progress, desc="segmentation", unit="volume")
+    seconds = float(np.mean([s for _, s in outcomes])) if outcomes else 0.0
+    return [labels for labels, _ in outcomes], seconds
+
+
 def evaluate_segmentation(ensembles: dict, test: DessVolumes, train: DessVolumes,
-                          settings: SegmentationSettings, n_boot: int = 1000, seed: int = 0):
+                          settings: SegmentationSettings, n_boot: int = 1000, seed: int = 0,
+                          n_jobs: int | None = None, scheduler=None):
     """Per-volume DSC/MPTS on the DESS grid against the truth, Table S1 rows, and the 3-SD QC rule.
+
+    The test volumes are segmented by :func:`segment_knees` (``n_jobs`` local processes, or
+    the dask cluster of ``scheduler``).
 
     Returns
     -------
@@ -198,16 +234,15 @@ def evaluate_segmentation(ensembles: dict, test: DessVolumes, train: DessVolumes
     predictions : list of dict
         :func:`segment_knee` output per test volume.
     seconds_per_volume : float
-        Inference time of both ensembles per volume.
+        Inference time of both ensembles per volume (one worker, one thread).
     """
     from kneelib.models.segmentation import network_classes, network_targets
     from kneelib.stats.segmentation import (segmentation_metrics, segmented_volumes_ml, structure_table,
                                             volume_qc)
 
-    rows, predictions, qc_parts, start = [], [], [], time.perf_counter()
-    for image in test.images:
-        predictions.append(segment_knee(ensembles, image, test.spacing_mm, settings))
-    seconds = (time.perf_counter() - start) / max(1, len(test.images))
+    rows, qc_parts = [], []
+    predictions, seconds = segment_knees(ensembles, test.images, test.spacing_mm, settings, n_jobs=n_jobs,
+                                         scheduler=scheduler)
     for task in TASKS:
         names = network_classes(task)
         reference = pd.DataFrame([segmented_volumes_ml(network_targets(t, task), train.spacing_mm, names)
