@@ -219,6 +219,7 @@ def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: Preprocess
     PreprocessedCohort
     """
     from kneelib.config import cache_root
+    from kneelib.data.cache import series_cache_key
     from kneelib.data.labels import exclude_missing_covariates
     from kneelib.data.cohort import QCLog
     from kneelib.executor import map_tasks
@@ -249,9 +250,11 @@ def preprocess_cohort(root: str | Path, cohort: pd.DataFrame, config: Preprocess
                       else detect_pcl_center_slice(slices, spacing).index)
         except CenterSliceNotFoundError:
             continue
+        # the key names the template's content too: a worker that kept a template in memory
+        # from an earlier call (loky reuses its processes) never serves it for a rewritten series
         template = dict(participant_id=participant_id, slices=slices, spacing=spacing, centre=centre,
                         centre_mm=joint_centre_mm(slices, spacing, centre),
-                        key=f"{participant_id}:{loaded[1]}:{centre}")
+                        key=f"{participant_id}:{loaded[1]}:{centre}:{series_cache_key(loaded[1])}")
         break
     if template is None:
         raise ValueError(f"no knee in {root} could serve as registration template (no loadable SAG IW TSE with a PCL)")
@@ -335,19 +338,21 @@ def _template_slices(root: str, template: dict):
     return _TEMPLATE_SLICES[key]
 
 
-_IMAGE_INDEX: dict[str, object] = {}
+_IMAGE_INDEX: dict[tuple, object] = {}
 
 
 def _image_index(root: str):
-    """The cohort's image index, read once per worker process."""
+    """The cohort's image index, read once per worker process (again when ``contents.csv`` changes)."""
     from kneelib.data import read_image_index
 
-    if root not in _IMAGE_INDEX:
-        path = Path(root)
+    path = Path(root)
+    contents = path / "contents.csv"
+    stat = contents.stat() if contents.is_file() else None
+    key = (root, None if stat is None else (stat.st_mtime_ns, stat.st_size))
+    if key not in _IMAGE_INDEX:
         _IMAGE_INDEX.clear()
-        _IMAGE_INDEX[root] = (read_image_index(path / "contents.csv") if (path / "contents.csv").is_file()
-                              else read_image_index(path))
-    return _IMAGE_INDEX[root]
+        _IMAGE_INDEX[key] = read_image_index(contents) if stat is not None else read_image_index(path)
+    return _IMAGE_INDEX[key]
 
 
 def _knee_task(task: dict) -> dict:
