@@ -345,13 +345,12 @@ def _image_index(root: str):
     """The cohort's image index, read once per worker process (again when ``contents.csv`` changes)."""
     from kneelib.data import read_image_index
 
-    path = Path(root)
-    contents = path / "contents.csv"
+    contents = Path(root) / "contents.csv"
     stat = contents.stat() if contents.is_file() else None
     key = (root, None if stat is None else (stat.st_mtime_ns, stat.st_size))
     if key not in _IMAGE_INDEX:
         _IMAGE_INDEX.clear()
-        _IMAGE_INDEX[key] = read_image_index(contents) if stat is not None else read_image_index(path)
+        _IMAGE_INDEX[key] = read_image_index(root)  # the folder or its contents.csv
     return _IMAGE_INDEX[key]
 
 
@@ -364,27 +363,38 @@ def _knee_task(task: dict) -> dict:
     images stay in the cache file, so a cluster worker sends back kilobytes).
     """
     from kneelib.data.cohort import QCLog
+    from kneelib.data.errors import KneelibDataError
     from kneelib.preprocess.center_slice import CenterSliceNotFoundError, detect_pcl_center_slice
     from kneelib.preprocess.registration import preprocess_knee, sagittal_slices
 
     root, config = Path(task["root"]), task["config"]
-    qc = QCLog()
-    loaded = _load_knee(_image_index(task["root"]), task["participant_id"], task["side"], qc)
-    if loaded is None:
-        return {"load_reason": qc.rows[-1]["reason"]}
-    volume, folder = loaded
-    truth_row = None
-    if task["truth"] is not None:
-        relative = Path(folder).resolve().relative_to(root.resolve()).as_posix()
-        match = [row for row in task["truth"] if row["folder"] == relative]
-        truth_row = match[0] if match else None
-    truth_files = [] if truth_row is None else [root / truth_row["labels_path"]]
-    key = _cache_key(Path(folder), truth_files, config, task["template"]["key"])
-    path = Path(task["cache"]) / key[:2] / f"{key}.npz"
-    if path.is_file():
+    index = _image_index(task["root"])
+
+    def truth_and_entry_path(folder):
+        truth_row = None
+        if task["truth"] is not None:
+            relative = Path(folder).resolve().relative_to(root.resolve()).as_posix()
+            match = [row for row in task["truth"] if row["folder"] == relative]
+            truth_row = match[0] if match else None
+        truth_files = [] if truth_row is None else [root / truth_row["labels_path"]]
+        key = _cache_key(Path(folder), truth_files, config, task["template"]["key"])
+        return truth_row, Path(task["cache"]) / key[:2] / f"{key}.npz"
+
+    try:  # a cached knee is not read again: its entry's key is the series' content
+        truth_row, path = truth_and_entry_path(index.find_series(task["participant_id"], 0,
+                                                                 _IMAGE_SERIES[task["side"]]))
+    except KneelibDataError:  # no such series, or two: the load below records why
+        path = None
+    if path is not None and path.is_file():
         with np.load(path) as stored:
             entry = {k: stored[k] for k in ("reason", "detected_center", "true_center", "n_slices_in_series")}
     else:
+        qc = QCLog()
+        loaded = _load_knee(index, task["participant_id"], task["side"], qc)
+        if loaded is None:
+            return {"load_reason": qc.rows[-1]["reason"]}
+        volume, folder = loaded
+        truth_row, path = truth_and_entry_path(folder)
         slices, spacing = _template_slices(task["root"], task["template"])
         template = {**task["template"], "slices": slices, "spacing": spacing}
         entry = _process_knee(volume, root, truth_row, config, template, detect_pcl_center_slice,
